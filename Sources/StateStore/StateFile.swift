@@ -1,0 +1,110 @@
+import Crypto
+import TPMWire
+
+/// The on-disk form of a libtpms blob (`tpm2-00.permall`, ...): swtpm's container, so swtpm reads
+/// vtpmd's files and the reverse, plus one vtpmd record swtpm skips:
+///
+///     tag 0x7E02, value = "VTPI" | be16 format 1 | be64 write generation | SHA-256
+///
+/// The SHA-256 covers the header flags and every record before it. A file with the record is
+/// checked (a flipped bit is refused instead of being handed to libtpms); a file without it was
+/// written by swtpm and is accepted as swtpm accepts it.
+public enum StateFile {
+    static let integrityMagic: [UInt8] = Array("VTPI".utf8)
+    static let integrityVersion: UInt16 = 1
+
+    /// What `decode` learnt besides the libtpms bytes.
+    public struct Info: Sendable, Hashable {
+        /// The write generation from vtpmd's integrity record; nil for a file written by swtpm.
+        public var generation: UInt64?
+        /// Whether the file was encrypted with the state key.
+        public var encrypted: Bool
+    }
+
+    /// Builds the file for `plain` libtpms bytes, encrypted when `key` is given.
+    public static func encode(_ plain: [UInt8], key: StateKey?, generation: UInt64) throws(StateStoreError) -> [UInt8] {
+        var flags = BlobContainer.Flags()
+        var records: [BlobContainer.Record]
+        if let key {
+            flags.insert(.encrypted)
+            if key.size == .aes256 { flags.insert(.encrypted256BitKey) }
+            records = try key.encryptLayer(
+                plain, dataTag: BlobContainer.Tag.encryptedData, ivTag: BlobContainer.Tag.ivEncryptedData)
+        } else {
+            records = [BlobContainer.Record(tag: BlobContainer.Tag.data, value: plain)]
+        }
+        records.append(
+            BlobContainer.Record(
+                tag: BlobContainer.Tag.vtpmIntegrity,
+                value: self.integrityRecord(flags: flags, records: records, generation: generation)))
+        return BlobContainer(flags: flags, records: records).encoded
+    }
+
+    /// Recovers the libtpms bytes from a file, verifying vtpmd's integrity record when present and
+    /// decrypting with `key` when the file is encrypted.
+    public static func decode(_ bytes: [UInt8], key: StateKey?) throws(StateStoreError) -> (plain: [UInt8], info: Info) {
+        let container = try BlobContainer(decoding: bytes)
+        var generation: UInt64? = nil
+        var records = container.records
+        if let index = records.firstIndex(where: { $0.tag == BlobContainer.Tag.vtpmIntegrity }) {
+            guard index == records.count - 1 else {
+                throw StateStoreError(.malformed, "integrity record is not the last record")
+            }
+            let stored = records[index].value
+            records.removeLast()
+            var r = ByteReader(stored)
+            do {
+                let magic = try r.readBytes(count: 4)
+                let version = try r.readUInt16()
+                guard magic == self.integrityMagic else { throw StateStoreError(.malformed, "bad integrity magic") }
+                guard version == self.integrityVersion else {
+                    throw StateStoreError(.unsupportedVersion, "integrity record version \(version) is unknown")
+                }
+                generation = try r.readUInt64()
+            } catch let error as StateStoreError {
+                throw error
+            } catch {
+                throw StateStoreError(.malformed, "integrity record: \(error)")
+            }
+            let expected = self.integrityRecord(flags: container.flags, records: records, generation: generation ?? 0)
+            guard expected == stored else {
+                throw StateStoreError(.integrity, "SHA-256 mismatch: the file was modified or corrupted")
+            }
+        }
+        if container.flags.contains(.encrypted) {
+            guard let key else {
+                throw StateStoreError(.keyMissing, "the state is encrypted and no --key was given")
+            }
+            guard (key.size == .aes256) == container.flags.contains(.encrypted256BitKey) else {
+                throw StateStoreError(.keyMismatch, "the state was encrypted with a key of another size")
+            }
+            let plain = try key.decryptLayer(
+                records, dataTag: BlobContainer.Tag.encryptedData, ivTag: BlobContainer.Tag.ivEncryptedData)
+            return (plain, Info(generation: generation, encrypted: true))
+        }
+        guard let plain = records.first(where: { $0.tag == BlobContainer.Tag.data })?.value else {
+            throw StateStoreError(.malformed, "no data record")
+        }
+        return (plain, Info(generation: generation, encrypted: false))
+    }
+
+    static func integrityRecord(flags: BlobContainer.Flags, records: [BlobContainer.Record], generation: UInt64)
+        -> [UInt8]
+    {
+        var hasher = SHA256()
+        var flagBytes = ByteWriter(capacity: 2)
+        flagBytes.write(flags.rawValue)
+        hasher.update(data: flagBytes.bytes)
+        hasher.update(data: BlobContainer.encodeRecords(records))
+        var w = ByteWriter(capacity: 46)
+        w.write(bytes: self.integrityMagic)
+        w.write(self.integrityVersion)
+        w.write(generation)
+        // The generation is covered too: it is part of what the digest vouches for.
+        var g = ByteWriter(capacity: 8)
+        g.write(generation)
+        hasher.update(data: g.bytes)
+        w.write(bytes: Array(hasher.finalize()))
+        return w.bytes
+    }
+}

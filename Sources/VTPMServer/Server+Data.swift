@@ -1,0 +1,103 @@
+import Logging
+import TPMEngine
+import TPMWire
+import _VTPMPosix
+
+extension Server {
+    /// How long the rest of a TPM command may take once its first bytes arrived.
+    static let dataDeadlineNanoseconds: UInt64 = 5_000_000_000
+    static let tpm2ShutdownCode: UInt32 = 0x145
+
+    /// Reads one TPM command (framed by its size field), runs it, writes the response.
+    func serveData() {
+        let fd = self.dataConnection
+        var have: Int
+        do {
+            have = try Socket.read(fd, into: &self.readBuffer, at: 0, count: TPMFrame.headerSize)
+        } catch {
+            self.closeDataConnection(byPeer: true, reason: "read failed: \(error)")
+            return
+        }
+        if have == 0 {
+            self.closeDataConnection(byPeer: true, reason: "end of stream")
+            return
+        }
+        let deadline = ProcessControl.monotonicNanoseconds() + Self.dataDeadlineNanoseconds
+        guard self.fillData(fd, have: &have, to: TPMFrame.headerSize, deadline: deadline) else {
+            self.rejectFrame(reason: "header of \(have) bytes")
+            return
+        }
+        let size = Int(self.readBuffer.readBigEndianUInt32(at: 2))
+        guard size >= TPMFrame.headerSize, size <= Int(self.bufferSize), size <= self.readBuffer.count else {
+            self.rejectFrame(reason: "size field \(size) outside 10...\(self.bufferSize)")
+            return
+        }
+        guard self.fillData(fd, have: &have, to: size, deadline: deadline) else {
+            self.rejectFrame(reason: "\(have) of \(size) bytes arrived")
+            return
+        }
+        var command = Array(self.readBuffer[0..<size])
+        let response = self.execute(&command)
+        do {
+            try Socket.sendAll(fd, response)
+        } catch {
+            self.closeDataConnection(byPeer: true, reason: "write failed: \(error)")
+            return
+        }
+        if self.configuration.disconnectAfterResponse {
+            self.closeDataConnection(byPeer: false, reason: "disconnect after response")
+        }
+    }
+
+    /// Runs a complete, size-checked command.
+    func execute(_ command: inout [UInt8]) -> [UInt8] {
+        guard self.engine.isRunning else { return TPMFrame.errorResponse(TPMFrame.rcFailure) }
+        let code = command.readBigEndianUInt32(at: 6)
+        if code == TPMFrame.swtpmSetLocalityOrdinal {
+            return self.inBandSetLocality(command)
+        }
+        guard let response = self.engine.process(&command),
+            TPMFrame.isWellFormedResponse(response, maximum: max(Int(self.bufferSize), 4096))
+        else {
+            self.logger.error("libtpms returned no or a malformed response", metadata: ["cc": "0x\(String(code, radix: 16))"])
+            return TPMFrame.errorResponse(TPMFrame.rcFailure)
+        }
+        self.lastCommandWasShutdown = code == Self.tpm2ShutdownCode && TPMFrame.responseCode(response) == 0
+        return response
+    }
+
+    /// swtpm's private in-band locality command, honoured only with `allow-set-locality`.
+    func inBandSetLocality(_ command: [UInt8]) -> [UInt8] {
+        guard self.configuration.allowSetLocality else { return TPMFrame.errorResponse(TPMFrame.rcFailure) }
+        guard command.count == TPMFrame.headerSize + 1 else { return TPMFrame.errorResponse(TPMFrame.rcCommandSize) }
+        let locality = command[TPMFrame.headerSize]
+        guard locality <= 4, !(locality == 4 && self.configuration.rejectLocality4) else {
+            return TPMFrame.errorResponse(TPMFrame.rcLocality)
+        }
+        self.engine.locality = locality
+        return TPMFrame.errorResponse(TPMFrame.rcSuccess)
+    }
+
+    /// Reads until `have` reaches `count` or the deadline passes.
+    func fillData(_ fd: Int32, have: inout Int, to count: Int, deadline: UInt64) -> Bool {
+        while have < count {
+            let now = ProcessControl.monotonicNanoseconds()
+            guard now < deadline else { return false }
+            let waitMs = Int32((deadline - now) / 1_000_000 + 1)
+            guard (try? waitReadable(fd, timeoutMilliseconds: waitMs)) == true else { continue }
+            guard let n = try? Socket.read(fd, into: &self.readBuffer, at: have, count: count - have), n > 0 else {
+                return false
+            }
+            have += n
+        }
+        return true
+    }
+
+    /// A frame that cannot be a TPM command: one TPM_RC_COMMAND_SIZE reply, libtpms is not called,
+    /// and the connection is closed because the byte stream is no longer in step.
+    func rejectFrame(reason: String) {
+        self.logger.warning("data: malformed TPM command (\(reason)); closing the connection")
+        try? Socket.sendAll(self.dataConnection, TPMFrame.errorResponse(TPMFrame.rcCommandSize))
+        self.closeDataConnection(byPeer: false, reason: "malformed command")
+    }
+}

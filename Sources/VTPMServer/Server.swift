@@ -1,0 +1,259 @@
+public import Logging
+import StateStore
+import TPMEngine
+import TPMWire
+import _VTPMPosix
+
+/// vtpmd's backend: one thread, one poll loop serving the control listener/connection, the data
+/// listener/connection and the signal pipe, and the libtpms engine. Like swtpm, a control command
+/// never runs while a TPM command runs, and vice versa.
+///
+/// SwiftNIO is not used: the data socket arrives over SCM_RIGHTS (NIO does not surface received
+/// descriptors), the device is strictly serial, and a blocking read/process/write on one thread is
+/// the shortest path a TPM command can take (the benchmark floor is the loopback round trip).
+public final class Server {
+    let configuration: ServerConfiguration
+    let logger: Logger
+    let store: StateDirectory?
+    let engine: Engine
+    let storage: EngineStorageAdapter
+
+    var controlListener: Int32 = -1
+    var controlConnection: Int32 = -1
+    var dataListener: Int32 = -1
+    var dataConnection: Int32 = -1
+    /// The data connection came from SET_DATAFD (QEMU) rather than the --server listener.
+    var dataFromControl = false
+    var signalDescriptor: Int32 = -1
+    var shouldExit = false
+    var exitStatus: Int32 = 0
+    var bufferSize: UInt32
+    /// The last command libtpms executed successfully was TPM2_Shutdown.
+    var lastCommandWasShutdown = false
+    /// GET_STATEBLOB results kept for reads at offset > 0 (the bytes must not change between chunks).
+    var blobCache: [UInt32: (blob: [UInt8], flags: UInt32)] = [:]
+    /// Scratch buffer for data-channel reads.
+    var readBuffer: [UInt8]
+
+    /// Creates the server; opens nothing yet.
+    public init(configuration: ServerConfiguration, logger: Logger) throws {
+        self.configuration = configuration
+        self.logger = logger
+        if let dir = configuration.stateDirectory {
+            self.store = StateDirectory(path: dir, options: configuration.stateOptions, logger: logger)
+        } else {
+            self.store = nil
+        }
+        self.storage = EngineStorageAdapter(store: self.store, logger: logger)
+        self.engine = try Engine(storage: self.storage)
+        self.bufferSize = Engine.setBufferSize(0).size
+        self.readBuffer = [UInt8](repeating: 0, count: Int(Engine.setBufferSize(0).maximum) + 16)
+    }
+
+    /// Creates the sockets and the pid file, starts libtpms if told to. Errors here are startup
+    /// errors: the process reports them and exits non-zero.
+    public func start() throws {
+        ProcessControl.ignoreSIGPIPE()
+        self.signalDescriptor = try ProcessControl.terminationSignalDescriptor()
+        if let control = self.configuration.control {
+            switch control {
+            case .unix(let path, let mode):
+                self.controlListener = try Socket.listenUnix(path: path, mode: mode ?? 0o770)
+            case .tcp(let address, let port):
+                self.controlListener = try Socket.listenTCP(bindAddress: address, port: port)
+            case .listeningDescriptor(let fd):
+                self.controlListener = fd
+            case .connectedDescriptor(let fd):
+                self.controlConnection = fd
+            }
+        }
+        if let server = self.configuration.server {
+            switch server {
+            case .unix(let path, let mode):
+                self.dataListener = try Socket.listenUnix(path: path, mode: mode ?? 0o770)
+            case .tcp(let address, let port):
+                self.dataListener = try Socket.listenTCP(bindAddress: address, port: port)
+            case .listeningDescriptor(let fd):
+                self.dataListener = fd
+            case .connectedDescriptor(let fd):
+                self.dataConnection = fd
+            }
+        }
+        if let pidFile = self.configuration.pidFile {
+            try writeSmallFile(path: pidFile, contents: Array("\(ProcessControl.processID)".utf8), mode: 0o644)
+        }
+        if let fd = self.configuration.pidDescriptor {
+            try writeAll(fd: fd, Array("\(ProcessControl.processID)".utf8), object: "pid fd")
+            closeDescriptor(fd)
+        }
+        if self.configuration.notNeedInit || self.configuration.startup != nil {
+            let rc = self.initializeTPM(flags: 0)
+            guard rc == 0 else {
+                throw ServerError.startup("could not initialize the TPM (0x\(String(rc, radix: 16)))")
+            }
+            if let startup = self.configuration.startup {
+                let su: UInt16 = startup == .clear ? 0 : 1
+                var command = TPMFrame.command(code: 0x144, body: [UInt8(su >> 8), UInt8(su & 0xff)])
+                let response = self.engine.process(&command)
+                let rc = response.flatMap(TPMFrame.responseCode) ?? TPMFrame.rcFailure
+                guard rc == 0 else {
+                    throw ServerError.startup("TPM2_Startup failed with 0x\(String(rc, radix: 16))")
+                }
+            }
+        }
+        self.logger.info("vtpmd ready", metadata: ["pid": "\(ProcessControl.processID)"])
+    }
+
+    /// Serves until SHUTDOWN, a termination signal, or (with --terminate) loss of the data
+    /// connection. Returns the process exit status.
+    public func run() -> Int32 {
+        while !self.shouldExit {
+            var fds: [(fd: Int32, events: PollEvents)] = [(self.signalDescriptor, .readable)]
+            if self.controlConnection >= 0 {
+                fds.append((self.controlConnection, .readable))
+            } else if self.controlListener >= 0 {
+                fds.append((self.controlListener, .readable))
+            }
+            if self.dataConnection >= 0 {
+                fds.append((self.dataConnection, .readable))
+            } else if self.dataListener >= 0 {
+                fds.append((self.dataListener, .readable))
+            }
+            let ready: [PollEvents]
+            do {
+                ready = try pollDescriptors(fds, timeoutMilliseconds: -1)
+            } catch {
+                self.logger.error("poll failed: \(error)")
+                self.exitStatus = 1
+                break
+            }
+            for (index, entry) in fds.enumerated() where !ready[index].isEmpty {
+                if self.shouldExit { break }
+                switch entry.fd {
+                case self.signalDescriptor:
+                    if let sig = ProcessControl.readSignal(self.signalDescriptor) {
+                        self.logger.info("terminating on signal \(sig)")
+                        self.shouldExit = true
+                    }
+                case self.controlConnection:
+                    self.serveControl()
+                case self.controlListener:
+                    if let fd = try? Socket.accept(self.controlListener) { self.controlConnection = fd }
+                case self.dataConnection:
+                    self.serveData()
+                case self.dataListener:
+                    if let fd = try? Socket.accept(self.dataListener) { self.dataConnection = fd }
+                default:
+                    break
+                }
+            }
+        }
+        self.shutdownTPM()
+        self.cleanup()
+        return self.exitStatus
+    }
+
+    /// Orderly stop of libtpms: TPM2_Shutdown(SU_STATE) first unless the guest already did it (R13).
+    func shutdownTPM() {
+        guard self.engine.isRunning else { return }
+        self.autoShutdown()
+        self.engine.terminate()
+    }
+
+    func autoShutdown() {
+        guard self.configuration.autoShutdown, self.engine.isRunning, !self.lastCommandWasShutdown else { return }
+        for su: UInt8 in [1, 0] {
+            var command = TPMFrame.command(code: 0x145, body: [0, su])
+            if let response = self.engine.process(&command), TPMFrame.responseCode(response) == 0 {
+                self.logger.debug("sent automatic TPM2_Shutdown", metadata: ["type": "\(su == 1 ? "STATE" : "CLEAR")"])
+                self.lastCommandWasShutdown = true
+                return
+            }
+        }
+    }
+
+    func cleanup() {
+        for fd in [self.controlConnection, self.dataConnection, self.controlListener, self.dataListener] where fd >= 0 {
+            closeDescriptor(fd)
+        }
+        if case .unix(let path, _) = self.configuration.control { removePath(path) }
+        if case .unix(let path, _) = self.configuration.server { removePath(path) }
+        if let pidFile = self.configuration.pidFile { removePath(pidFile) }
+    }
+
+    /// Closes the data connection. `byPeer` is true when the client went away (not when vtpmd
+    /// closes after a response in `disconnect` mode); with --terminate, or for a data descriptor
+    /// inherited at start, that ends the process.
+    func closeDataConnection(byPeer: Bool, reason: String) {
+        guard self.dataConnection >= 0 else { return }
+        closeDescriptor(self.dataConnection)
+        self.dataConnection = -1
+        self.dataFromControl = false
+        self.logger.debug("data connection closed", metadata: ["reason": "\(reason)"])
+        var inherited = false
+        if case .connectedDescriptor = self.configuration.server { inherited = true }
+        if byPeer && (self.configuration.terminateOnDataLoss || inherited) {
+            self.shouldExit = true
+        }
+    }
+
+    func closeControlConnection() {
+        guard self.controlConnection >= 0 else { return }
+        closeDescriptor(self.controlConnection)
+        self.controlConnection = -1
+        if case .connectedDescriptor = self.configuration.control {
+            // swtpm_setup's socketpair: nobody can reconnect, so the process is done.
+            self.shouldExit = true
+        }
+    }
+
+    /// CMD_INIT's work (also used at start with not-need-init): power-cycle libtpms with writes
+    /// staged in memory, persist them only when libtpms came up.
+    func initializeTPM(flags: UInt32) -> UInt32 {
+        if self.engine.isRunning {
+            self.autoShutdown()
+            self.engine.terminate()
+        }
+        self.lastCommandWasShutdown = false
+        self.blobCache = [:]
+        guard let store = self.store else {
+            self.logger.error("no state directory: give --tpmstate dir=... or set TPM_PATH")
+            return ControlResult.fail
+        }
+        store.beginStaging()
+        self.storage.lastFailure = nil
+        do {
+            try self.engine.initialize()
+        } catch {
+            store.discardStaged()
+            if let failure = self.storage.lastFailure {
+                self.logger.error("CMD_INIT failed: \(failure.message)")
+                if failure.code == .locked { return ControlResult.fail }
+            } else {
+                self.logger.error("CMD_INIT failed: \(error)")
+            }
+            return error.result == 0 ? ControlResult.fail : error.result
+        }
+        do {
+            try store.commitStaged()
+            if flags & ControlRequest.initFlagDeleteVolatile != 0 {
+                try store.delete("volatilestate")
+            }
+        } catch {
+            self.logger.error("CMD_INIT could not persist the state: \(error.message)")
+            self.engine.terminate()
+            return ControlResult.fail
+        }
+        return 0
+    }
+}
+
+/// A failure that stops vtpmd from starting.
+public enum ServerError: Error, CustomStringConvertible {
+    case startup(String)
+    public var description: String {
+        switch self {
+        case .startup(let message): message
+        }
+    }
+}

@@ -1,0 +1,46 @@
+public import StateStore
+
+/// Everything `vtpmd socket` / `vtpmd chardev` was told on its command line, validated.
+public struct ServerConfiguration: Sendable {
+    /// Where a channel comes from.
+    public enum Endpoint: Sendable, Hashable {
+        /// A UNIX socket vtpmd creates (replacing a stale socket file), chmod-ed to `mode`.
+        case unix(path: String, mode: UInt32?)
+        /// A TCP listener vtpmd creates.
+        case tcp(bindAddress: String, port: UInt16)
+        /// An inherited listening socket.
+        case listeningDescriptor(Int32)
+        /// An inherited, already connected stream (swtpm's `clientfd=`, `--server ...,fd=` for TCP,
+        /// `chardev --fd`).
+        case connectedDescriptor(Int32)
+    }
+
+    /// TPM2_Startup type sent at start (`--flags startup-*`).
+    public enum StartupType: Sendable, Hashable {
+        case clear, state
+    }
+
+    public var control: Endpoint?
+    public var server: Endpoint?
+    /// Close the data connection after every response (`--server ...,disconnect`).
+    public var disconnectAfterResponse = false
+    /// Exit when the data connection goes away (`--terminate`, and always for a connected data fd).
+    public var terminateOnDataLoss = false
+    public var stateDirectory: String?
+    public var stateOptions = StateDirectory.Options()
+    public var migrationKey: StateKey?
+    public var migrationPolicy: MigrationBlob.Policy = .lenient
+    /// Start libtpms without waiting for CMD_INIT.
+    public var notNeedInit = false
+    public var startup: StartupType?
+    public var pidFile: String?
+    public var pidDescriptor: Int32?
+    public var rejectLocality4 = false
+    public var allowSetLocality = false
+    /// Send TPM2_Shutdown(SU_STATE) before STOP, INIT, SHUTDOWN and SIGTERM if the guest did not.
+    public var autoShutdown = true
+    /// Largest control-channel message body (SET_STATEBLOB), bytes.
+    public var maximumBlobSize = BlobContainer.maximumSize
+
+    public init() {}
+}

@@ -1,0 +1,284 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What `statAt` found at a name inside a directory (symlinks are not followed).
+package struct FileStatus: Sendable, Hashable {
+    package enum Kind: Sendable, Hashable { case regular, directory, symlink, fifo, socket, other }
+    package var kind: Kind
+    package var size: Int64
+    package var mode: UInt32
+    package var owner: UInt32
+}
+
+/// Why a state file cannot be read safely.
+package enum HostileFileReason: Sendable, Hashable {
+    case symlink, notRegular, wrongOwner, writableByOthers, tooLarge(Int64)
+}
+
+/// A hostile-file finding, thrown by `readFileAt`.
+package struct HostileFileError: Error, Hashable, Sendable, CustomStringConvertible {
+    package var name: String
+    package var reason: HostileFileReason
+    package var description: String {
+        switch self.reason {
+        case .symlink: return "\(self.name) is a symbolic link; refusing to follow it"
+        case .notRegular: return "\(self.name) is not a regular file"
+        case .wrongOwner: return "\(self.name) is owned by another user"
+        case .writableByOthers: return "\(self.name) is writable by group or others"
+        case .tooLarge(let size): return "\(self.name) is too large (\(size) bytes)"
+        }
+    }
+}
+
+/// An open directory, used as the anchor for every `*at` call (no path is ever re-resolved).
+package struct DirectoryHandle: Sendable {
+    package let fd: Int32
+    package let path: String
+
+    /// Opens `path` as a directory. Wraps `open(O_DIRECTORY)`.
+    package static func open(_ path: String) throws(PosixError) -> DirectoryHandle {
+        let fd = try retryingEINTR("open", path) { unsafe Glibc.open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        return DirectoryHandle(fd: fd, path: path)
+    }
+
+    package func close() { _ = Glibc.close(self.fd) }
+
+    /// Status of `name` without following symlinks, or nil if it does not exist. Wraps `fstatat`.
+    package func status(_ name: String) throws(PosixError) -> FileStatus? {
+        var st = stat()
+        let rc = unsafe fstatat(self.fd, name, &st, AT_SYMLINK_NOFOLLOW)
+        if rc != 0 {
+            let err = currentErrno()
+            if err == ENOENT { return nil }
+            throw PosixError(errno: err, function: "fstatat", object: self.describe(name))
+        }
+        return FileStatus(st)
+    }
+
+    /// Reads a whole regular file under the hostile-file policy: no symlinks, regular files only,
+    /// owned by us, not writable by group/others (when `strictMode`), at most `maxSize` bytes.
+    /// Returns nil when the file does not exist. Never changes the file's mode.
+    package func readFile(_ name: String, maxSize: Int, strictMode: Bool = true) throws -> [UInt8]? {
+        let fd: Int32
+        do {
+            fd = try retryingEINTR("openat", self.describe(name)) {
+                unsafe openat(self.fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
+            }
+        } catch {
+            if error.errno == ENOENT { return nil }
+            if error.errno == ELOOP { throw HostileFileError(name: self.describe(name), reason: .symlink) }
+            throw error
+        }
+        defer { _ = Glibc.close(fd) }
+        var st = stat()
+        guard unsafe fstat(fd, &st) == 0 else {
+            throw PosixError(errno: currentErrno(), function: "fstat", object: self.describe(name))
+        }
+        let status = FileStatus(st)
+        guard status.kind == .regular else { throw HostileFileError(name: self.describe(name), reason: .notRegular) }
+        if strictMode {
+            guard status.owner == geteuid() else {
+                throw HostileFileError(name: self.describe(name), reason: .wrongOwner)
+            }
+            guard status.mode & 0o022 == 0 else {
+                throw HostileFileError(name: self.describe(name), reason: .writableByOthers)
+            }
+        }
+        guard status.size <= Int64(maxSize) else {
+            throw HostileFileError(name: self.describe(name), reason: .tooLarge(status.size))
+        }
+        var result = [UInt8]()
+        result.reserveCapacity(Int(status.size))
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = try retryingEINTR("read", self.describe(name)) { rawRead(fd, &chunk, 0, chunk.count) }
+            if n == 0 { break }
+            result.append(contentsOf: chunk[0..<n])
+            if result.count > maxSize {
+                throw HostileFileError(name: self.describe(name), reason: .tooLarge(Int64(result.count)))
+            }
+        }
+        return result
+    }
+
+    /// Replaces `name` atomically: exclusive temp file (random name, `O_EXCL|O_NOFOLLOW`), write all,
+    /// `fsync`, `renameat` over `name`, `fsync` of the directory. `durable: false` skips both fsyncs.
+    /// On any failure the temp file is removed and the previous `name` is untouched.
+    package func writeFileAtomically(
+        _ name: String,
+        contents: [UInt8],
+        mode: UInt32 = 0o600,
+        durable: Bool = true
+    ) throws(PosixError) {
+        let tempName = ".\(name).tmp-\(randomSuffix())"
+        let fd = try retryingEINTR("openat", self.describe(tempName)) {
+            unsafe openat(self.fd, tempName, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode_t(mode))
+        }
+        var ok = false
+        defer {
+            if !ok { _ = unsafe unlinkat(self.fd, tempName, 0) }
+        }
+        var failure: PosixError? = nil
+        if fchmod(fd, mode_t(mode)) != 0 {
+            failure = PosixError(errno: currentErrno(), function: "fchmod", object: self.describe(tempName))
+        }
+        if failure == nil {
+            do { try writeAll(fd: fd, contents, object: self.describe(tempName)) } catch { failure = error }
+        }
+        if failure == nil, durable, fsync(fd) != 0 {
+            failure = PosixError(errno: currentErrno(), function: "fsync", object: self.describe(tempName))
+        }
+        if let failure {
+            _ = Glibc.close(fd)
+            throw failure
+        }
+        if Glibc.close(fd) != 0 {
+            throw PosixError(errno: currentErrno(), function: "close", object: self.describe(tempName))
+        }
+        if unsafe renameat(self.fd, tempName, self.fd, name) != 0 {
+            throw PosixError(errno: currentErrno(), function: "renameat", object: self.describe(name))
+        }
+        ok = true
+        if durable, fsync(self.fd) != 0 {
+            throw PosixError(errno: currentErrno(), function: "fsync", object: self.path)
+        }
+    }
+
+    /// Removes `name`; a missing file is not an error unless `mustExist`. Wraps `unlinkat`.
+    /// Returns whether a file was removed.
+    @discardableResult
+    package func remove(_ name: String, mustExist: Bool = false, durable: Bool = true) throws(PosixError) -> Bool {
+        if unsafe unlinkat(self.fd, name, 0) != 0 {
+            let err = currentErrno()
+            if err == ENOENT && !mustExist { return false }
+            throw PosixError(errno: err, function: "unlinkat", object: self.describe(name))
+        }
+        if durable { _ = fsync(self.fd) }
+        return true
+    }
+
+    /// Names in the directory (without "." and ".."). Wraps `fdopendir`/`readdir`.
+    package func entries() throws(PosixError) -> [String] {
+        let dupfd = fcntl(self.fd, F_DUPFD_CLOEXEC, 0)
+        guard dupfd >= 0 else { throw PosixError(errno: currentErrno(), function: "fcntl(F_DUPFD)", object: self.path) }
+        guard let dir = unsafe fdopendir(dupfd) else {
+            let err = currentErrno()
+            _ = Glibc.close(dupfd)
+            throw PosixError(errno: err, function: "fdopendir", object: self.path)
+        }
+        defer { _ = unsafe closedir(dir) }
+        unsafe rewinddir(dir)
+        var names: [String] = []
+        while let entry = unsafe readdir(dir) {
+            let name = unsafe withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                unsafe String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
+    /// Takes an exclusive, non-blocking open-file-description lock on `name` (created 0600, never
+    /// through a symlink) and returns its descriptor; the lock lives as long as the descriptor.
+    /// Throws with `isWouldBlock` when another process holds it. Wraps `fcntl(F_OFD_SETLK)`.
+    package func lock(_ name: String) throws(PosixError) -> Int32 {
+        let fd = try retryingEINTR("openat", self.describe(name)) {
+            unsafe openat(self.fd, name, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, mode_t(0o600))
+        }
+        var fl = flock()
+        fl.l_type = Int16(F_WRLCK)
+        fl.l_whence = Int16(SEEK_SET)
+        fl.l_start = 0
+        fl.l_len = 0
+        fl.l_pid = 0
+        if unsafe fcntl(fd, fcntlOFDSetLock, &fl) != 0 {
+            let err = currentErrno()
+            _ = Glibc.close(fd)
+            throw PosixError(errno: err, function: "fcntl(F_OFD_SETLK)", object: self.describe(name))
+        }
+        return fd
+    }
+
+    package func describe(_ name: String) -> String {
+        self.path.hasSuffix("/") ? self.path + name : self.path + "/" + name
+    }
+}
+
+extension FileStatus {
+    init(_ st: stat) {
+        let fmt = st.st_mode & S_IFMT
+        let kind: Kind
+        switch fmt {
+        case S_IFREG: kind = .regular
+        case S_IFDIR: kind = .directory
+        case S_IFLNK: kind = .symlink
+        case S_IFIFO: kind = .fifo
+        case S_IFSOCK: kind = .socket
+        default: kind = .other
+        }
+        self.init(kind: kind, size: Int64(st.st_size), mode: UInt32(st.st_mode & 0o7777), owner: UInt32(st.st_uid))
+    }
+}
+
+func randomSuffix() -> String {
+    var generator = SystemRandomNumberGenerator()
+    let value = generator.next() as UInt64
+    let hex = String(value, radix: 16)
+    return String(repeating: "0", count: 16 - hex.count) + hex
+}
+
+/// Writes all of `bytes` to `fd`, handling partial writes and EINTR. Wraps `write`.
+package func writeAll(fd: Int32, _ bytes: [UInt8], object: String? = nil) throws(PosixError) {
+    var offset = 0
+    while offset < bytes.count {
+        let n = try retryingEINTR("write", object) { rawPlainWrite(fd, bytes, offset) }
+        offset += n
+    }
+}
+
+/// Writes a small file non-atomically (pid files): `O_CREAT|O_TRUNC|O_NOFOLLOW`.
+package func writeSmallFile(path: String, contents: [UInt8], mode: UInt32) throws(PosixError) {
+    let fd = try retryingEINTR("open", path) {
+        unsafe Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode_t(mode))
+    }
+    defer { _ = Glibc.close(fd) }
+    try writeAll(fd: fd, contents, object: path)
+}
+
+/// Reads a whole file by path (key files, passphrase files), without following a final symlink.
+package func readWholeFile(path: String, maxSize: Int) throws -> [UInt8] {
+    let slash = path.lastIndex(of: "/")
+    let dirPath = slash.map { path[..<$0].isEmpty ? "/" : String(path[..<$0]) } ?? "."
+    let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
+    let dir = try DirectoryHandle.open(dirPath)
+    defer { dir.close() }
+    guard let bytes = try dir.readFile(name, maxSize: maxSize, strictMode: false) else {
+        throw PosixError(errno: ENOENT, function: "open", object: path)
+    }
+    return bytes
+}
+
+/// Reads everything from `fd` until EOF (for `pwdfd=`/`fd=` key options), at most `maxSize` bytes.
+package func readAll(fd: Int32, maxSize: Int) throws(PosixError) -> [UInt8] {
+    var result: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while result.count <= maxSize {
+        let n = try retryingEINTR("read", "fd \(fd)") { rawRead(fd, &chunk, 0, chunk.count) }
+        if n == 0 { break }
+        result.append(contentsOf: chunk[0..<n])
+    }
+    return result
+}
+
+/// Removes a file by path (pid file, socket path at exit). Errors are ignored.
+package func removePath(_ path: String) { _ = unsafe unlink(path) }
+
+/// Closes a descriptor. Wraps `close`.
+package func closeDescriptor(_ fd: Int32) { _ = Glibc.close(fd) }
+
+/// Opens a log file for appending (or truncating), created 0600, never through a symlink.
+package func openLogFile(path: String, truncate: Bool) throws(PosixError) -> Int32 {
+    let flags = O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | (truncate ? O_TRUNC : O_APPEND)
+    return try retryingEINTR("open", path) { unsafe Glibc.open(path, flags, mode_t(0o600)) }
+}

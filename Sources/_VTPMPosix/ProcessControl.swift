@@ -1,0 +1,138 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Process-level calls: signals, daemonizing, identity, clocks.
+package enum ProcessControl {
+    /// Ignores SIGPIPE so a vanished peer surfaces as EPIPE, never as process death.
+    package static func ignoreSIGPIPE() { _ = signal(SIGPIPE, SIG_IGN) }
+
+    /// Installs handlers for SIGTERM, SIGINT and SIGHUP that write the signal number into a pipe,
+    /// and returns the pipe's read end (the poll loop watches it). Wraps `pipe2` + `sigaction`.
+    package static func terminationSignalDescriptor() throws(PosixError) -> Int32 {
+        var fds: [Int32] = [-1, -1]
+        let rc = unsafe fds.withUnsafeMutableBufferPointer { buf in unsafe pipe(buf.baseAddress) }
+        guard rc == 0 else { throw PosixError(errno: currentErrno(), function: "pipe") }
+        for fd in fds {
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            _ = fcntl(fd, F_SETFL, O_NONBLOCK)
+        }
+        unsafe signalPipeWriteEnd = fds[1]
+        for sig in [SIGTERM, SIGINT, SIGHUP] {
+            var action = sigaction()
+            unsafe action.__sigaction_handler.sa_handler = signalToPipe
+            unsafe sigemptyset(&action.sa_mask)
+            action.sa_flags = Int32(SA_RESTART)
+            _ = unsafe sigaction(sig, &action, nil)
+        }
+        return fds[0]
+    }
+
+    /// Reads one pending signal number from the descriptor `terminationSignalDescriptor` returned.
+    package static func readSignal(_ fd: Int32) -> Int32? {
+        var byte: UInt8 = 0
+        let n = unsafe withUnsafeMutableBytes(of: &byte) { raw in unsafe Glibc.read(fd, raw.baseAddress, 1) }
+        return n == 1 ? Int32(byte) : nil
+    }
+
+    /// Detaches like a classic daemon: fork, setsid, fork. The original process waits for the
+    /// grandchild to report its setup result through `reportDaemonReady` and exits with that status.
+    /// Returns (in the grandchild) the descriptor to report on. Wraps `fork`/`setsid`.
+    package static func daemonize() throws(PosixError) -> Int32 {
+        let (readEnd, writeEnd) = try Socket.pair()
+        let first = fork()
+        if first < 0 { throw PosixError(errno: currentErrno(), function: "fork") }
+        if first > 0 {
+            _ = Glibc.close(writeEnd)
+            var status: [UInt8] = [1]
+            let n = unsafe status.withUnsafeMutableBytes { buf in unsafe Glibc.read(readEnd, buf.baseAddress, 1) }
+            var childStatus: Int32 = 0
+            _ = unsafe waitpid(first, &childStatus, 0)
+            _exit(n == 1 ? Int32(status[0]) : 1)
+        }
+        _ = Glibc.close(readEnd)
+        _ = setsid()
+        let second = fork()
+        if second < 0 { _exit(1) }
+        if second > 0 { _exit(0) }
+        _ = unsafe chdir("/")
+        let devNull = unsafe Glibc.open("/dev/null", O_RDWR)
+        if devNull >= 0 {
+            _ = dup2(devNull, 0)
+            _ = dup2(devNull, 1)
+            if devNull > 2 { _ = Glibc.close(devNull) }
+        }
+        return writeEnd
+    }
+
+    /// Tells the waiting original process that setup finished with `status` (0 = ready).
+    package static func reportDaemonReady(_ fd: Int32, status: UInt8) {
+        var byte = [status]
+        _ = unsafe byte.withUnsafeMutableBytes { buf in unsafe Glibc.write(fd, buf.baseAddress, 1) }
+        _ = Glibc.close(fd)
+    }
+
+    /// Redirects stderr to /dev/null (after daemonizing, once logging is set up).
+    package static func detachStderr() {
+        let devNull = unsafe Glibc.open("/dev/null", O_RDWR)
+        if devNull >= 0 {
+            _ = dup2(devNull, 2)
+            if devNull > 2 { _ = Glibc.close(devNull) }
+        }
+    }
+
+    /// Switches to `user` (name or numeric uid): supplementary groups, gid, uid. Wraps `setuid`.
+    package static func runAs(user: String) throws(PosixError) {
+        guard let pw = unsafe getpwnam(user) ?? (UInt32(user).flatMap { unsafe getpwuid($0) }) else {
+            throw PosixError(errno: ENOENT, function: "getpwnam", object: user)
+        }
+        let uid = unsafe pw.pointee.pw_uid
+        let gid = unsafe pw.pointee.pw_gid
+        if unsafe initgroups(pw.pointee.pw_name, gid) != 0 {
+            throw PosixError(errno: currentErrno(), function: "initgroups", object: user)
+        }
+        if setgid(gid) != 0 { throw PosixError(errno: currentErrno(), function: "setgid", object: user) }
+        if setuid(uid) != 0 { throw PosixError(errno: currentErrno(), function: "setuid", object: user) }
+    }
+
+    package static var processID: Int32 { getpid() }
+    package static var effectiveUserID: UInt32 { geteuid() }
+
+    /// Monotonic time in nanoseconds. Wraps `clock_gettime(CLOCK_MONOTONIC)`.
+    package static func monotonicNanoseconds() -> UInt64 {
+        var ts = timespec()
+        unsafe clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+
+    /// Wall-clock seconds and microseconds, for log lines.
+    package static func wallClock() -> (seconds: Int, microseconds: Int) {
+        var tv = timeval()
+        unsafe gettimeofday(&tv, nil)
+        return (Int(tv.tv_sec), Int(tv.tv_usec))
+    }
+
+    /// Whether `fd` is an open descriptor.
+    package static func isOpenDescriptor(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) >= 0 }
+
+    /// Marks `fd` close-on-exec.
+    package static func setCloseOnExec(_ fd: Int32) { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+
+    /// Exits immediately with `status` (no atexit handlers).
+    package static func exitNow(_ status: Int32) -> Never { _exit(status) }
+
+    /// The current umask-free file-creation mask is left alone; this returns the process umask.
+    package static func environment(_ name: String) -> String? {
+        guard let value = unsafe getenv(name) else { return nil }
+        return unsafe String(cString: value)
+    }
+}
+
+/// The write end of the signal pipe; set once before the handlers are installed and only read
+/// by the async-signal-safe handler afterwards.
+nonisolated(unsafe) private var signalPipeWriteEnd: Int32 = -1
+
+private let signalToPipe: @convention(c) (Int32) -> Void = { sig in
+    var byte = UInt8(truncatingIfNeeded: sig)
+    _ = unsafe withUnsafeMutableBytes(of: &byte) { raw in unsafe Glibc.write(signalPipeWriteEnd, raw.baseAddress, 1) }
+}

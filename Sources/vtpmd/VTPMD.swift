@@ -1,0 +1,200 @@
+import ArgumentParser
+import Logging
+import StateStore
+import VTPMServer
+import _VTPMPosix
+
+
+@main
+struct VTPMD: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vtpmd",
+        abstract: "A TPM 2.0 backend for QEMU, command-line compatible with `swtpm socket`.",
+        subcommands: [SocketCommand.self, ChardevCommand.self]
+    )
+}
+
+/// swtpm 0.7's options, shared by `socket` and `chardev`.
+struct SwtpmOptions: ParsableArguments {
+    @Flag(name: .customLong("tpm2"), help: "Emulate a TPM 2.0 (required: vtpmd implements TPM 2.0 only).")
+    var tpm2 = false
+    @Option(help: "dir=DIR[,mode=0600][,fsync=on|off] or backend-uri=dir://DIR: the state directory.")
+    var tpmstate: String?
+    @Option(help: "type=unixio,path=P[,mode=0770] | type=unixio,fd=N|clientfd=N | type=tcp,port=N[,bindaddr=A]")
+    var ctrl: String?
+    @Option(name: [.customShort("f"), .customLong("fd")], help: "An inherited, connected stream for TPM commands.")
+    var fd: Int?
+    @Option(help: "not-need-init,startup-clear|startup-state|startup-none,disable-auto-shutdown")
+    var flags: String?
+    @Option(help: "file=F | fd=N: write the process id.")
+    var pid: String?
+    @Option(help: "file=F|fd=N[,level=N][,prefix=S][,truncate]")
+    var log: String?
+    @Flag(name: [.customShort("d"), .customLong("daemon")], help: "Run in the background.")
+    var daemon = false
+    @Flag(name: [.customShort("t"), .customLong("terminate")], help: "Exit when the data connection is lost.")
+    var terminate = false
+    @Option(help: "reject-locality-4[,allow-set-locality]")
+    var locality: String?
+    @Option(help: "file=F|fd=N[,format=hex|binary] or pwdfile=F|pwdfd=N[,kdf=pbkdf2|sha512], mode=aes-128-cbc|aes-256-cbc, remove: encrypt the state files.")
+    var key: String?
+    @Option(name: .customLong("migration-key"), help: "Same syntax as --key (plus strict): encrypt outgoing state blobs.")
+    var migrationKey: String?
+    @Option(help: "action=none|kill|log (accepted for compatibility; vtpmd installs no seccomp profile).")
+    var seccomp: String?
+    @Option(name: [.customShort("r"), .customLong("runas")], help: "Switch to this user after creating the sockets.")
+    var runas: String?
+    @Flag(name: .customLong("print-capabilities"), help: "Print the supported features as JSON and exit.")
+    var printCapabilities = false
+    @Flag(name: .customLong("print-states"), help: "Print the state blobs present in --tpmstate as JSON and exit.")
+    var printStates = false
+    @Flag(name: .customLong("version"), help: "Print the version and exit.")
+    var version = false
+
+    func commandLineOptions() -> CommandLineOptions {
+        var o = CommandLineOptions()
+        o.tpm2 = self.tpm2
+        o.tpmstate = self.tpmstate
+        o.ctrl = self.ctrl
+        o.fd = self.fd
+        o.flags = self.flags
+        o.pid = self.pid
+        o.log = self.log
+        o.daemon = self.daemon
+        o.terminate = self.terminate
+        o.locality = self.locality
+        o.key = self.key
+        o.migrationKey = self.migrationKey
+        o.seccomp = self.seccomp
+        o.runas = self.runas
+        for name in ["TPM_PATH", "TPM_PORT"] {
+            if let value = ProcessControl.environment(name) { o.environment[name] = value }
+        }
+        return o
+    }
+}
+
+struct SocketCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "socket", abstract: "Serve QEMU's -tpmdev emulator over a control socket (swtpm socket).")
+    @OptionGroup var common: SwtpmOptions
+    @Option(help: "type=tcp,port=N[,bindaddr=A][,disconnect] | type=tcp,fd=N | type=unixio,path=P[,mode=] | type=unixio,fd=N")
+    var server: String?
+    @Option(name: [.customShort("p"), .customLong("port")], help: "TCP data port (= --server type=tcp,port=N,disconnect).")
+    var port: Int?
+
+    func run() throws {
+        var options = self.common.commandLineOptions()
+        options.server = self.server
+        options.port = self.port
+        try Launcher.launch(options, common: self.common, chardev: false)
+    }
+}
+
+struct ChardevCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "chardev",
+        abstract: "Serve TPM commands over an inherited descriptor (swtpm chardev --fd N); optional --ctrl.")
+    @OptionGroup var common: SwtpmOptions
+
+    func run() throws {
+        try Launcher.launch(self.common.commandLineOptions(), common: self.common, chardev: true)
+    }
+}
+
+enum Launcher {
+    static func fail(_ message: String) -> Never {
+        try? writeAll(fd: 2, Array("vtpmd: \(message)\n".utf8))
+        ProcessControl.exitNow(1)
+    }
+
+    static func launch(_ options: CommandLineOptions, common: SwtpmOptions, chardev: Bool) throws {
+        if common.version {
+            print(Capabilities.versionText)
+            return
+        }
+        if common.printCapabilities {
+            print(Capabilities.json())
+            return
+        }
+        let configuration: ServerConfiguration
+        let logSettings: CommandLineOptions.LogSettings?
+        do {
+            if common.printStates {
+                guard options.tpm2 else { fail("vtpmd implements TPM 2.0 only: add --tpm2") }
+                try printStates(options)
+                return
+            }
+            configuration = try options.configuration(chardev: chardev)
+            logSettings = try options.logSettings()
+        } catch {
+            fail("\(error)")
+        }
+        var readyReport: Int32 = -1
+        if options.daemon {
+            do { readyReport = try ProcessControl.daemonize() } catch { fail("cannot daemonize: \(error)") }
+        }
+        let logger = makeLogger(logSettings, daemon: options.daemon)
+        let server: Server
+        do {
+            server = try Server(configuration: configuration, logger: logger)
+            try server.start()
+            if let user = options.runas { try ProcessControl.runAs(user: user) }
+        } catch {
+            logger.error("startup failed: \(error)")
+            if readyReport >= 0 { ProcessControl.reportDaemonReady(readyReport, status: 1) }
+            fail("\(error)")
+        }
+        if readyReport >= 0 {
+            ProcessControl.reportDaemonReady(readyReport, status: 0)
+            ProcessControl.detachStderr()
+        }
+        let status = server.run()
+        ProcessControl.exitNow(status)
+    }
+
+    static func printStates(_ options: CommandLineOptions) throws {
+        let configuration = try options.configuration(chardev: false, requireChannel: false)
+        guard let dir = configuration.stateDirectory else { fail("--print-states needs --tpmstate") }
+        let store = StateDirectory(path: dir, options: configuration.stateOptions, logger: Logger(label: "vtpm.state"))
+        do {
+            print(Capabilities.statesJSON(try store.presentStates()), terminator: "")
+        } catch {
+            fail("\(error)")
+        }
+    }
+
+    static func makeLogger(_ settings: CommandLineOptions.LogSettings?, daemon: Bool) -> Logger {
+        var descriptor: Int32 = 2
+        var level: Logger.Level = .error
+        var prefix = ""
+        if let settings {
+            if settings.disabled {
+                return Logger(label: "vtpm.server", factory: { _ in SwiftLogNoOpLogHandler() })
+            }
+            if let path = settings.path {
+                do {
+                    descriptor = try openLogFile(path: path, truncate: settings.truncate)
+                } catch {
+                    fail("--log: \(error)")
+                }
+            } else if let fd = settings.descriptor {
+                descriptor = fd
+            }
+            prefix = settings.prefix
+            switch settings.level {
+            case ...1: level = .error
+            case 2: level = .info
+            case 3...4: level = .debug
+            default: level = .trace
+            }
+        } else if daemon {
+            level = .critical
+        }
+        let chosenLevel = level
+        let chosenPrefix = prefix
+        return Logger(label: "vtpm.server") { label in
+            FileLogHandler(label: label, descriptor: descriptor, level: chosenLevel, prefix: chosenPrefix)
+        }
+    }
+}
