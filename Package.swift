@@ -56,7 +56,7 @@ let package = Package(
             ],
             swiftSettings: settings
         ),
-        .target(name: "TestSupport", dependencies: ["_VTPMPosix"], path: "Tests/TestSupport", swiftSettings: settings),
+        .target(name: "TestSupport", dependencies: ["_VTPMPosix", "TPMWire"], path: "Tests/TestSupport", swiftSettings: settings),
         .testTarget(name: "TPMWireTests", dependencies: ["TPMWire"], swiftSettings: settings),
         .testTarget(name: "StateStoreTests", dependencies: ["StateStore", "TestSupport"], swiftSettings: settings),
         .testTarget(

@@ -5,7 +5,7 @@ import _VTPMPosix
 
 extension Server {
     /// How long the rest of a TPM command may take once its first bytes arrived.
-    static let dataDeadlineNanoseconds: UInt64 = 5_000_000_000
+    static let dataDeadlineNanoseconds: UInt64 = 2_000_000_000
     static let tpm2ShutdownCode: UInt32 = 0x145
 
     /// Reads one TPM command (framed by its size field), runs it, writes the response.

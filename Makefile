@@ -1,0 +1,43 @@
+# swift-vtpm — build, test, demo, bench. `make test` and `make demo` set up a fresh Debian 12 machine.
+SWIFT ?= swift
+GUEST_DIR := qemu/out
+
+.PHONY: all deps build release guest test unit-test demo bench swtpm-compat lint clean
+
+all: build
+
+deps:
+	./scripts/install-deps.sh
+
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build -c release --product vtpmd
+
+guest: deps
+	./qemu/build-guest.sh $(GUEST_DIR)
+
+# Everything: unit tests, real-binary integration tests, QEMU guest tests.
+test: deps guest
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --no-parallel
+
+unit-test: deps
+	$(SWIFT) test --skip IntegrationTests
+
+demo: deps guest build
+	./qemu/demo.sh
+
+bench: deps release
+	VTPMD=$(CURDIR)/.build/release/vtpmd ./bench/run.sh
+
+# swtpm 0.7.1's own test scripts against vtpmd (needs a local copy of swtpm's tests/, see README).
+swtpm-compat: build
+	./scripts/swtpm-compat.sh
+
+lint:
+	git ls-files -z '*.swift' | xargs -0 $(SWIFT) format lint --strict --parallel
+
+clean:
+	rm -rf .build $(GUEST_DIR) bench/out

@@ -1,0 +1,223 @@
+import Foundation
+import TPMWire
+import TestSupport
+import Testing
+import _VTPMPosix
+
+/// vtpmd started with a UNIX control socket and a TCP data port, driven byte by byte.
+final class VTPMDInstance {
+    let dir: String
+    let state: String
+    let ctrlPath: String
+    let dataPort: UInt16
+    let daemon: Daemon
+
+    init(dir: String, extra: [String] = [], state: String? = nil) throws {
+        self.dir = dir
+        self.state = state ?? "\(dir)/state"
+        try? FileManager.default.createDirectory(atPath: self.state, withIntermediateDirectories: true)
+        self.ctrlPath = "\(dir)/ctrl.sock"
+        self.dataPort = try freePort()
+        self.daemon = try Daemon(
+            Binaries.vtpmd,
+            ["socket", "--tpm2", "--tpmstate", "dir=\(self.state)", "--ctrl", "type=unixio,path=\(self.ctrlPath)",
+                "--server", "type=tcp,port=\(self.dataPort)", "--log", "file=\(dir)/vtpmd.log,level=20"] + extra,
+            waitFor: self.ctrlPath)
+    }
+
+    func control() throws -> ControlClient { try ControlClient(unixPath: self.ctrlPath) }
+    func data() throws -> DataClient { try DataClient(tcpPort: self.dataPort) }
+    var log: String { (try? String(contentsOfFile: "\(self.dir)/vtpmd.log", encoding: .utf8)) ?? "" }
+}
+
+@Suite(.serialized)
+struct ControlChannelTests {
+    @Test func capabilitiesInfoAndBufferSize() throws {
+        try withTemporaryDirectory { dir in
+            let v = try VTPMDInstance(dir: dir)
+            let c = try v.control()
+            let caps = try c.request(.getCapability, replySize: 8)
+            #expect(caps == [0, 0, 0, 0, 0, 0, 0x7f, 0xff])
+            // Query works with the TPM stopped; sizes clamp to libtpms' range.
+            #expect(try c.request(.setBufferSize(0), replySize: 16).hexString == "00000000000010000000" + "0af800001000")
+            #expect(try c.request(.setBufferSize(100), replySize: 16).hexString == "0000000000000af800000af800001000")
+            #expect(try c.request(.setBufferSize(1_000_000), replySize: 16).hexString == "000000000000100000000af800001000")
+            let info = try c.request(.getInfo(flags: 1, offset: 0), replySize: 200)
+            let text = String(decoding: info.dropFirst(12), as: UTF8.self)
+            #expect(text.hasPrefix("{\"TPMSpecification\":{\"family\":\"2.0\""))
+            #expect(try c.result(.getInfo(flags: 1, offset: 1000)) == ControlResult.badParameter)
+            #expect(try c.request(.getConfig, replySize: 8) == [0, 0, 0, 0, 0, 0, 0, 0])
+        }
+    }
+
+    @Test func commandsThatNeedARunningTPMSayBadOrdinal() throws {
+        try withTemporaryDirectory { dir in
+            let v = try VTPMDInstance(dir: dir)
+            let c = try v.control()
+            // Full 8-byte reply, so QEMU 7.2's fixed-size read never blocks.
+            #expect(try c.request(.getTPMEstablished, replySize: 8) == [0, 0, 0, 0x0a, 0, 0, 0, 0])
+            #expect(try c.result(.storeVolatile) == ControlResult.badOrdinal)
+            #expect(try c.result(.hashStart) == ControlResult.badOrdinal)
+            #expect(try c.result(.cancelTPMCommand) == ControlResult.badOrdinal)
+            let blob = try c.request(.getStateBlob(flags: 1, type: 1, offset: 0), replySize: 16)
+            #expect(blob.count == 16 && blob.readBigEndianUInt32(at: 0) == ControlResult.badOrdinal)
+            // A TPM command before INIT: the fatal reply QEMU's probe expects.
+            let d = try v.data()
+            #expect(try d.transmit(TPMCommands.readClock) == TPMFrame.errorResponse(0x101))
+        }
+    }
+
+    @Test func malformedControlMessagesAreRejected() throws {
+        try withTemporaryDirectory { dir in
+            let v = try VTPMDInstance(dir: dir)
+            let c = try v.control()
+            // Unknown code.
+            #expect(try c.exchange([0, 0, 0, 0x55], replySize: 4) == ControlReply.result(ControlResult.badOrdinal))
+            // Locality out of range, then in range.
+            #expect(try c.result(.setLocality(5)) == ControlResult.badLocality)
+            #expect(try c.result(.setLocality(4)) == 0)
+            // STOP with trailing bytes: exact-size command.
+            #expect(try c.exchange([0, 0, 0, 0x0e, 1, 2], replySize: 4) == ControlReply.result(ControlResult.badParameter))
+            // The connection still works.
+            #expect(try c.request(.getCapability, replySize: 8).count == 8)
+            // SET_STATEBLOB with an unknown type, and a truncated/garbage blob.
+            var w = ByteWriter()
+            w.write(ControlCode.setStateBlob.rawValue)
+            w.write(UInt32(0))
+            w.write(UInt32(7))
+            w.write(UInt32(4))
+            w.write(bytes: Array("abcd".utf8))
+            #expect(try c.exchange(w.bytes, replySize: 4) == ControlReply.result(ControlResult.badParameter))
+            for (type, body) in [(UInt32(1), Array("xxxxxxxxxxxx".utf8)), (1, [2, 1, 0, 10, 0, 4, 0, 0, 0]), (2, [2, 1])] {
+                var g = ByteWriter()
+                g.write(ControlCode.setStateBlob.rawValue)
+                g.write(UInt32(0))
+                g.write(type)
+                g.write(UInt32(body.count))
+                g.write(bytes: body)
+                let reply = try c.exchange(g.bytes, replySize: 4)
+                #expect(reply.count == 4 && reply != ControlReply.result(0), "blob \(body.hexString)")
+            }
+            // A blob length beyond the limit: error and the connection is closed.
+            var huge = ByteWriter()
+            huge.write(ControlCode.setStateBlob.rawValue)
+            huge.write(UInt32(0))
+            huge.write(UInt32(1))
+            huge.write(UInt32(0x7fff_ffff))
+            #expect(try c.exchange(huge.bytes, replySize: 4) == ControlReply.result(ControlResult.badParameter))
+            #expect(c.isClosed())
+            // A short command (2 of 4 INIT payload bytes): error after the deadline, then closed.
+            let c2 = try v.control()
+            try c2.send([0, 0, 0, 2, 0, 0])
+            #expect(try c2.read(4, timeout: 3000) == ControlReply.result(ControlResult.badParameter))
+            #expect(c2.isClosed())
+            // The daemon is alive and well.
+            let c3 = try v.control()
+            #expect(try c3.result(.initialize(flags: 0)) == 0)
+            #expect(try c3.request(.getStateBlob(flags: 1, type: 9, offset: 0), replySize: 16).readBigEndianUInt32(at: 0) == ControlResult.badParameter)
+            #expect(try c3.result(.setBufferSize(4096)) == ControlResult.badOrdinal)
+            #expect(try c3.result(.resetTPMEstablished(locality: 9)) == ControlResult.badLocality)
+            #expect(v.daemon.isRunning)
+        }
+    }
+
+    @Test func setStateBlobIsRefusedWhileRunningAndStateRoundTrips() throws {
+        try withTemporaryDirectory { dir in
+            let v = try VTPMDInstance(dir: dir)
+            let c = try v.control()
+            #expect(try c.result(.initialize(flags: 0)) == 0)
+            let d = try v.data()
+            #expect(TPMFrame.responseCode(try d.transmit(TPMCommands.startup())) == 0)
+            let digest = [UInt8](repeating: 0x42, count: 32)
+            #expect(TPMFrame.responseCode(try d.transmit(TPMCommands.pcrExtend(16, digest: digest))) == 0)
+            let pcrBefore = try d.transmit(TPMCommands.pcrRead(16))
+            // savevm: GET_STATEBLOB x3, the TPM keeps running.
+            var blobs: [[UInt8]] = []
+            for type: UInt32 in [1, 2] {
+                let reply = try c.exchange(ControlRequest.getStateBlob(flags: 1, type: type, offset: 0).encoded, replySize: 600_000, timeout: 500)
+                #expect(reply.readBigEndianUInt32(at: 0) == 0)
+                let total = Int(reply.readBigEndianUInt32(at: 8))
+                #expect(reply.count == 16 + total)
+                blobs.append(Array(reply[16...]))
+            }
+            #expect(try c.request(.getStateBlob(flags: 1, type: 3, offset: 0), replySize: 16).readBigEndianUInt32(at: 0) == 0x800)
+            #expect(try c.result(.setBufferSize(0), replySize: 16) == 0)
+            var w = ByteWriter()
+            w.write(ControlCode.setStateBlob.rawValue)
+            w.write(UInt32(0))
+            w.write(UInt32(1))
+            w.write(UInt32(blobs[0].count))
+            w.write(bytes: blobs[0])
+            #expect(try c.exchange(w.bytes, replySize: 4) == ControlReply.result(ControlResult.badOrdinal))
+            // Change the PCR, then loadvm: STOP, SET x2, INIT(1) restores it.
+            #expect(TPMFrame.responseCode(try d.transmit(TPMCommands.pcrExtend(16, digest: digest))) == 0)
+            #expect(try c.result(.stop) == 0)
+            for (i, blob) in blobs.enumerated() {
+                var s = ByteWriter()
+                s.write(ControlCode.setStateBlob.rawValue)
+                s.write(UInt32(0))
+                s.write(UInt32(i + 1))
+                s.write(UInt32(blob.count))
+                s.write(bytes: blob)
+                #expect(try c.exchange(s.bytes, replySize: 4) == ControlReply.result(0))
+            }
+            #expect(try c.result(.initialize(flags: 1)) == 0)
+            #expect(TPMFrame.responseCode(try d.transmit(TPMCommands.startup())) == 0x100)
+            #expect(try d.transmit(TPMCommands.pcrRead(16)) == pcrBefore)
+            #expect(!FileManager.default.fileExists(atPath: "\(v.state)/tpm2-00.volatilestate"))
+        }
+    }
+
+    @Test func dataFramesThatLieAboutTheirSizeAreRejectedWithoutCallingLibtpms() throws {
+        try withTemporaryDirectory { dir in
+            let v = try VTPMDInstance(dir: dir, extra: ["--flags", "not-need-init,startup-clear"])
+            let commandSize = TPMFrame.errorResponse(TPMFrame.rcCommandSize)
+            // Header size below 10.
+            let d1 = try v.data()
+            try d1.send([0x80, 0x01, 0, 0, 0, 6, 0, 0, 1, 0x7b])
+            #expect(try d1.readResponse() == commandSize)
+            // Larger than the buffer.
+            let d2 = try v.data()
+            try d2.send([0x80, 0x01, 0, 0, 0x20, 0, 0, 0, 1, 0x7b])
+            #expect(try d2.readResponse() == commandSize)
+            // Header says 14 bytes, 12 arrive.
+            let d3 = try v.data()
+            try d3.send([0x80, 0x01, 0, 0, 0, 14, 0, 0, 1, 0x7b, 0, 8])
+            #expect(try d3.readResponse(timeout: 5000) == commandSize)
+            // A client that disconnects mid-command does not disturb the next one.
+            let d4 = try v.data()
+            try d4.send([0x80, 0x01, 0, 0])
+            _ = d4
+            let d5 = try v.data()
+            let r = try d5.transmit(TPMCommands.getRandom(8))
+            #expect(TPMFrame.responseCode(r) == 0 && r.count == 20)
+            #expect(v.daemon.isRunning)
+        }
+    }
+
+    @Test func setDataFDCarriesTheDataChannel() throws {
+        try withTemporaryDirectory { dir in
+            let ctrl = "\(dir)/ctrl.sock"
+            let daemon = try Daemon(
+                Binaries.vtpmd, ["socket", "--tpm2", "--tpmstate", "dir=\(dir)", "--ctrl", "type=unixio,path=\(ctrl)"],
+                waitFor: ctrl)
+            let c = try ControlClient(unixPath: ctrl)
+            // SET_DATAFD without a descriptor.
+            #expect(try c.exchange([0, 0, 0, 0x10], replySize: 4) == ControlReply.result(ControlResult.badParameter))
+            let (mine, theirs) = try Socket.pair()
+            #expect(try c.exchange([0, 0, 0, 0x10], passing: theirs, replySize: 4) == ControlReply.result(0))
+            closeDescriptor(theirs)
+            let (_, extra) = try Socket.pair()
+            #expect(try c.exchange([0, 0, 0, 0x10], passing: extra, replySize: 4) == ControlReply.result(ControlResult.ioError))
+            let d = DataClient(descriptor: mine)
+            #expect(try d.transmit(TPMCommands.readClock) == TPMFrame.errorResponse(0x101))
+            #expect(try c.result(.initialize(flags: 0)) == 0)
+            #expect(TPMFrame.responseCode(try d.transmit(TPMCommands.startup())) == 0)
+            #expect(TPMFrame.responseCode(try d.transmit(TPMCommands.getRandom(16))) == 0)
+            // SHUTDOWN: reply, then the process exits 0 and removes its socket.
+            #expect(try c.result(.shutdown) == 0)
+            #expect(daemon.waitForExit() == 0)
+            #expect(!FileManager.default.fileExists(atPath: ctrl))
+        }
+    }
+}

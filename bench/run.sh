@@ -1,0 +1,357 @@
+#!/usr/bin/env bash
+# bench/run.sh - compare the loopback floor, swtpm and vtpmd over the TCP
+# data channel.  Builds bench/out/tpmbench, then runs ROUNDS interleaved
+# rounds and prints medians.  Output: stdout and bench/out/results.txt
+# (per-run lines in bench/out/raw.txt, server logs in bench/out/*.log).
+#
+# Environment knobs (defaults in brackets):
+#   VTPMD        vtpmd binary [/work/main/.build/release/vtpmd]; skipped if missing
+#   VTPMD_ARGS   extra arguments appended to vtpmd's command line [none],
+#                word-split, e.g. VTPMD_ARGS='--some-flag off'
+#   SWTPM        swtpm binary [/usr/bin/swtpm]
+#   SERVERS      which servers to run ["floor swtpm vtpmd"]
+#   OPS          ["getrandom pcrextend createprimary nvincrement"]
+#   ROUNDS       interleaved rounds, median taken [3]
+#   N_GETRANDOM [20000] N_PCREXTEND [20000] N_CREATEPRIMARY [300] N_NVINCREMENT [2000]
+#   WARMUP       warm-up commands per run [tpmbench default: min(count/10,100)]
+#   RSS_COUNT    mixed commands before sampling VmRSS [10000]
+#   SPAWN_REPEAT spawns per server per round and state mode [10]
+#   PIN          split: client on CPU CLIENT_CPU, servers on SERVER_CPU [default]
+#                same:  client and servers all on CLIENT_CPU
+#                none:  no pinning (scheduler decides; noisy on 2 vCPUs)
+#   CLIENT_CPU [0]  SERVER_CPU [1]
+#   MAX_STALL_PCT  a timed run during which some task waited for a CPU
+#                more than this % of the time (/proc/pressure/cpu "some") is
+#                repeated, up to MAX_RETRIES [2] times [25 with PIN=split,
+#                off otherwise]; the stall % is logged per run in raw.txt.
+#                Cross-CPU ping-pong alone shows ~10-15% here (runqueue wait
+#                while an idle vCPU wakes up); another busy process, 30-60%.
+#   WAIT_IDLE    before each round wait up to this many seconds for a 1-s
+#                window with >= 90% CPU idle (other builds running) [0 = don't]
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+OUT=$HERE/out
+TB=$OUT/tpmbench
+SWTPM=${SWTPM:-/usr/bin/swtpm}
+VTPMD=${VTPMD:-/work/main/.build/release/vtpmd}
+read -r -a VTPMD_EXTRA <<< "${VTPMD_ARGS:-}"
+SERVERS=${SERVERS:-"floor swtpm vtpmd"}
+OPS=${OPS:-"getrandom pcrextend createprimary nvincrement"}
+ROUNDS=${ROUNDS:-3}
+N_GETRANDOM=${N_GETRANDOM:-20000}
+N_PCREXTEND=${N_PCREXTEND:-20000}
+N_CREATEPRIMARY=${N_CREATEPRIMARY:-300}
+N_NVINCREMENT=${N_NVINCREMENT:-2000}
+RSS_COUNT=${RSS_COUNT:-10000}
+SPAWN_REPEAT=${SPAWN_REPEAT:-10}
+PIN=${PIN:-split}
+CLIENT_CPU=${CLIENT_CPU:-0}
+SERVER_CPU=${SERVER_CPU:-1}
+
+mkdir -p "$OUT"
+RESULTS=$OUT/results.txt
+RAW=$OUT/raw.txt
+: > "$RAW"
+
+die() { echo "run.sh: $*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- build
+gcc -O2 -Wall -Wextra -o "$TB" "$HERE/tpmbench.c" || die "building tpmbench failed"
+
+# ---------------------------------------------------------------- servers to run
+ACTIVE=()
+for s in $SERVERS; do
+    case $s in
+    floor) ACTIVE+=(floor) ;;
+    swtpm)
+        if [[ -x $SWTPM ]]; then ACTIVE+=(swtpm); else echo "swtpm not found at $SWTPM - skipping it" >&2; fi ;;
+    vtpmd)
+        if [[ -x $VTPMD ]]; then ACTIVE+=(vtpmd); else echo "vtpmd not found at $VTPMD (not built yet?) - skipping it" >&2; fi ;;
+    *) die "unknown server '$s'" ;;
+    esac
+done
+((${#ACTIVE[@]} > 0)) || die "no server to benchmark"
+
+if [[ $PIN == split ]]; then MAX_STALL_PCT=${MAX_STALL_PCT:-25}; else MAX_STALL_PCT=${MAX_STALL_PCT:-off}; fi
+MAX_RETRIES=${MAX_RETRIES:-2}
+[[ -r /proc/pressure/cpu ]] || MAX_STALL_PCT=off
+
+case $PIN in
+split) CL_PIN=(taskset -c "$CLIENT_CPU"); SV_PIN=(taskset -c "$SERVER_CPU"); SV_CPU=$SERVER_CPU ;;
+same)  CL_PIN=(taskset -c "$CLIENT_CPU"); SV_PIN=(taskset -c "$CLIENT_CPU"); SV_CPU=$CLIENT_CPU ;;
+none)  CL_PIN=(); SV_PIN=(); SV_CPU= ;;
+*) die "PIN must be split, same or none" ;;
+esac
+
+# ---------------------------------------------------------------- process bookkeeping
+TMPROOT=$(mktemp -d /tmp/tpmbench-run.XXXXXX)
+PIDS=()
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in 1 2 3 4 5 6 7 8 9 10; do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    PIDS=()
+    rm -rf "$TMPROOT"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_busy() { [[ -n $(ss -Htan "( sport = :$1 )" 2>/dev/null) ]]; }
+
+# Even base port P with P and P+1 unused, below the ephemeral range.
+pick_port() {
+    local p
+    for _ in $(seq 200); do
+        p=$((20000 + (RANDOM % 6000) * 2))
+        if ! port_busy "$p" && ! port_busy $((p + 1)); then
+            echo "$p"
+            return 0
+        fi
+    done
+    die "no free port pair found"
+}
+
+# server_cmd NAME PORT STATEDIR -> fills array CMD
+server_cmd() {
+    local name=$1 port=$2 dir=$3
+    case $name in
+    floor) CMD=("$TB" floor-server --port "$port") ;;
+    swtpm) CMD=("$SWTPM" socket --tpm2 --tpmstate "dir=$dir" --server "type=tcp,port=$port"
+                --ctrl "type=tcp,port=$((port + 1))" --flags not-need-init,startup-clear) ;;
+    vtpmd) CMD=("$VTPMD" socket --tpm2 --tpmstate "dir=$dir" --server "type=tcp,port=$port"
+                --ctrl "type=tcp,port=$((port + 1))" --flags not-need-init,startup-clear
+                ${VTPMD_EXTRA[@]+"${VTPMD_EXTRA[@]}"}) ;;
+    esac
+}
+
+declare -A SPID SPORT SDIR
+
+# start_server NAME: fresh state dir, fresh ports; waits until it listens.
+start_server() {
+    local name=$1 port dir pid
+    port=$(pick_port)
+    dir=$(mktemp -d "$TMPROOT/$name-state.XXXXXX")
+    server_cmd "$name" "$port" "$dir"
+    ${SV_PIN[@]+"${SV_PIN[@]}"} "${CMD[@]}" >>"$OUT/$name.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    SPID[$name]=$pid SPORT[$name]=$port SDIR[$name]=$dir
+    for _ in $(seq 1000); do
+        if [[ -n $(ss -Hltn "( sport = :$port )" 2>/dev/null) ]]; then return 0; fi
+        kill -0 "$pid" 2>/dev/null || die "$name exited at start-up (see $OUT/$name.log): ${CMD[*]}"
+        sleep 0.01
+    done
+    die "$name did not listen on port $port within 10 s"
+}
+
+stop_server() {
+    local name=$1 pid=${SPID[$1]} p keep=()
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+    PIDS=(${keep[@]+"${keep[@]}"})
+    rm -rf "${SDIR[$name]}"
+}
+
+client() { ${CL_PIN[@]+"${CL_PIN[@]}"} "$TB" "$@"; }
+
+psi_some_us() { if [[ -r /proc/pressure/cpu ]]; then awk -F'total=' '/^some/ { print $2; exit }' /proc/pressure/cpu; else echo 0; fi; }
+
+RETRIES_TOTAL=0
+DISTURBED=0
+# measure ARGS... : runs the client, sets LINE (output + stall_pct=...);
+# repeats the run while the CPU-pressure stall exceeds MAX_STALL_PCT.
+measure() {
+    local tries=0 s0 s1 t0 t1 stall
+    while :; do
+        s0=$(psi_some_us); t0=$(date +%s%N)
+        LINE=$(client "$@") || return 1
+        s1=$(psi_some_us); t1=$(date +%s%N)
+        stall=$(awk -v s="$((s1 - s0))" -v t="$(((t1 - t0) / 1000))" 'BEGIN { printf "%.1f", (t > 0 ? 100 * s / t : 0) }')
+        LINE+=" stall_pct=$stall"
+        [[ $MAX_STALL_PCT == off ]] && return 0
+        awk -v a="$stall" -v b="$MAX_STALL_PCT" 'BEGIN { exit !(a <= b) }' && return 0
+        if ((tries >= MAX_RETRIES)); then
+            DISTURBED=$((DISTURBED + 1))
+            echo "  still disturbed after $tries retries (stall ${stall}%), keeping: $LINE" >&2
+            return 0
+        fi
+        tries=$((tries + 1)); RETRIES_TOTAL=$((RETRIES_TOTAL + 1))
+        echo "  disturbed (CPU stall ${stall}%), repeating: $*" >&2
+        sleep 2
+    done
+}
+
+# field NAME LINE -> value of NAME=... in a key=value line
+field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<< "$2"; }
+
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
+
+count_for() {
+    case $1 in
+    getrandom) echo "$N_GETRANDOM" ;;
+    pcrextend) echo "$N_PCREXTEND" ;;
+    createprimary) echo "$N_CREATEPRIMARY" ;;
+    nvincrement) echo "$N_NVINCREMENT" ;;
+    *) die "unknown op $1" ;;
+    esac
+}
+
+declare -A OPS_V P50_V P99_V RSS_V RSS0_V SPAWN_E_V SPAWN_F_V
+
+record() { # record ROUND SERVER WHAT LINE
+    echo "round=$1 server=$2 what=$3 $4" >> "$RAW"
+}
+
+# ---------------------------------------------------------------- header
+# CPU idle share over one second before we start: the figures are only
+# meaningful on an otherwise idle machine (2 vCPUs here).
+cpu_idle_pct() {
+    local a b
+    read -r -a a < /proc/stat; sleep 1; read -r -a b < /proc/stat
+    awk -v i0="${a[4]}" -v w0="${a[5]}" -v i1="${b[4]}" -v w1="${b[5]}" \
+        -v t0="$(IFS=+; echo $((${a[*]:1})))" -v t1="$(IFS=+; echo $((${b[*]:1})))" \
+        'BEGIN { printf "%.0f", 100 * ((i1 + w1) - (i0 + w0)) / (t1 - t0) }'
+}
+# wait_idle: sets IDLE; waits up to WAIT_IDLE s for an idle machine
+wait_idle() {
+    local deadline=$((SECONDS + ${WAIT_IDLE:-0}))
+    IDLE=$(cpu_idle_pct)
+    while ((IDLE < 90 && SECONDS < deadline)); do
+        echo "  machine busy (${IDLE}% idle), waiting..." >&2
+        sleep 4
+        IDLE=$(cpu_idle_pct)
+    done
+}
+wait_idle
+ROUND_IDLE=()
+{
+    echo "tpmbench comparison  $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "host: $(nproc) CPUs, $(uname -r), loadavg at start: $(cut -d' ' -f1-3 /proc/loadavg), CPU idle in the last second: ${IDLE}%"
+    if ((IDLE < 90)); then
+        echo "WARNING: the machine is busy ($(head -1 /proc/pressure/cpu 2>/dev/null)) - numbers will be noisy; try WAIT_IDLE=600"
+    fi
+    echo "servers: ${ACTIVE[*]}   pinning: $PIN (client CPU ${CLIENT_CPU}, server CPU ${SV_CPU:-any})"
+    echo "swtpm: $SWTPM   vtpmd: $VTPMD ${VTPMD_ARGS:-}"
+    echo "rounds: $ROUNDS   counts: getrandom=$N_GETRANDOM pcrextend=$N_PCREXTEND createprimary=$N_CREATEPRIMARY nvincrement=$N_NVINCREMENT rss=$RSS_COUNT spawn=$SPAWN_REPEAT"
+} | tee "$RESULTS"
+
+# ---------------------------------------------------------------- rounds
+n=${#ACTIVE[@]}
+for ((r = 1; r <= ROUNDS; r++)); do
+    # rotate the server order every round
+    ORDER=()
+    for ((i = 0; i < n; i++)); do ORDER+=("${ACTIVE[$(((i + r - 1) % n))]}"); done
+    ((r == 1)) || wait_idle
+    ROUND_IDLE+=("${IDLE}%")
+    echo "round $r/$ROUNDS (order: ${ORDER[*]}, CPU idle before: ${IDLE}%)" >&2
+
+    # throughput/latency: all servers up, ops interleaved across servers
+    for s in "${ORDER[@]}"; do start_server "$s"; done
+    for op in $OPS; do
+        cnt=$(count_for "$op")
+        for s in "${ORDER[@]}"; do
+            args=(cmd --port "${SPORT[$s]}" --op "$op" --count "$cnt")
+            [[ -n ${WARMUP:-} ]] && args+=(--warmup "$WARMUP")
+            measure "${args[@]}" || die "tpmbench $op against $s failed"
+            line=$LINE
+            record "$r" "$s" "$op" "$line"
+            echo "  $s $line" >&2
+            OPS_V[$s,$op]+=" $(field ops_per_sec "$line")"
+            P50_V[$s,$op]+=" $(field p50_us "$line")"
+            P99_V[$s,$op]+=" $(field p99_us "$line")"
+        done
+    done
+    for s in "${ORDER[@]}"; do stop_server "$s"; done
+
+    # RSS after RSS_COUNT mixed commands, each on a fresh server
+    for s in "${ORDER[@]}"; do
+        start_server "$s"
+        rss0=$(awk '/^VmRSS:/ {print $2}' "/proc/${SPID[$s]}/status")
+        line=$(client rss --port "${SPORT[$s]}" --count "$RSS_COUNT") || die "tpmbench rss against $s failed"
+        rss1=$(awk '/^VmRSS:/ {print $2}' "/proc/${SPID[$s]}/status")
+        hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/${SPID[$s]}/status")
+        record "$r" "$s" rss "$line rss_start_kib=$rss0 rss_after_kib=$rss1 hwm_kib=$hwm"
+        echo "  $s rss: start ${rss0} KiB, after ${rss1} KiB (HWM ${hwm})" >&2
+        RSS0_V[$s]+=" $rss0"
+        RSS_V[$s]+=" $rss1"
+        stop_server "$s"
+    done
+
+    # spawn-to-first-response, existing state and fresh state
+    for s in "${ORDER[@]}"; do
+        port=$(pick_port)
+        server_cmd "$s" "$port" @STATEDIR@
+        sargs=(spawn --port "$port" --repeat "$SPAWN_REPEAT")
+        [[ -n $SV_CPU ]] && sargs+=(--server-cpu "$SV_CPU")
+        measure "${sargs[@]}" -- "${CMD[@]}" 2>>"$OUT/$s.log" || die "tpmbench spawn of $s failed"
+        line=$LINE
+        record "$r" "$s" spawn-existing "$line"
+        SPAWN_E_V[$s]+=" $(field p50_ms "$line")"
+        measure "${sargs[@]}" --fresh-state -- "${CMD[@]}" 2>>"$OUT/$s.log" || die "tpmbench spawn of $s failed"
+        line=$LINE
+        record "$r" "$s" spawn-fresh "$line"
+        SPAWN_F_V[$s]+=" $(field p50_ms "$line")"
+        echo "  $s spawn p50: existing ${SPAWN_E_V[$s]##* } ms, fresh ${SPAWN_F_V[$s]##* } ms" >&2
+    done
+done
+
+# ---------------------------------------------------------------- report
+med() { # med ARRAYNAME KEY
+    local -n arr=$1
+    if [[ -n ${arr[$2]+x} ]]; then median ${arr[$2]}; else echo "-"; fi
+}
+ratio() { # a/b, "-" if either missing
+    if [[ $1 == "-" || $2 == "-" ]]; then echo "-"; else awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "-"; else printf "%.3f", a / b }'; fi
+}
+fmt() { if [[ $1 == "-" ]]; then echo "-"; else printf "%.${2:-0}f" "$1"; fi; }
+
+{
+    echo
+    echo "CPU idle in the second before each round: ${ROUND_IDLE[*]}"
+    echo "measurements repeated because of CPU contention (stall > ${MAX_STALL_PCT}%): $RETRIES_TOTAL; still disturbed after retries: $DISTURBED"
+    echo
+    echo "Throughput (ops/s, median of $ROUNDS rounds; createprimary = CreatePrimary+FlushContext pairs/s)"
+    printf '%-14s %11s %11s %11s %12s %12s %12s\n' op floor swtpm vtpmd vtpmd/swtpm vtpmd/floor swtpm/floor
+    for op in $OPS; do
+        f=$(med OPS_V "floor,$op"); w=$(med OPS_V "swtpm,$op"); v=$(med OPS_V "vtpmd,$op")
+        printf '%-14s %11s %11s %11s %12s %12s %12s\n' "$op" "$(fmt "$f")" "$(fmt "$w")" "$(fmt "$v")" \
+            "$(ratio "$v" "$w")" "$(ratio "$v" "$f")" "$(ratio "$w" "$f")"
+    done
+    echo
+    echo "Latency per command (us, median over rounds of each run's p50 / p99; createprimary excludes the flush)"
+    printf '%-14s %17s %17s %17s\n' op floor swtpm vtpmd
+    for op in $OPS; do
+        row=()
+        for s in floor swtpm vtpmd; do
+            a=$(med P50_V "$s,$op"); b=$(med P99_V "$s,$op")
+            if [[ $a == "-" ]]; then row+=("-"); else row+=("$(fmt "$a" 1) / $(fmt "$b" 1)"); fi
+        done
+        printf '%-14s %17s %17s %17s\n' "$op" "${row[@]}"
+    done
+    echo
+    echo "Process metrics (median of $ROUNDS rounds)"
+    printf '%-44s %10s %10s %10s %12s %12s\n' metric floor swtpm vtpmd vtpmd/swtpm vtpmd/floor
+    for m in "spawn-to-first-response, existing state (ms)|SPAWN_E_V|2" \
+             "spawn-to-first-response, fresh state (ms)|SPAWN_F_V|2" \
+             "VmRSS at start (KiB)|RSS0_V|0" \
+             "VmRSS after $RSS_COUNT mixed cmds (KiB)|RSS_V|0"; do
+        IFS='|' read -r label arrname prec <<< "$m"
+        f=$(med "$arrname" floor); w=$(med "$arrname" swtpm); v=$(med "$arrname" vtpmd)
+        printf '%-44s %10s %10s %10s %12s %12s\n' "$label" "$(fmt "$f" "$prec")" "$(fmt "$w" "$prec")" \
+            "$(fmt "$v" "$prec")" "$(ratio "$v" "$w")" "$(ratio "$v" "$f")"
+    done
+    echo
+    echo "per-run lines: $RAW"
+} | tee -a "$RESULTS"
