@@ -50,6 +50,28 @@ public struct BlobContainer: Hashable, Sendable {
         self.records = records
     }
 
+    /// How a byte string presents itself.
+    public enum Shape: Sendable, Equatable {
+        /// A version-2 header (possibly damaged: the full parse decides).
+        case current
+        /// A version-1 header: 10 bytes, then swtpm's first format (no TLVs).
+        case legacyHeader(flags: Flags)
+        /// No header at all (swtpm before 0.1 wrote raw or v1-encrypted blobs).
+        case headerless
+    }
+
+    /// Classifies `bytes` by their first bytes, as swtpm's header check does: a header is
+    /// `version, min_version, be16 10, ...`; version 1 headers carry the old body format.
+    public static func shape(of bytes: [UInt8]) -> Shape {
+        guard bytes.count >= Self.headerSize, bytes[2] == 0, bytes[3] == UInt8(Self.headerSize),
+            bytes[0] >= 1, bytes[1] >= 1
+        else { return .headerless }
+        if bytes[0] == 1 {
+            return .legacyHeader(flags: Flags(rawValue: UInt16(bytes[4]) << 8 | UInt16(bytes[5])))
+        }
+        return .current
+    }
+
     /// The first record with `tag`.
     public func value(for tag: UInt16) -> [UInt8]? { self.records.first { $0.tag == tag }?.value }
 

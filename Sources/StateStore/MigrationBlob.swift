@@ -49,6 +49,32 @@ public enum MigrationBlob {
         _ blob: [UInt8], stateFlagEncrypted: Bool, stateKey: StateKey?, migrationKey: StateKey?,
         policy: Policy = .lenient
     ) throws(StateStoreError) -> [UInt8] {
+        switch BlobContainer.shape(of: blob) {
+        case .headerless:
+            throw StateStoreError(.malformed, "blob has no swtpm header")
+        case .legacyHeader(let flags):
+            // Version 1: the body is one layer, v1-encrypted with the migration key, or else the
+            // state key, or plain.
+            let body = Array(blob.dropFirst(BlobContainer.headerSize))
+            if flags.contains(.migrationEncrypted) {
+                guard let migrationKey else {
+                    throw StateStoreError(.keyMissing, "the blob is encrypted with a migration key and none is configured")
+                }
+                return try migrationKey.decryptLegacy(body)
+            }
+            if migrationKey != nil, policy == .strict {
+                throw StateStoreError(.keyMissing, "a migration key is configured and the blob is not encrypted with it")
+            }
+            if flags.contains(.encrypted) || stateFlagEncrypted {
+                guard let stateKey else {
+                    throw StateStoreError(.keyMissing, "the blob is encrypted with a state key and no --key is configured")
+                }
+                return try stateKey.decryptLegacy(body)
+            }
+            return body
+        case .current:
+            break
+        }
         let container = try BlobContainer(decoding: blob)
         var innerRecords: [BlobContainer.Record]
         if container.flags.contains(.migrationEncrypted) {

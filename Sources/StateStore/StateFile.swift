@@ -43,6 +43,24 @@ public enum StateFile {
     /// Recovers the libtpms bytes from a file, verifying vtpmd's integrity record when present and
     /// decrypting with `key` when the file is encrypted.
     public static func decode(_ bytes: [UInt8], key: StateKey?) throws(StateStoreError) -> (plain: [UInt8], info: Info) {
+        switch BlobContainer.shape(of: bytes) {
+        case .headerless:
+            // swtpm's first format: raw libtpms bytes, or v1-encrypted when a key is configured.
+            if let key { return (try key.decryptLegacy(bytes), Info(generation: nil, encrypted: true)) }
+            guard bytes.first == 0 else {
+                throw StateStoreError(.malformed, "neither a state container nor a libtpms blob")
+            }
+            return (bytes, Info(generation: nil, encrypted: false))
+        case .legacyHeader(let flags):
+            let body = Array(bytes.dropFirst(BlobContainer.headerSize))
+            if flags.contains(.encrypted) {
+                guard let key else { throw StateStoreError(.keyMissing, "the state is encrypted and no --key was given") }
+                return (try key.decryptLegacy(body), Info(generation: nil, encrypted: true))
+            }
+            return (body, Info(generation: nil, encrypted: false))
+        case .current:
+            break
+        }
         let container = try BlobContainer(decoding: bytes)
         var generation: UInt64? = nil
         var records = container.records

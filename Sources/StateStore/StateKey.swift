@@ -65,6 +65,33 @@ public struct StateKey: Sendable, Hashable, CustomStringConvertible {
 
     public var description: String { "AES-\(self.bytes.count * 8) key" }
 
+    /// Decrypts swtpm's "version 1" encryption (files without a header, blobs with a version-1
+    /// header): AES-CBC with a zero IV, PKCS#7 padding, plaintext = SHA-256(payload) ‖ payload.
+    func decryptLegacy(_ ciphertext: [UInt8]) throws(StateStoreError) -> [UInt8] {
+        guard !ciphertext.isEmpty, ciphertext.count % 16 == 0 else {
+            throw StateStoreError(.malformed, "legacy encrypted state of \(ciphertext.count) bytes is not whole AES blocks")
+        }
+        let plain: [UInt8]
+        do {
+            let iv = try AES._CBC.IV(ivBytes: [UInt8](repeating: 0, count: 16))
+            plain = Array(try AES._CBC.decrypt(ciphertext, using: SymmetricKey(data: self.bytes), iv: iv, noPadding: true))
+        } catch {
+            throw StateStoreError(.decryption, "AES-CBC decryption failed: \(error)")
+        }
+        guard let pad = plain.last, pad >= 1, pad <= 16, Int(pad) <= plain.count,
+            plain.suffix(Int(pad)).allSatisfy({ $0 == pad }), plain.count - Int(pad) >= 32
+        else {
+            throw StateStoreError(.decryption, "bad padding after decryption: wrong key or corrupted state")
+        }
+        let body = Array(plain.dropLast(Int(pad)))
+        let digest = Array(body.prefix(32))
+        let payload = Array(body.dropFirst(32))
+        guard Array(SHA256.hash(data: payload)) == digest else {
+            throw StateStoreError(.decryption, "SHA-256 mismatch after decryption: wrong key or corrupted state")
+        }
+        return payload
+    }
+
     /// One encryption layer: AES-CBC with a fresh IV of key length (first 16 bytes used), padding to
     /// a multiple of the key length, HMAC-SHA256 (same key) over ciphertext ‖ IV.
     /// Returns the records [ciphertext, HMAC, IV] with the given tags.

@@ -99,7 +99,8 @@ public final class Engine {
     }
 
     /// libtpms' JSON description for `flags` (1 spec, 2 attributes, 4 features). Wraps `TPMLIB_GetInfo`.
-    public static func info(flags: UInt32) -> String? {
+    public static func info(flags: UInt32, selectingTPM2: Bool = false) -> String? {
+        if selectingTPM2, unsafe activeContext == nil { _ = TPMLIB_ChooseTPMVersion(TPMLIB_TPM_VERSION_2) }
         guard let cstr = unsafe TPMLIB_GetInfo(TPMLIB_InfoFlags(rawValue: flags)) else { return nil }
         defer { unsafe free(cstr) }
         return unsafe String(cString: cstr)

@@ -117,11 +117,11 @@ public struct ControlCapabilities: OptionSet, Hashable, Sendable {
     public static let getInfo = ControlCapabilities(rawValue: 0x4000)
     public static let sendCommandHeader = ControlCapabilities(rawValue: 0x8000)
 
-    /// Everything vtpmd implements for a TPM 2 (all of swtpm 0.7.1's bits but the TCG
-    /// send-command header, which vtpmd deliberately does not interpret).
+    /// Everything vtpmd implements for a TPM 2: the same bits as swtpm 0.7.1 (0xffff).
     public static let vtpmd: ControlCapabilities = [
         .initialize, .shutdown, .getTPMEstablished, .setLocality, .hashing, .cancelTPMCommand, .storeVolatile,
         .resetTPMEstablished, .getStateBlob, .setStateBlob, .stop, .getConfig, .setDataFD, .setBufferSize, .getInfo,
+        .sendCommandHeader,
     ]
 }
 

@@ -4,15 +4,19 @@ import TPMEngine
 /// `--print-capabilities`, `--print-states` and `--version` output.
 public enum Capabilities {
     public static let version = "0.1.0"
+    /// Whether `--tpmstate backend-uri=file://` is implemented in this build.
+    public static let fileBackendSupported = false
 
     /// swtpm's JSON shape, listing only features vtpmd implements.
     public static func json() -> String {
+        // swtpm 0.7.1's names and order (its test suite matches the list exactly).
         var features = [
-            "tpm-2.0", "flags-opt-startup", "flags-opt-disable-auto-shutdown", "cmdarg-seccomp", "cmdarg-key-fd",
-            "cmdarg-pwd-fd", "cmdarg-print-states", "nvram-backend-dir", "tpmstate-dir-backend-opt-fsync",
+            "tpm-2.0", "tpm-send-command-header", "flags-opt-startup", "cmdarg-key-fd", "cmdarg-pwd-fd",
+            "cmdarg-print-states", "nvram-backend-dir",
         ]
+        if self.fileBackendSupported { features.append("nvram-backend-file") }
         // RSA key sizes as libtpms reports them.
-        if let info = Engine.info(flags: 4) {
+        if let info = Engine.info(flags: 4, selectingTPM2: true) {
             let marker = "\"RSAKeySizes\":["
             let parts = info.split(separator: "[", maxSplits: 1)
             if parts.count == 2, info.contains(marker), let list = parts[1].split(separator: "]").first {

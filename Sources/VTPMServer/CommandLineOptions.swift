@@ -80,9 +80,8 @@ public struct CommandLineOptions: Sendable {
         if let ctrl {
             let o = try OptionString(
                 ctrl, option: "--ctrl", allowed: ["type", "path", "mode", "port", "bindaddr", "fd", "clientfd", "uid", "gid"])
-            if o.has("uid") || o.has("gid") {
-                throw OptionError("--ctrl: uid= and gid= are not supported by vtpmd")
-            }
+            let owner = try o.integer("uid", in: 0...Int(Int32.max)).map { UInt32($0) }
+            let group = try o.integer("gid", in: 0...Int(Int32.max)).map { UInt32($0) }
             switch try o.string("type") {
             case "unixio":
                 if let fd = try o.integer("fd", in: 0...65535) {
@@ -90,7 +89,7 @@ public struct CommandLineOptions: Sendable {
                 } else if let fd = try o.integer("clientfd", in: 0...65535) {
                     c.control = .connectedDescriptor(Int32(fd))
                 } else if let path = try o.string("path") {
-                    c.control = .unix(path: path, mode: try o.mode("mode"))
+                    c.control = .unix(path: path, mode: try o.mode("mode"), owner: owner, group: group)
                 } else {
                     throw OptionError("--ctrl type=unixio: needs path=, fd= or clientfd=")
                 }
@@ -110,9 +109,8 @@ public struct CommandLineOptions: Sendable {
             guard !chardev else { throw OptionError("--server is not available in chardev mode") }
             let o = try OptionString(
                 server, option: "--server", allowed: ["type", "port", "bindaddr", "disconnect", "path", "mode", "fd", "uid", "gid"])
-            if o.has("uid") || o.has("gid") {
-                throw OptionError("--server: uid= and gid= are not supported by vtpmd")
-            }
+            let owner = try o.integer("uid", in: 0...Int(Int32.max)).map { UInt32($0) }
+            let group = try o.integer("gid", in: 0...Int(Int32.max)).map { UInt32($0) }
             c.disconnectAfterResponse = try o.bool("disconnect") ?? false
             switch try o.string("type") {
             case "tcp", nil:
@@ -129,7 +127,7 @@ public struct CommandLineOptions: Sendable {
                 if let fd = try o.integer("fd", in: 0...65535) {
                     c.server = .listeningDescriptor(Int32(fd))
                 } else if let path = try o.string("path") {
-                    c.server = .unix(path: path, mode: try o.mode("mode"))
+                    c.server = .unix(path: path, mode: try o.mode("mode"), owner: owner, group: group)
                 } else {
                     throw OptionError("--server type=unixio: needs path= or fd=")
                 }
@@ -147,6 +145,7 @@ public struct CommandLineOptions: Sendable {
             guard c.server == nil else { throw OptionError("--fd and --server cannot be combined") }
             guard (0...65535).contains(fd) else { throw OptionError("--fd: \(fd) is not a descriptor") }
             c.server = .connectedDescriptor(Int32(fd))
+            c.dataIsCharacterDevice = chardev
         }
         if requireChannel && chardev && c.server == nil {
             throw OptionError("chardev mode needs --fd N (vtpmd has no CUSE or vTPM proxy support)")

@@ -27,6 +27,10 @@ extension Server {
             self.rejectFrame(reason: "header of \(have) bytes")
             return
         }
+        if self.readBuffer.readBigEndianUInt32(at: 0) == Self.tcgSendCommand {
+            self.serveSendCommandFrame(fd, have: have, deadline: deadline)
+            return
+        }
         let size = Int(self.readBuffer.readBigEndianUInt32(at: 2))
         guard size >= TPMFrame.headerSize, size <= Int(self.bufferSize), size <= self.readBuffer.count else {
             self.rejectFrame(reason: "size field \(size) outside 10...\(self.bufferSize)")
@@ -40,6 +44,55 @@ extension Server {
         let response = self.execute(&command)
         do {
             try Socket.sendAll(fd, response)
+        } catch {
+            self.closeDataConnection(byPeer: true, reason: "write failed: \(error)")
+            return
+        }
+        if self.configuration.disconnectAfterResponse {
+            self.closeDataConnection(byPeer: false, reason: "disconnect after response")
+        }
+    }
+
+    /// TCG "TPM_SEND_COMMAND" framing (the MS simulator convention, capability 0x8000):
+    /// be32 8, u8 locality, be32 size, command; reply be32 size, response, be32 0.
+    /// Accepted only on connections from the `--server` listener (never on QEMU's SET_DATAFD
+    /// socket), and unlike swtpm the locality applies to this one command only and is checked
+    /// against 0...4 and `reject-locality-4`.
+    static let tcgSendCommand: UInt32 = 8
+
+    func serveSendCommandFrame(_ fd: Int32, have initial: Int, deadline: UInt64) {
+        guard !self.dataFromControl, !self.configuration.dataIsCharacterDevice else {
+            self.rejectFrame(reason: "TCG send-command framing on a QEMU data channel")
+            return
+        }
+        var have = initial
+        let prefix = 9
+        let locality = self.readBuffer[4]
+        let size = Int(self.readBuffer.readBigEndianUInt32(at: 5))
+        guard size >= TPMFrame.headerSize, size <= Int(self.bufferSize), prefix + size <= self.readBuffer.count else {
+            self.rejectFrame(reason: "send-command size \(size) outside 10...\(self.bufferSize)")
+            return
+        }
+        guard self.fillData(fd, have: &have, to: prefix + size, deadline: deadline) else {
+            self.rejectFrame(reason: "\(have) of \(prefix + size) send-command bytes arrived")
+            return
+        }
+        var command = Array(self.readBuffer[prefix..<(prefix + size)])
+        let response: [UInt8]
+        if locality > 4 || (locality == 4 && self.configuration.rejectLocality4) {
+            response = TPMFrame.errorResponse(TPMFrame.rcLocality)
+        } else {
+            let saved = self.engine.locality
+            self.engine.locality = locality
+            response = self.execute(&command)
+            self.engine.locality = saved
+        }
+        var w = ByteWriter(capacity: response.count + 8)
+        w.write(UInt32(response.count))
+        w.write(bytes: response)
+        w.write(UInt32(0))
+        do {
+            try Socket.sendAll(fd, w.bytes)
         } catch {
             self.closeDataConnection(byPeer: true, reason: "write failed: \(error)")
             return

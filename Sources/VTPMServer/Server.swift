@@ -57,8 +57,8 @@ public final class Server {
         self.signalDescriptor = try ProcessControl.terminationSignalDescriptor()
         if let control = self.configuration.control {
             switch control {
-            case .unix(let path, let mode):
-                self.controlListener = try Socket.listenUnix(path: path, mode: mode ?? 0o770)
+            case .unix(let path, let mode, let owner, let group):
+                self.controlListener = try Socket.listenUnix(path: path, mode: mode ?? 0o770, owner: owner, group: group)
             case .tcp(let address, let port):
                 self.controlListener = try Socket.listenTCP(bindAddress: address, port: port)
             case .listeningDescriptor(let fd):
@@ -69,8 +69,8 @@ public final class Server {
         }
         if let server = self.configuration.server {
             switch server {
-            case .unix(let path, let mode):
-                self.dataListener = try Socket.listenUnix(path: path, mode: mode ?? 0o770)
+            case .unix(let path, let mode, let owner, let group):
+                self.dataListener = try Socket.listenUnix(path: path, mode: mode ?? 0o770, owner: owner, group: group)
             case .tcp(let address, let port):
                 self.dataListener = try Socket.listenTCP(bindAddress: address, port: port)
             case .listeningDescriptor(let fd):
@@ -86,6 +86,11 @@ public final class Server {
             try writeAll(fd: fd, Array("\(ProcessControl.processID)".utf8), object: "pid fd")
             closeDescriptor(fd)
         }
+    }
+
+    /// Starts libtpms at process start when `--flags not-need-init` or `startup-*` asked for it
+    /// (after `--runas` took effect, so state files belong to that user).
+    public func startTPMIfRequested() throws {
         if self.configuration.notNeedInit || self.configuration.startup != nil {
             let rc = self.initializeTPM(flags: 0)
             guard rc == 0 else {
@@ -176,8 +181,8 @@ public final class Server {
         for fd in [self.controlConnection, self.dataConnection, self.controlListener, self.dataListener] where fd >= 0 {
             closeDescriptor(fd)
         }
-        if case .unix(let path, _) = self.configuration.control { removePath(path) }
-        if case .unix(let path, _) = self.configuration.server { removePath(path) }
+        if case .unix(let path, _, _, _) = self.configuration.control { removePath(path) }
+        if case .unix(let path, _, _, _) = self.configuration.server { removePath(path) }
         if let pidFile = self.configuration.pidFile { removePath(pidFile) }
     }
 
@@ -192,6 +197,11 @@ public final class Server {
         self.logger.debug("data connection closed", metadata: ["reason": "\(reason)"])
         var inherited = false
         if case .connectedDescriptor = self.configuration.server { inherited = true }
+        if self.configuration.dataIsCharacterDevice {
+            // A character device has no peer that could come back over a listener; keep serving
+            // the control channel (swtpm's chardev mode ends with CMD_SHUTDOWN).
+            return
+        }
         if byPeer && (self.configuration.terminateOnDataLoss || inherited) {
             self.shouldExit = true
         }

@@ -4,8 +4,9 @@ public import StateStore
 public struct ServerConfiguration: Sendable {
     /// Where a channel comes from.
     public enum Endpoint: Sendable, Hashable {
-        /// A UNIX socket vtpmd creates (replacing a stale socket file), chmod-ed to `mode`.
-        case unix(path: String, mode: UInt32?)
+        /// A UNIX socket vtpmd creates (replacing a stale socket file), chmod-ed to `mode` and
+        /// chown-ed to `owner`/`group` when given.
+        case unix(path: String, mode: UInt32?, owner: UInt32? = nil, group: UInt32? = nil)
         /// A TCP listener vtpmd creates.
         case tcp(bindAddress: String, port: UInt16)
         /// An inherited listening socket.
@@ -22,6 +23,9 @@ public struct ServerConfiguration: Sendable {
 
     public var control: Endpoint?
     public var server: Endpoint?
+    /// The data descriptor is a character device (`chardev --fd`): errors on it stop its
+    /// service but do not end the process.
+    public var dataIsCharacterDevice = false
     /// Close the data connection after every response (`--server ...,disconnect`).
     public var disconnectAfterResponse = false
     /// Exit when the data connection goes away (`--terminate`, and always for a connected data fd).
@@ -43,4 +47,17 @@ public struct ServerConfiguration: Sendable {
     public var maximumBlobSize = BlobContainer.maximumSize
 
     public init() {}
+
+    /// Descriptors named on the command line (they must survive daemonizing).
+    public var inheritedDescriptors: Set<Int32> {
+        var fds: Set<Int32> = []
+        for endpoint in [self.control, self.server].compactMap({ $0 }) {
+            switch endpoint {
+            case .listeningDescriptor(let fd), .connectedDescriptor(let fd): fds.insert(fd)
+            default: break
+            }
+        }
+        if let fd = self.pidDescriptor { fds.insert(fd) }
+        return fds
+    }
 }

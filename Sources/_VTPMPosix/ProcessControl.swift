@@ -38,7 +38,9 @@ package enum ProcessControl {
     /// Detaches like a classic daemon: fork, setsid, fork. The original process waits for the
     /// grandchild to report its setup result through `reportDaemonReady` and exits with that status.
     /// Returns (in the grandchild) the descriptor to report on. Wraps `fork`/`setsid`.
-    package static func daemonize() throws(PosixError) -> Int32 {
+    /// Descriptors above 2 that are not in `keep` are closed in the daemon (a parent's pipes and
+    /// sockets must not live on in it).
+    package static func daemonize(keeping keep: Set<Int32> = []) throws(PosixError) -> Int32 {
         let (readEnd, writeEnd) = try Socket.pair()
         let first = fork()
         if first < 0 { throw PosixError(errno: currentErrno(), function: "fork") }
@@ -55,6 +57,9 @@ package enum ProcessControl {
         let second = fork()
         if second < 0 { _exit(1) }
         if second > 0 { _exit(0) }
+        for fd in Int32(3)..<Int32(1024) where fd != writeEnd && !keep.contains(fd) {
+            if fcntl(fd, F_GETFD) >= 0 { _ = Glibc.close(fd) }
+        }
         _ = unsafe chdir("/")
         let devNull = unsafe Glibc.open("/dev/null", O_RDWR)
         if devNull >= 0 {

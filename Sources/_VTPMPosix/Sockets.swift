@@ -7,7 +7,9 @@ import Glibc
 package enum Socket {
     /// Creates a listening UNIX stream socket at `path` (an existing socket file is replaced),
     /// chmods it to `mode` and listens with `backlog`. Wraps `socket`/`bind`/`listen`.
-    package static func listenUnix(path: String, mode: UInt32?, backlog: Int32 = 1) throws(PosixError) -> Int32 {
+    package static func listenUnix(
+        path: String, mode: UInt32?, owner: UInt32? = nil, group: UInt32? = nil, backlog: Int32 = 1
+    ) throws(PosixError) -> Int32 {
         var addr = try unixAddress(path)
         let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw PosixError(errno: currentErrno(), function: "socket", object: path) }
@@ -35,6 +37,13 @@ package enum Socket {
             let err = currentErrno()
             _ = Glibc.close(fd)
             throw PosixError(errno: err, function: "chmod", object: path)
+        }
+        if owner != nil || group != nil,
+            unsafe lchown(path, owner ?? UInt32.max, group ?? UInt32.max) != 0
+        {
+            let err = currentErrno()
+            _ = Glibc.close(fd)
+            throw PosixError(errno: err, function: "lchown", object: path)
         }
         if Glibc.listen(fd, backlog) != 0 {
             let err = currentErrno()

@@ -40,7 +40,9 @@ struct SwtpmOptions: ParsableArguments {
     var key: String?
     @Option(name: .customLong("migration-key"), help: "Same syntax as --key (plus strict): encrypt outgoing state blobs.")
     var migrationKey: String?
-    @Option(help: "action=none|kill|log (accepted for compatibility; vtpmd installs no seccomp profile).")
+    // Accepted for scripts written for swtpm, but hidden: vtpmd installs no seccomp profile, and
+    // swtpm's tests (rightly) check for one when `--help` lists the option.
+    @Option(help: .hidden)
     var seccomp: String?
     @Option(name: [.customShort("r"), .customLong("runas")], help: "Switch to this user after creating the sockets.")
     var runas: String?
@@ -132,7 +134,7 @@ enum Launcher {
         }
         var readyReport: Int32 = -1
         if options.daemon {
-            do { readyReport = try ProcessControl.daemonize() } catch { fail("cannot daemonize: \(error)") }
+            do { readyReport = try ProcessControl.daemonize(keeping: configuration.inheritedDescriptors.union(logSettings?.descriptor.map { [$0] } ?? [])) } catch { fail("cannot daemonize: \(error)") }
         }
         let logger = makeLogger(logSettings, daemon: options.daemon)
         let server: Server
@@ -140,6 +142,7 @@ enum Launcher {
             server = try Server(configuration: configuration, logger: logger)
             try server.start()
             if let user = options.runas { try ProcessControl.runAs(user: user) }
+            try server.startTPMIfRequested()
         } catch {
             logger.error("startup failed: \(error)")
             if readyReport >= 0 { ProcessControl.reportDaemonReady(readyReport, status: 1) }

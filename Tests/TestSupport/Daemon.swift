@@ -1,4 +1,4 @@
-public import Foundation
+import Foundation
 import _VTPMPosix
 
 /// Paths of the binaries under test.
@@ -78,7 +78,17 @@ public final class Daemon: Sendable {
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
         while true {
-            if let path, FileManager.default.fileExists(atPath: path) { break }
+            if let path, FileManager.default.fileExists(atPath: path) {
+                // A socket must accept connections; other files only need to exist.
+                if path.hasSuffix(".sock") {
+                    if let fd = try? Socket.connectUnix(path: path) {
+                        closeDescriptor(fd)
+                        break
+                    }
+                } else {
+                    break
+                }
+            }
             if let port, let fd = try? Socket.connectTCP(host: "127.0.0.1", port: port) {
                 closeDescriptor(fd)
                 break

@@ -21,6 +21,7 @@ public final class QMPClient: Sendable {
     private let errors: PipeCollector
     private let state = Mutex(State())
     private let writeLock = Mutex(())
+    private let refreshLock = Mutex(())
     /// The QMP socket path.
     public let socketPath: String
 
@@ -170,8 +171,12 @@ public final class QMPClient: Sendable {
 
     // MARK: - Internals
 
-    /// Moves complete lines from the collector into `state`.
+    /// Moves complete lines from the collector into `state` (one caller at a time).
     private func refresh() {
+        refreshLock.withLock { _ in refreshLocked() }
+    }
+
+    private func refreshLocked() {
         let bytes = output.bytes(from: state.withLock { $0.consumed })
         var start = 0
         var lines: [String] = []

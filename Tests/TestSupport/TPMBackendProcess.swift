@@ -28,10 +28,10 @@ public final class TPMBackendProcess: Sendable {
     private let stderr: PipeCollector
 
     /// The backend named by `VTPM_TEST_BACKEND` (a name looked up in `PATH`, or a path);
-    /// `swtpm` when unset.
+    /// vtpmd as built by `swift build` when unset (set it to `swtpm` to check the tests themselves).
     public static var defaultExecutable: String {
         let value = ProcessInfo.processInfo.environment["VTPM_TEST_BACKEND"] ?? ""
-        return value.isEmpty ? "swtpm" : value
+        return value.isEmpty ? Binaries.vtpmd : value
     }
 
     /// Starts the backend and waits until its control socket exists.

@@ -5,10 +5,10 @@ import Testing
 private let secret = "swift-vtpm smoke secret"
 private let nvIndex = "0x1500016"
 
-/// Throwaway smoke test of the QEMU guest harness against a real backend
-/// (`VTPM_TEST_BACKEND`, default `swtpm`): boot, tpm2-tools in the guest, savevm/loadvm, -loadvm.
+/// QEMU 7.2 guests on vtpmd (`VTPM_TEST_BACKEND` overrides, e.g. `swtpm` to check the tests):
+/// boot with tpm-crb and tpm-tis, tpm2-tools in the guest, savevm/loadvm, -loadvm, live migration.
 @Suite(.serialized, .enabled(if: GuestImage.hostCanRunGuests))
-struct GuestSmokeTests {
+struct GuestTests {
     @Test(.timeLimit(.minutes(10)))
     func bootsUsesTPMAndSurvivesSavevmLoadvm() throws {
         let dir = try Self.scratchDirectory()
@@ -35,7 +35,7 @@ struct GuestSmokeTests {
             )
         )
         try restored.waitForShell()
-        print("GuestSmokeTests: -loadvm start to shell \(clock.now - restoreStart)")
+        print("GuestTests: -loadvm start to shell \(clock.now - restoreStart)")
         #expect(try restored.check("tpm2_pcrread sha256:16") == pcrAtSave)
         #expect(try restored.check("cd /data/k && tpm2_unseal -c key.ctx") == secret)
         #expect(try restored.check("tpm2_nvread \(nvIndex) -C o -s 18") == "nv-data-0123456789")
@@ -50,7 +50,7 @@ struct GuestSmokeTests {
         let launched = clock.now
         let g = try QEMUGuest.launch(.init(directory: dir, image: image, tpmSocket: backend.controlSocket, disk: disk))
         try g.waitForReady()
-        print("GuestSmokeTests: boot to ready \(clock.now - launched) (backend \(backend.executable.path))")
+        print("GuestTests: boot to ready \(clock.now - launched) (backend \(backend.executable.path))")
 
         // /dev nodes the kernel created
         let devs = try g.check("ls /dev/tpm*")
@@ -83,7 +83,7 @@ struct GuestSmokeTests {
         // savevm, then change the TPM and the disk, then loadvm: everything reverts
         let saveStart = clock.now
         try g.savevm("s1")
-        print("GuestSmokeTests: savevm took \(clock.now - saveStart)")
+        print("GuestTests: savevm took \(clock.now - saveStart)")
         #expect(try g.runState() == "running")
         try g.check("tpm2_pcrextend 16:sha256=\(String(repeating: "22", count: 32))")
         #expect(try g.check("tpm2_pcrread sha256:16") != pcrAtSave)
@@ -91,7 +91,7 @@ struct GuestSmokeTests {
 
         let loadStart = clock.now
         try g.loadvm("s1")
-        print("GuestSmokeTests: loadvm took \(clock.now - loadStart)")
+        print("GuestTests: loadvm took \(clock.now - loadStart)")
         try g.waitForShell()
         #expect(try g.check("tpm2_pcrread sha256:16") == pcrAtSave)
         #expect(try g.check("cd /data/k && tpm2_unseal -c key.ctx") == secret)

@@ -1,0 +1,88 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// State directories move between swtpm 0.7.1 and vtpmd in both directions, plain and with --key:
+/// the EK certificate (NV 0x01C00002) and the EK read back identical.
+@Suite(.serialized)
+struct StateCompatibilityTests {
+    struct Identity: Equatable {
+        var ekCertificate: [UInt8]
+        var ekPublic: [UInt8]
+    }
+
+    /// Starts `binary` on `state`, reads the EK certificate and the EK's public area, shuts down.
+    static func readIdentity(_ binary: String, state: String, work: String, extra: [String]) throws -> Identity {
+        let port = try freePortPair()
+        let daemon = try Daemon(
+            binary,
+            ["socket", "--tpm2", "--tpmstate", "dir=\(state)", "--server", "type=tcp,port=\(port)",
+                "--ctrl", "type=tcp,port=\(port + 1)", "--flags", "not-need-init,startup-clear"] + extra,
+            waitForPort: port)
+        let env = ["TPM2TOOLS_TCTI": "swtpm:host=127.0.0.1,port=\(port)"]
+        let cert = "\(work)/ekcert.der"
+        let pub = "\(work)/ek.pub"
+        let r1 = try runCommand("tpm2_nvread", ["0x1c00002", "-o", cert], environment: env)
+        try #require(r1.status == 0, "nvread on \(binary): \(r1.output)")
+        let r2 = try runCommand("tpm2_createek", ["-c", "\(work)/ek.ctx", "-G", "rsa", "-u", pub], environment: env)
+        try #require(r2.status == 0, "createek on \(binary): \(r2.output)")
+        _ = try runCommand("swtpm_ioctl", ["--tcp", "127.0.0.1:\(port + 1)", "-s"])
+        _ = daemon.waitForExit()
+        return Identity(ekCertificate: fileBytes(cert) ?? [], ekPublic: fileBytes(pub) ?? [])
+    }
+
+    static let keyVariants: [String] = ["plain", "key"]
+
+    @Test(arguments: keyVariants)
+    func swtpmStateRunsOnVTPMD(variant: String) throws {
+        try withTemporaryDirectory { dir in
+            let extra = try Self.keyArguments(variant, dir: dir)
+            let state = "\(dir)/state"
+            try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
+            let setup = try runCommand(
+                "swtpm_setup", ["--tpm2", "--tpmstate", state, "--create-ek-cert", "--overwrite"] + Self.setupKey(extra))
+            try #require(setup.status == 0, "\(setup.output)")
+            let before = try Self.readIdentity("swtpm", state: state, work: dir, extra: extra)
+            let after = try Self.readIdentity(Binaries.vtpmd, state: state, work: dir, extra: extra)
+            #expect(!before.ekCertificate.isEmpty && before == after)
+            // And back to swtpm after vtpmd wrote the state.
+            let again = try Self.readIdentity("swtpm", state: state, work: dir, extra: extra)
+            #expect(again == before)
+        }
+    }
+
+    @Test(arguments: keyVariants)
+    func vtpmdStateRunsOnSwtpm(variant: String) throws {
+        try withTemporaryDirectory { dir in
+            let extra = try Self.keyArguments(variant, dir: dir)
+            let state = "\(dir)/state"
+            try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
+            let setup = try runCommand(
+                "swtpm_setup",
+                ["--tpm2", "--tpm", "\(Binaries.vtpmd) socket", "--tpmstate", state, "--create-ek-cert", "--overwrite"]
+                    + Self.setupKey(extra))
+            try #require(setup.status == 0, "\(setup.output)")
+            let before = try Self.readIdentity(Binaries.vtpmd, state: state, work: dir, extra: extra)
+            let after = try Self.readIdentity("swtpm", state: state, work: dir, extra: extra)
+            #expect(!before.ekCertificate.isEmpty && before == after)
+            if variant == "key" {
+                // The file on disk really is encrypted (header flag 0x01).
+                let permall = fileBytes("\(state)/tpm2-00.permall") ?? []
+                #expect(permall.count > 10 && permall[5] & 0x01 == 0x01)
+            }
+        }
+    }
+
+    static func keyArguments(_ variant: String, dir: String) throws -> [String] {
+        guard variant == "key" else { return [] }
+        try Data("correct horse battery staple\n".utf8).write(to: URL(fileURLWithPath: "\(dir)/pass"))
+        return ["--key", "pwdfile=\(dir)/pass,mode=aes-256-cbc"]
+    }
+
+    /// swtpm_setup spells the key option `--pwdfile F --cipher aes-256-cbc`.
+    static func setupKey(_ extra: [String]) -> [String] {
+        guard extra.count == 2 else { return [] }
+        let file = extra[1].split(separator: ",")[0].dropFirst("pwdfile=".count)
+        return ["--pwdfile", String(file), "--cipher", "aes-256-cbc"]
+    }
+}
