@@ -86,7 +86,8 @@ public struct LinearStateFile: Hashable, Sendable {
         }
         guard bytes.count >= Self.headerSize else {
             throw StateStoreError(
-                .malformed, "linear state file of \(bytes.count) bytes is shorter than the \(Self.headerSize)-byte header")
+                .malformed,
+                "linear state file of \(bytes.count) bytes is shorter than the \(Self.headerSize)-byte header")
         }
         // swtpm keeps the file length in a u32.
         guard UInt64(bytes.count) <= UInt64(UInt32.max) else {
@@ -184,14 +185,17 @@ public struct LinearStateFile: Hashable, Sendable {
             for name in self.blobs.keys where Self.slot(for: name) == nil {
                 throw StateStoreError(
                     .malformed,
-                    "linear state file cannot hold a blob named \"\(name)\" (only \(Self.blobNames.joined(separator: ", ")))")
+                    "linear state file cannot hold a blob named \"\(name)\" "
+                        + "(only \(Self.blobNames.joined(separator: ", ")))")
             }
-            var slots = [Slot](repeating: Slot(offset: 0, dataLength: 0, sectionLength: 0), count: Self.slotCount)
+            let unused = Slot(offset: 0, dataLength: 0, sectionLength: 0)
+            var slots = [Slot](repeating: unused, count: Self.slotCount)
             var end = UInt64(Self.headerSize)
             for (index, name) in Self.blobNames.enumerated() {
                 guard let blob = self.blobs[name] else { continue }
                 guard let section = Self.sectionLength(forDataLength: blob.count) else {
-                    throw StateStoreError(.malformed, "blob \"\(name)\" of \(blob.count) bytes is too large for a linear state file")
+                    throw StateStoreError(
+                        .malformed, "blob \"\(name)\" of \(blob.count) bytes is too large for a linear state file")
                 }
                 guard end + UInt64(section) <= UInt64(UInt32.max) else {
                     throw StateStoreError(.malformed, "linear state file would exceed 4 GiB")

@@ -36,7 +36,9 @@ import Testing
         (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(seed)) | 1 }
     }
 
-    static func expectMalformed(_ bytes: [UInt8], _ comment: Comment, sourceLocation: SourceLocation = #_sourceLocation) {
+    static func expectMalformed(
+        _ bytes: [UInt8], _ comment: Comment, sourceLocation: SourceLocation = #_sourceLocation
+    ) {
         do {
             let decoded = try LinearStateFile(decoding: bytes)
             Issue.record("accepted: \(comment) -> \(decoded.blobs.keys.sorted())", sourceLocation: sourceLocation)
@@ -60,7 +62,9 @@ import Testing
     }
 
     @Test func unformattedInputIsAnEmptyStore() throws {
-        for bytes in [[], [UInt8](repeating: 0, count: 10), [UInt8](repeating: 0, count: 192), [UInt8](repeating: 0, count: 4096)] {
+        let zeros: [[UInt8]] = [[], [UInt8](repeating: 0, count: 10), [UInt8](repeating: 0, count: 192),
+            [UInt8](repeating: 0, count: 4096)]
+        for bytes in zeros {
             #expect(LinearStateFile.isUnformatted(bytes))
             let file = try LinearStateFile(decoding: bytes)
             #expect(file.isEmpty && file == LinearStateFile())
@@ -87,9 +91,8 @@ import Testing
         let bytes = try file.encoded
         #expect(bytes.count == 192 + 2048 + 16384 + 64)
         // Slot 0: permall at 192, slot 1: volatilestate after its 2048-byte section, slot 2: savestate.
-        #expect(Self.readLE32(bytes, 12) == 192 && Self.readLE32(bytes, 16) == 1315 && Self.readLE32(bytes, 20) == 2048)
-        #expect(Self.readLE32(bytes, 24) == 2240 && Self.readLE32(bytes, 28) == 8986 && Self.readLE32(bytes, 32) == 16384)
-        #expect(Self.readLE32(bytes, 36) == 18624 && Self.readLE32(bytes, 40) == 64 && Self.readLE32(bytes, 44) == 64)
+        let slotWords = (0..<9).map { Self.readLE32(bytes, 12 + 4 * $0) }
+        #expect(slotWords == [192, 1315, 2048, 2240, 8986, 16384, 18624, 64, 64])
         #expect(bytes[48..<192].allSatisfy { $0 == 0 })
         #expect(Array(bytes[192..<192 + 1315]) == permall)
         #expect(bytes[192 + 1315..<2240].allSatisfy { $0 == 0 })
@@ -118,7 +121,8 @@ import Testing
     }
 
     @Test func emptyBlobsAndExactPowersRoundTrip() throws {
-        let file = LinearStateFile(blobs: ["permall": [], "volatilestate": Self.pattern(4096, seed: 9), "savestate": []])
+        let file = LinearStateFile(
+            blobs: ["permall": [], "volatilestate": Self.pattern(4096, seed: 9), "savestate": []])
         let bytes = try file.encoded
         #expect(bytes.count == 192 + 4096)
         #expect(try LinearStateFile(decoding: bytes) == file)
@@ -153,7 +157,7 @@ import Testing
         let good = Self.header(slots: [0: (192, 4, 4)]) + [1, 2, 3, 4]
         Self.expectMalformed(Array(good[0..<191]), "one byte short of the header")
         Self.expectMalformed([0x6E, 0x69, 0x6C], "three bytes")
-        Self.expectMalformed(Self.header(magic: Array("swtpmlin".utf8)) , "magic in big-endian order")
+        Self.expectMalformed(Self.header(magic: Array("swtpmlin".utf8)), "magic in big-endian order")
         Self.expectMalformed(Self.header(magic: [0, 0, 0, 0, 0, 0, 0, 0], slots: [0: (192, 0, 0)]), "zero magic")
         Self.expectMalformed([UInt8](repeating: 0xFF, count: 4096), "all 0xFF")
         Self.expectMalformed(Self.header(version: 0), "version 0")
@@ -235,8 +239,8 @@ import Testing
                 let port = try freePortPair()
                 let swtpm = try Self.startSwtpm(theirs, port: port)
                 let define = try Self.tools(
-                    "tpm2_nvdefine", [Self.nvIndex, "-C", "o", "-s", "\(Self.nvSecret.count)", "-a", "ownerread|ownerwrite"],
-                    port: port)
+                    "tpm2_nvdefine",
+                    [Self.nvIndex, "-C", "o", "-s", "\(Self.nvSecret.count)", "-a", "ownerread|ownerwrite"], port: port)
                 try #require(define.status == 0, "\(define.output)")
                 let input = "\(dir)/nv.in"
                 try Data(Self.nvSecret).write(to: URL(fileURLWithPath: input))
