@@ -36,7 +36,7 @@ TB=$OUT/tpmbench
 SWTPM=${SWTPM:-/usr/bin/swtpm}
 VTPMD=${VTPMD:-/work/main/.build/release/vtpmd}
 read -r -a VTPMD_EXTRA <<< "${VTPMD_ARGS:-}"
-SERVERS=${SERVERS:-"floor swtpm vtpmd"}
+SERVERS=${SERVERS:-"floor swtpm vtpmd vtpmd-nofsync"}
 OPS=${OPS:-"getrandom pcrextend createprimary nvincrement"}
 ROUNDS=${ROUNDS:-3}
 N_GETRANDOM=${N_GETRANDOM:-20000}
@@ -66,8 +66,8 @@ for s in $SERVERS; do
     floor) ACTIVE+=(floor) ;;
     swtpm)
         if [[ -x $SWTPM ]]; then ACTIVE+=(swtpm); else echo "swtpm not found at $SWTPM - skipping it" >&2; fi ;;
-    vtpmd)
-        if [[ -x $VTPMD ]]; then ACTIVE+=(vtpmd); else echo "vtpmd not found at $VTPMD (not built yet?) - skipping it" >&2; fi ;;
+    vtpmd | vtpmd-nofsync)
+        if [[ -x $VTPMD ]]; then ACTIVE+=("$s"); else echo "vtpmd not found at $VTPMD (not built yet?) - skipping it" >&2; fi ;;
     *) die "unknown server '$s'" ;;
     esac
 done
@@ -130,6 +130,10 @@ server_cmd() {
     swtpm) CMD=("$SWTPM" socket --tpm2 --tpmstate "dir=$dir" --server "type=tcp,port=$port"
                 --ctrl "type=tcp,port=$((port + 1))" --flags not-need-init,startup-clear) ;;
     vtpmd) CMD=("$VTPMD" socket --tpm2 --tpmstate "dir=$dir" --server "type=tcp,port=$port"
+                --ctrl "type=tcp,port=$((port + 1))" --flags not-need-init,startup-clear
+                ${VTPMD_EXTRA[@]+"${VTPMD_EXTRA[@]}"}) ;;
+    # the same vtpmd with durable writes turned off (swtpm 0.7.1 never fsyncs)
+    vtpmd-nofsync) CMD=("$VTPMD" socket --tpm2 --tpmstate "dir=$dir,fsync=off" --server "type=tcp,port=$port"
                 --ctrl "type=tcp,port=$((port + 1))" --flags not-need-init,startup-clear
                 ${VTPMD_EXTRA[@]+"${VTPMD_EXTRA[@]}"}) ;;
     esac
@@ -329,6 +333,15 @@ fmt() { if [[ $1 == "-" ]]; then echo "-"; else printf "%.${2:-0}f" "$1"; fi; }
         printf '%-14s %11s %11s %11s %12s %12s %12s\n' "$op" "$(fmt "$f")" "$(fmt "$w")" "$(fmt "$v")" \
             "$(ratio "$v" "$w")" "$(ratio "$v" "$f")" "$(ratio "$w" "$f")"
     done
+    if [[ " ${ACTIVE[*]} " == *" vtpmd-nofsync "* ]]; then
+        echo
+        echo "vtpmd with fsync=off (durable writes off; swtpm 0.7.1 never fsyncs)"
+        printf '%-14s %11s %11s %16s %16s\n' op swtpm nofsync nofsync/swtpm nofsync/floor
+        for op in $OPS; do
+            f=$(med OPS_V "floor,$op"); w=$(med OPS_V "swtpm,$op"); v=$(med OPS_V "vtpmd-nofsync,$op")
+            printf '%-14s %11s %11s %16s %16s\n' "$op" "$(fmt "$w")" "$(fmt "$v")" "$(ratio "$v" "$w")" "$(ratio "$v" "$f")"
+        done
+    fi
     echo
     echo "Latency per command (us, median over rounds of each run's p50 / p99; createprimary excludes the flush)"
     printf '%-14s %17s %17s %17s\n' op floor swtpm vtpmd

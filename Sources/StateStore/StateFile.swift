@@ -6,7 +6,7 @@ import TPMWire
 ///
 ///     tag 0x7E02, value = "VTPI" | be16 format 1 | be64 write generation | SHA-256
 ///
-/// The SHA-256 covers the header flags and every record before it. A file with the record is
+/// The SHA-256 covers the 10-byte header and every record before it. A file with the record is
 /// checked (a flipped bit is refused instead of being handed to libtpms); a file without it was
 /// written by swtpm and is accepted as swtpm accepts it.
 public enum StateFile {
@@ -33,10 +33,12 @@ public enum StateFile {
         } else {
             records = [BlobContainer.Record(tag: BlobContainer.Tag.data, value: plain)]
         }
+        let total = BlobContainer.headerSize + records.reduce(0) { $0 + 6 + $1.value.count } + 6 + self.integrityRecordSize
         records.append(
             BlobContainer.Record(
                 tag: BlobContainer.Tag.vtpmIntegrity,
-                value: self.integrityRecord(flags: flags, records: records, generation: generation)))
+                value: self.integrityRecord(
+                    header: self.header(flags: flags, total: total), records: records, generation: generation)))
         return BlobContainer(flags: flags, records: records).encoded
     }
 
@@ -84,10 +86,16 @@ public enum StateFile {
             } catch {
                 throw StateStoreError(.malformed, "integrity record: \(error)")
             }
-            let expected = self.integrityRecord(flags: container.flags, records: records, generation: generation ?? 0)
+            let expected = self.integrityRecord(
+                header: Array(bytes.prefix(BlobContainer.headerSize)), records: records, generation: generation ?? 0)
             guard expected == stored else {
                 throw StateStoreError(.integrity, "SHA-256 mismatch: the file was modified or corrupted")
             }
+        }
+        // Only swtpm's tags may remain: anything else (a damaged tag among them) is refused rather than
+        // skipped, so a flipped bit in vtpmd's own record cannot make the file look like swtpm's.
+        if let unknown = records.first(where: { !(1...7).contains($0.tag) }) {
+            throw StateStoreError(.malformed, "unknown record tag 0x\(String(unknown.tag, radix: 16))")
         }
         if container.flags.contains(.encrypted) {
             guard let key else {
@@ -106,13 +114,24 @@ public enum StateFile {
         return (plain, Info(generation: generation, encrypted: false))
     }
 
-    static func integrityRecord(flags: BlobContainer.Flags, records: [BlobContainer.Record], generation: UInt64)
-        -> [UInt8]
-    {
+    static let integrityRecordSize = 4 + 2 + 8 + 32
+
+    /// The 10-byte header as `BlobContainer.encoded` writes it.
+    static func header(flags: BlobContainer.Flags, total: Int) -> [UInt8] {
+        var w = ByteWriter(capacity: 10)
+        w.write(BlobContainer.version)
+        w.write(UInt8(1))
+        w.write(UInt16(BlobContainer.headerSize))
+        w.write(flags.rawValue)
+        w.write(UInt32(total))
+        return w.bytes
+    }
+
+    /// The record's value: magic, version, generation, SHA-256 over the whole header, every record
+    /// before it and the generation.
+    static func integrityRecord(header: [UInt8], records: [BlobContainer.Record], generation: UInt64) -> [UInt8] {
         var hasher = SHA256()
-        var flagBytes = ByteWriter(capacity: 2)
-        flagBytes.write(flags.rawValue)
-        hasher.update(data: flagBytes.bytes)
+        hasher.update(data: header)
         hasher.update(data: BlobContainer.encodeRecords(records))
         var w = ByteWriter(capacity: 46)
         w.write(bytes: self.integrityMagic)

@@ -78,10 +78,16 @@ public final class Engine {
     /// Executes one TPM command and returns libtpms' response. Wraps `TPMLIB_Process`.
     /// - Returns: the response, or nil when libtpms itself failed (the caller answers TPM_RC_FAILURE).
     public func process(_ command: inout [UInt8]) -> [UInt8]? {
+        self.process(&command, count: command.count)
+    }
+
+    /// Executes the command in the first `count` bytes of `buffer` (no copy). Wraps `TPMLIB_Process`.
+    public func process(_ buffer: inout [UInt8], count: Int) -> [UInt8]? {
+        precondition(count >= 0 && count <= buffer.count)
         var responseSize: UInt32 = 0
-        let rc = unsafe command.withUnsafeMutableBufferPointer { buf in
+        let rc = unsafe buffer.withUnsafeMutableBufferPointer { buf in
             unsafe TPMLIB_Process(
-                &self.responseBuffer, &responseSize, &self.responseBufferSize, buf.baseAddress, UInt32(buf.count))
+                &self.responseBuffer, &responseSize, &self.responseBufferSize, buf.baseAddress, UInt32(count))
         }
         guard rc == 0, let buffer = unsafe self.responseBuffer, responseSize <= self.responseBufferSize else {
             return nil

@@ -8,49 +8,72 @@ extension Server {
     static let dataDeadlineNanoseconds: UInt64 = 2_000_000_000
     static let tpm2ShutdownCode: UInt32 = 0x145
 
-    /// Reads one TPM command (framed by its size field), runs it, writes the response.
+    /// Reads what the data connection has (one read), then runs every complete TPM command in
+    /// it, framed by the size field; bytes of a following command stay buffered. An incomplete
+    /// command is waited for (up to the deadline) before anything else is served, as in swtpm.
     func serveData() {
         let fd = self.dataConnection
-        var have: Int
+        let n: Int
         do {
-            have = try Socket.read(fd, into: &self.readBuffer, at: 0, count: TPMFrame.headerSize)
+            n = try Socket.read(
+                fd, into: &self.readBuffer, at: self.dataPending, count: self.readBuffer.count - self.dataPending)
         } catch {
             self.closeDataConnection(byPeer: true, reason: "read failed: \(error)")
             return
         }
-        if have == 0 {
+        if n == 0 {
             self.closeDataConnection(byPeer: true, reason: "end of stream")
             return
         }
+        self.dataPending += n
         let deadline = ProcessControl.monotonicNanoseconds() + Self.dataDeadlineNanoseconds
-        guard self.fillData(fd, have: &have, to: TPMFrame.headerSize, deadline: deadline) else {
-            self.rejectFrame(reason: "header of \(have) bytes")
-            return
+        while self.dataConnection == fd && self.dataPending > 0 {
+            guard self.fillData(fd, to: TPMFrame.headerSize, deadline: deadline) else {
+                self.rejectFrame(reason: "header of \(self.dataPending) bytes")
+                return
+            }
+            if self.readBuffer.readBigEndianUInt32(at: 0) == Self.tcgSendCommand {
+                self.serveSendCommandFrame(fd, deadline: deadline)
+                continue
+            }
+            let size = Int(self.readBuffer.readBigEndianUInt32(at: 2))
+            guard size >= TPMFrame.headerSize, size <= Int(self.bufferSize), size <= self.readBuffer.count else {
+                self.rejectFrame(reason: "size field \(size) outside 10...\(self.bufferSize)")
+                return
+            }
+            guard self.fillData(fd, to: size, deadline: deadline) else {
+                self.rejectFrame(reason: "\(self.dataPending) of \(size) bytes arrived")
+                return
+            }
+            let response = self.execute(frameOf: size)
+            self.consumeData(size)
+            guard self.respond(fd, response) else { return }
         }
-        if self.readBuffer.readBigEndianUInt32(at: 0) == Self.tcgSendCommand {
-            self.serveSendCommandFrame(fd, have: have, deadline: deadline)
-            return
+    }
+
+    /// Drops the first `count` buffered bytes (a served command).
+    func consumeData(_ count: Int) {
+        let rest = self.dataPending - count
+        if rest > 0 {
+            for i in 0..<rest { self.readBuffer[i] = self.readBuffer[count + i] }
         }
-        let size = Int(self.readBuffer.readBigEndianUInt32(at: 2))
-        guard size >= TPMFrame.headerSize, size <= Int(self.bufferSize), size <= self.readBuffer.count else {
-            self.rejectFrame(reason: "size field \(size) outside 10...\(self.bufferSize)")
-            return
-        }
-        guard self.fillData(fd, have: &have, to: size, deadline: deadline) else {
-            self.rejectFrame(reason: "\(have) of \(size) bytes arrived")
-            return
-        }
-        var command = Array(self.readBuffer[0..<size])
-        let response = self.execute(&command)
+        self.dataPending = rest
+    }
+
+    /// Writes a response; with `disconnect`, closes the connection after it.
+    /// Returns whether the connection is still open.
+    func respond(_ fd: Int32, _ response: [UInt8]) -> Bool {
         do {
             try Socket.sendAll(fd, response)
         } catch {
             self.closeDataConnection(byPeer: true, reason: "write failed: \(error)")
-            return
+            return false
         }
         if self.configuration.disconnectAfterResponse {
             self.closeDataConnection(byPeer: false, reason: "disconnect after response")
+            return false
         }
+        return true
     }
 
     /// TCG "TPM_SEND_COMMAND" framing (the MS simulator convention, capability 0x8000):
@@ -60,12 +83,11 @@ extension Server {
     /// against 0...4 and `reject-locality-4`.
     static let tcgSendCommand: UInt32 = 8
 
-    func serveSendCommandFrame(_ fd: Int32, have initial: Int, deadline: UInt64) {
+    func serveSendCommandFrame(_ fd: Int32, deadline: UInt64) {
         guard !self.dataFromControl, !self.configuration.dataIsCharacterDevice else {
             self.rejectFrame(reason: "TCG send-command framing on a QEMU data channel")
             return
         }
-        var have = initial
         let prefix = 9
         let locality = self.readBuffer[4]
         let size = Int(self.readBuffer.readBigEndianUInt32(at: 5))
@@ -73,11 +95,12 @@ extension Server {
             self.rejectFrame(reason: "send-command size \(size) outside 10...\(self.bufferSize)")
             return
         }
-        guard self.fillData(fd, have: &have, to: prefix + size, deadline: deadline) else {
-            self.rejectFrame(reason: "\(have) of \(prefix + size) send-command bytes arrived")
+        guard self.fillData(fd, to: prefix + size, deadline: deadline) else {
+            self.rejectFrame(reason: "\(self.dataPending) of \(prefix + size) send-command bytes arrived")
             return
         }
         var command = Array(self.readBuffer[prefix..<(prefix + size)])
+        self.consumeData(prefix + size)
         let response: [UInt8]
         if locality > 4 || (locality == 4 && self.configuration.rejectLocality4) {
             response = TPMFrame.errorResponse(TPMFrame.rcLocality)
@@ -91,15 +114,17 @@ extension Server {
         w.write(UInt32(response.count))
         w.write(bytes: response)
         w.write(UInt32(0))
-        do {
-            try Socket.sendAll(fd, w.bytes)
-        } catch {
-            self.closeDataConnection(byPeer: true, reason: "write failed: \(error)")
-            return
+        _ = self.respond(fd, w.bytes)
+    }
+
+    /// Runs the size-checked command at the start of the read buffer, in place.
+    func execute(frameOf size: Int) -> [UInt8] {
+        guard self.engine.isRunning else { return TPMFrame.errorResponse(TPMFrame.rcFailure) }
+        let code = self.readBuffer.readBigEndianUInt32(at: 6)
+        if code == TPMFrame.swtpmSetLocalityOrdinal {
+            return self.inBandSetLocality(Array(self.readBuffer[0..<size]))
         }
-        if self.configuration.disconnectAfterResponse {
-            self.closeDataConnection(byPeer: false, reason: "disconnect after response")
-        }
+        return self.checked(self.engine.process(&self.readBuffer, count: size), code: code)
     }
 
     /// Runs a complete, size-checked command.
@@ -109,7 +134,12 @@ extension Server {
         if code == TPMFrame.swtpmSetLocalityOrdinal {
             return self.inBandSetLocality(command)
         }
-        guard let response = self.engine.process(&command),
+        return self.checked(self.engine.process(&command), code: code)
+    }
+
+    /// R8: a libtpms response is passed on only when its size field matches its length and fits.
+    func checked(_ response: [UInt8]?, code: UInt32) -> [UInt8] {
+        guard let response,
             TPMFrame.isWellFormedResponse(response, maximum: max(Int(self.bufferSize), 4096))
         else {
             self.logger.error("libtpms returned no or a malformed response", metadata: ["cc": "0x\(String(code, radix: 16))"])
@@ -131,17 +161,20 @@ extension Server {
         return TPMFrame.errorResponse(TPMFrame.rcSuccess)
     }
 
-    /// Reads until `have` reaches `count` or the deadline passes.
-    func fillData(_ fd: Int32, have: inout Int, to count: Int, deadline: UInt64) -> Bool {
-        while have < count {
+    /// Reads until `dataPending` reaches `count` or the deadline passes (never beyond `count`).
+    func fillData(_ fd: Int32, to count: Int, deadline: UInt64) -> Bool {
+        while self.dataPending < count {
             let now = ProcessControl.monotonicNanoseconds()
             guard now < deadline else { return false }
             let waitMs = Int32((deadline - now) / 1_000_000 + 1)
             guard (try? waitReadable(fd, timeoutMilliseconds: waitMs)) == true else { continue }
-            guard let n = try? Socket.read(fd, into: &self.readBuffer, at: have, count: count - have), n > 0 else {
+            guard
+                let n = try? Socket.read(
+                    fd, into: &self.readBuffer, at: self.dataPending, count: count - self.dataPending), n > 0
+            else {
                 return false
             }
-            have += n
+            self.dataPending += n
         }
         return true
     }

@@ -32,15 +32,16 @@ public final class Server {
     var lastCommandWasShutdown = false
     /// GET_STATEBLOB results kept for reads at offset > 0 (the bytes must not change between chunks).
     var blobCache: [UInt32: (blob: [UInt8], flags: UInt32)] = [:]
-    /// Scratch buffer for data-channel reads.
+    /// Data-channel input buffer and how many bytes of it are filled.
     var readBuffer: [UInt8]
+    var dataPending = 0
 
     /// Creates the server; opens nothing yet.
     public init(configuration: ServerConfiguration, logger: Logger) throws {
         self.configuration = configuration
         self.logger = logger
-        if let dir = configuration.stateDirectory {
-            self.store = StateDirectory(path: dir, options: configuration.stateOptions, logger: logger)
+        if let location = configuration.stateLocation {
+            self.store = StateDirectory(location: location, options: configuration.stateOptions, logger: logger)
         } else {
             self.store = nil
         }
@@ -193,6 +194,7 @@ public final class Server {
         guard self.dataConnection >= 0 else { return }
         closeDescriptor(self.dataConnection)
         self.dataConnection = -1
+        self.dataPending = 0
         self.dataFromControl = false
         self.logger.debug("data connection closed", metadata: ["reason": "\(reason)"])
         var inherited = false

@@ -18,6 +18,11 @@ package enum ProcessControl {
             _ = fcntl(fd, F_SETFL, O_NONBLOCK)
         }
         unsafe signalPipeWriteEnd = fds[1]
+        // A parent may have blocked these (the mask is inherited across exec): unblock them.
+        var set = sigset_t()
+        unsafe sigemptyset(&set)
+        for sig in [SIGTERM, SIGINT, SIGHUP] { unsafe sigaddset(&set, sig) }
+        _ = unsafe sigprocmask(SIG_UNBLOCK, &set, nil)
         for sig in [SIGTERM, SIGINT, SIGHUP] {
             var action = sigaction()
             unsafe action.__sigaction_handler.sa_handler = signalToPipe
