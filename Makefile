@@ -27,7 +27,7 @@ unit-test: deps
 	$(SWIFT) test --skip IntegrationTests
 
 demo: deps guest build
-	./qemu/demo.sh
+	$(SWIFT) run vtpm-demo
 
 bench: deps release
 	VTPMD=$(CURDIR)/.build/release/vtpmd ./bench/run.sh
