@@ -27,7 +27,8 @@ let package = Package(
             pkgConfig: "libtpms",
             providers: [.apt(["libtpms-dev"])]
         ),
-        .target(name: "_VTPMPosix", swiftSettings: settings),
+        .target(name: "CVTPMShims"),
+        .target(name: "_VTPMPosix", dependencies: ["CVTPMShims"], swiftSettings: settings),
         .target(name: "TPMWire", swiftSettings: settings),
         .target(name: "TPMEngine", dependencies: ["CLibTPMS"], swiftSettings: settings),
         .target(
