@@ -1,22 +1,47 @@
 import _VTPMPosix
 public import Logging
 
-/// One VM's TPM state directory, in swtpm's layout (`tpm2-00.permall`, `tpm2-00.volatilestate`,
-/// `tpm2-00.savestate`, `.lock`) plus vtpmd's `vtpm-instance` marker.
+/// Where one VM's TPM state lives (`--tpmstate`).
+public enum StateLocation: Sendable, Hashable {
+    /// A directory in swtpm's layout (`dir=PATH`, `backend-uri=dir://PATH`).
+    case directory(String)
+    /// One file (or block device) in swtpm's linear format (`backend-uri=file://PATH`).
+    case linearFile(String)
+
+    /// The directory or file path.
+    public var path: String {
+        switch self {
+        case .directory(let path), .linearFile(let path): path
+        }
+    }
+}
+
+/// One VM's TPM state: the libtpms blobs `permall`, `volatilestate` and `savestate`, each in a
+/// `StateFile` container (swtpm's header and TLVs plus vtpmd's integrity record, optionally
+/// encrypted with `--key`), kept in one of two places (``StateLocation``).
 ///
+/// **Directory** (`.directory`), in swtpm's layout (`tpm2-00.permall`, `tpm2-00.volatilestate`,
+/// `tpm2-00.savestate`, `.lock`) plus vtpmd's `vtpm-instance` marker:
 /// - The directory lock (`.lock`, an OFD write lock, which also excludes swtpm's fcntl lock) is
 ///   taken before any other file is touched and held for the life of the process.
 /// - Files are read with `O_NOFOLLOW`, must be regular, ours and not writable by others, and are
 ///   never chmod-ed on read.
-/// - Every write is temp file + write all + fsync + rename + directory fsync (`durable`).
+/// - Every write is temp file + write all + fsync + rename + directory fsync (`durable`), so a
+///   crash leaves either the old or the new file.
+///
+/// **Linear file** (`.linearFile`), swtpm's single-file format (see ``LinearStateFile``): the
+/// file itself is locked, read once and kept in memory, and every change rewrites it in place.
+/// That backend is not crash-atomic; see ``LinearFileStorage`` for the details.
+///
+/// For both:
 /// - While staging (during CMD_INIT) writes stay in memory; `commitStaged` persists them, and
-///   `discardStaged` drops them so a failed INIT leaves the disk unchanged.
-/// - A new TPM is manufactured only in a directory with no trace of an earlier one.
+///   `discardStaged` drops them so a failed INIT leaves the storage unchanged.
+/// - A new TPM is manufactured only where there is no trace of an earlier one.
 public final class StateDirectory {
     public struct Options: Sendable {
         /// Mode of files vtpmd creates (swtpm's `--tpmstate mode=`); 0600 unless given.
         public var fileMode: UInt32 = 0o600
-        /// fsync file and directory on every write.
+        /// fsync (fdatasync for a linear file) on every write.
         public var durable = true
         /// The state-encryption key (`--key`).
         public var stateKey: StateKey? = nil
@@ -27,11 +52,11 @@ public final class StateDirectory {
     public static let instanceName = "vtpm-instance"
     static let maximumFileSize = 1 << 20
 
-    public let path: String
+    public let location: StateLocation
     public let options: Options
     private let logger: Logger
-    private var directory: DirectoryHandle? = nil
-    private var lockDescriptor: Int32 = -1
+    private let storage: any BlobStorage
+    /// Writes (contents) and deletions (nil) by entry: a blob name or ``instanceName``.
     private var staging: [(name: String, contents: [UInt8]?)]? = nil
     private var writeGeneration: UInt64 = 0
     /// The plain permanent state as last loaded or stored.
@@ -39,47 +64,39 @@ public final class StateDirectory {
     /// The last failure, for the log line that reports a failed INIT.
     public private(set) var lastError: StateStoreError? = nil
 
-    public init(path: String, options: Options, logger: Logger) {
-        self.path = path
+    public init(location: StateLocation, options: Options, logger: Logger) {
+        self.location = location
         self.options = options
         self.logger = logger
+        switch location {
+        case .directory(let path):
+            self.storage = DirectoryStorage(path: path, options: options, logger: logger)
+        case .linearFile(let path):
+            self.storage = LinearFileStorage(path: path, options: options, logger: logger)
+        }
+    }
+
+    /// A state directory (`dir=PATH`).
+    public convenience init(path: String, options: Options, logger: Logger) {
+        self.init(location: .directory(path), options: options, logger: logger)
     }
 
     deinit {
-        if self.lockDescriptor >= 0 { closeDescriptor(self.lockDescriptor) }
-        self.directory?.close()
+        self.storage.close()
     }
+
+    /// The directory or file path.
+    public var path: String { self.location.path }
 
     public static func fileName(_ blob: String) -> String { "tpm2-00." + blob }
 
-    /// Whether this process holds the directory lock.
-    public var isLocked: Bool { self.lockDescriptor >= 0 }
+    /// Whether this process holds the lock (of the directory or of the linear file).
+    public var isLocked: Bool { self.storage.isLocked }
 
-    /// Opens the directory and takes its lock (once; later calls are no-ops).
+    /// Opens the storage and takes its lock (once; later calls are no-ops). For a linear file
+    /// this also reads and checks it, and formats it if it is new (empty or all zero).
     public func lock() throws(StateStoreError) {
-        if self.isLocked { return }
-        let dir: DirectoryHandle
-        do {
-            dir = try DirectoryHandle.open(self.path)
-        } catch {
-            throw StateStoreError(.io, "cannot open state directory: \(error)")
-        }
-        do {
-            self.lockDescriptor = try dir.lock(Self.lockName)
-        } catch {
-            dir.close()
-            if error.isWouldBlock {
-                throw StateStoreError(.locked, "state directory \(self.path) is locked by another process")
-            }
-            throw StateStoreError(.io, "cannot lock state directory: \(error)")
-        }
-        self.directory = dir
-        // Temp files of an interrupted write of ours are garbage once we hold the lock.
-        if let names = try? dir.entries() {
-            for name in names where name.hasPrefix(".tpm2-00.") && name.contains(".tmp-") {
-                _ = try? dir.remove(name, durable: false)
-            }
-        }
+        try self.storage.lock()
     }
 
     // MARK: staging
@@ -87,51 +104,48 @@ public final class StateDirectory {
     /// Starts keeping writes in memory (CMD_INIT).
     public func beginStaging() { self.staging = [] }
 
-    /// Persists staged writes in order (the instance marker first).
+    /// Persists staged writes in order (the instance marker first). A linear file is written
+    /// once, with all of them.
     public func commitStaged() throws(StateStoreError) {
         guard let staged = self.staging else { return }
         self.staging = nil
         let ordered = staged.filter { $0.name == Self.instanceName } + staged.filter { $0.name != Self.instanceName }
-        for entry in ordered {
-            if let contents = entry.contents {
-                try self.writeFile(entry.name, contents)
-            } else {
-                try self.removeFile(entry.name)
-            }
-        }
+        if ordered.isEmpty { return }
+        try self.storage.apply(ordered)
     }
 
-    /// Drops staged writes; the disk stays as it was.
+    /// Drops staged writes; the storage stays as it was.
     public func discardStaged() { self.staging = nil }
 
     // MARK: blobs
 
     /// Loads a libtpms blob. Returns nil when it does not exist and may be created (for "permall"
-    /// only in a pristine directory); throws when it exists but cannot be used.
+    /// only where there is no trace of an earlier TPM); throws when it exists but cannot be used.
     public func load(_ blob: String) throws(StateStoreError) -> [UInt8]? {
         try self.lock()
-        let name = Self.fileName(blob)
-        let fileBytes: [UInt8]?
-        if let staged = self.staging?.last(where: { $0.name == name }) {
-            fileBytes = staged.contents
+        let stored: [UInt8]?
+        if let staged = self.staging?.last(where: { $0.name == blob }) {
+            stored = staged.contents
         } else {
-            fileBytes = try self.readFile(name)
+            stored = try self.storage.read(blob)
         }
-        guard let fileBytes else {
+        guard let stored else {
             if blob == "permall" {
-                let traces = try self.tracesOfEarlierTPM()
+                let traces = try self.storage.tracesOfEarlierTPM()
                 if !traces.isEmpty {
                     throw StateStoreError(
                         .refusedManufacture,
-                        "\(name) is missing but \(traces.joined(separator: ", ")) exist; refusing to manufacture a new TPM"
+                        "\(self.storage.describe(blob)) is missing but \(traces.joined(separator: ", ")) exist; "
+                            + "refusing to manufacture a new TPM"
                     )
                 }
-                self.logger.info("state directory is empty: a new TPM will be manufactured", metadata: ["dir": "\(self.path)"])
+                self.logger.info(
+                    "no earlier TPM state: a new TPM will be manufactured", metadata: ["state": "\(self.path)"])
             }
             return nil
         }
         do {
-            let (plain, info) = try StateFile.decode(fileBytes, key: self.options.stateKey)
+            let (plain, info) = try StateFile.decode(stored, key: self.options.stateKey)
             if blob == "permall" {
                 self.permanentState = plain
                 if let generation = info.generation { self.writeGeneration = max(self.writeGeneration, generation) }
@@ -141,21 +155,21 @@ public final class StateDirectory {
             }
             return plain
         } catch {
-            throw StateStoreError(error.code, "\(self.describe(name)): \(error.message)")
+            throw StateStoreError(error.code, "\(self.storage.describe(blob)): \(error.message)")
         }
     }
 
-    /// Stores a libtpms blob (staged during INIT). The first permanent state also gets the
-    /// instance marker, so a later loss of `permall` is never mistaken for an empty directory.
+    /// Stores a libtpms blob (staged during INIT). In a directory, the first permanent state also
+    /// gets the instance marker, so a later loss of `permall` is never mistaken for an empty
+    /// directory (a linear file has no room for the marker).
     public func store(_ blob: String, _ plain: [UInt8]) throws(StateStoreError) {
         try self.lock()
-        let name = Self.fileName(blob)
         self.writeGeneration += 1
         let contents = try StateFile.encode(plain, key: self.options.stateKey, generation: self.writeGeneration)
-        if blob == "permall", try !self.exists(Self.instanceName) {
+        if blob == "permall", self.storage.keepsInstanceMarker, try !self.exists(Self.instanceName) {
             try self.put(Self.instanceName, InstanceMarker.encode(createdBy: "vtpmd"))
         }
-        try self.put(name, contents)
+        try self.put(blob, contents)
         if blob == "permall" { self.permanentState = plain }
     }
 
@@ -163,88 +177,37 @@ public final class StateDirectory {
     @discardableResult
     public func delete(_ blob: String) throws(StateStoreError) -> Bool {
         try self.lock()
-        let name = Self.fileName(blob)
-        let existed = try self.exists(name)
+        let existed = try self.exists(blob)
         if self.staging != nil {
-            self.staging?.append((name, nil))
+            self.staging?.append((blob, nil))
         } else {
-            try self.removeFile(name)
+            try self.storage.apply([(blob, nil)])
         }
         return existed
     }
 
-    /// The state files present and their sizes (for `--print-states`).
+    /// The blobs present and their sizes (for `--print-states`): file sizes in a directory, blob
+    /// lengths in a linear file (what swtpm prints for each).
     public func presentStates() throws(StateStoreError) -> [(name: String, size: Int64)] {
         try self.lock()
-        var result: [(String, Int64)] = []
-        for blob in ["permall", "volatilestate", "savestate"] {
-            if let st = try self.status(Self.fileName(blob)), st.kind == .regular { result.append((blob, st.size)) }
-        }
-        return result
+        return try self.storage.presentStates()
     }
 
     /// Records a failure for the INIT log line.
     public func noteFailure(_ error: StateStoreError) { self.lastError = error }
 
-    // MARK: files
+    // MARK: entries
 
     private func put(_ name: String, _ contents: [UInt8]) throws(StateStoreError) {
         if self.staging != nil {
             self.staging?.append((name, contents))
         } else {
-            try self.writeFile(name, contents)
+            try self.storage.apply([(name, contents)])
         }
     }
 
     private func exists(_ name: String) throws(StateStoreError) -> Bool {
         if let staged = self.staging?.last(where: { $0.name == name }) { return staged.contents != nil }
-        return try self.status(name) != nil
-    }
-
-    private func tracesOfEarlierTPM() throws(StateStoreError) -> [String] {
-        guard let dir = self.directory else { return [] }
-        let names: [String]
-        do { names = try dir.entries() } catch { throw StateStoreError(.io, "\(error)") }
-        return names.filter { name in
-            name == Self.instanceName || name.hasPrefix("tpm2-00.") || name.hasPrefix("TMP2-00.")
-        }.sorted()
-    }
-
-    private func status(_ name: String) throws(StateStoreError) -> FileStatus? {
-        guard let dir = self.directory else { throw StateStoreError(.io, "state directory is not open") }
-        do { return try dir.status(name) } catch { throw StateStoreError(.io, "\(error)") }
-    }
-
-    private func readFile(_ name: String) throws(StateStoreError) -> [UInt8]? {
-        guard let dir = self.directory else { throw StateStoreError(.io, "state directory is not open") }
-        do {
-            // Group/other write access is refused unless the operator configured such a mode.
-            let strict = self.options.fileMode & 0o022 == 0
-            return try dir.readFile(name, maxSize: Self.maximumFileSize, strictMode: strict)
-        } catch let error as HostileFileError {
-            throw StateStoreError(.hostileFile, error.description)
-        } catch {
-            throw StateStoreError(.io, "\(error)")
-        }
-    }
-
-    private func writeFile(_ name: String, _ contents: [UInt8]) throws(StateStoreError) {
-        guard let dir = self.directory else { throw StateStoreError(.io, "state directory is not open") }
-        do {
-            try dir.writeFileAtomically(name, contents: contents, mode: self.options.fileMode, durable: self.options.durable)
-        } catch {
-            throw StateStoreError(.io, "writing \(self.describe(name)) failed: \(error)")
-        }
-    }
-
-    private func removeFile(_ name: String) throws(StateStoreError) {
-        guard let dir = self.directory else { throw StateStoreError(.io, "state directory is not open") }
-        do { try dir.remove(name, durable: self.options.durable) } catch {
-            throw StateStoreError(.io, "removing \(self.describe(name)) failed: \(error)")
-        }
-    }
-
-    private func describe(_ name: String) -> String {
-        self.path.hasSuffix("/") ? self.path + name : self.path + "/" + name
+        return try self.storage.exists(name)
     }
 }

@@ -5,7 +5,7 @@ import TPMEngine
 public enum Capabilities {
     public static let version = "0.1.0"
     /// Whether `--tpmstate backend-uri=file://` is implemented in this build.
-    public static let fileBackendSupported = false
+    public static let fileBackendSupported = true
 
     /// swtpm's JSON shape, listing only features vtpmd implements.
     public static func json() -> String {

@@ -64,12 +64,17 @@ public struct CommandLineOptions: Sendable {
             if let dir = try o.string("dir") {
                 c.stateDirectory = dir
             } else if let uri = try o.string("backend-uri") {
-                guard uri.hasPrefix("dir://") else {
-                    throw OptionError("--tpmstate: backend-uri '\(uri)' is not supported (only dir://)")
+                if uri.hasPrefix("dir://") {
+                    c.stateDirectory = String(uri.dropFirst("dir://".count))
+                } else if uri.hasPrefix("file://") {
+                    let path = String(uri.dropFirst("file://".count))
+                    guard !path.isEmpty else { throw OptionError("--tpmstate: backend-uri '\(uri)' has no path") }
+                    c.stateLocation = .linearFile(path)
+                } else {
+                    throw OptionError("--tpmstate: backend-uri '\(uri)' is not supported (dir:// or file://)")
                 }
-                c.stateDirectory = String(uri.dropFirst("dir://".count))
             } else {
-                throw OptionError("--tpmstate: needs dir= or backend-uri=dir://")
+                throw OptionError("--tpmstate: needs dir= or backend-uri=dir://... or file://...")
             }
             if let mode = try o.mode("mode") { c.stateOptions.fileMode = mode }
             if let fsync = try o.bool("fsync") { c.stateOptions.durable = fsync }

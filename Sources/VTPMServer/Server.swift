@@ -102,7 +102,8 @@ public final class Server {
                 var command = TPMFrame.command(code: 0x144, body: [UInt8(su >> 8), UInt8(su & 0xff)])
                 let response = self.engine.process(&command)
                 let rc = response.flatMap(TPMFrame.responseCode) ?? TPMFrame.rcFailure
-                guard rc == 0 else {
+                // TPM_RC_INITIALIZE: a resumed volatile state is already started (swtpm ignores it too).
+                guard rc == 0 || rc == TPMFrame.rcInitialize else {
                     throw ServerError.startup("TPM2_Startup failed with 0x\(String(rc, radix: 16))")
                 }
             }

@@ -30,7 +30,16 @@ public struct ServerConfiguration: Sendable {
     public var disconnectAfterResponse = false
     /// Exit when the data connection goes away (`--terminate`, and always for a connected data fd).
     public var terminateOnDataLoss = false
-    public var stateDirectory: String?
+    /// Where the TPM state lives (`--tpmstate`, or the `TPM_PATH` directory).
+    public var stateLocation: StateLocation?
+    /// The state directory, if the state lives in one (`dir=`, `backend-uri=dir://`, `TPM_PATH`).
+    public var stateDirectory: String? {
+        get {
+            if case .directory(let path) = self.stateLocation { return path }
+            return nil
+        }
+        set { self.stateLocation = newValue.map { .directory($0) } }
+    }
     public var stateOptions = StateDirectory.Options()
     public var migrationKey: StateKey?
     public var migrationPolicy: MigrationBlob.Policy = .lenient

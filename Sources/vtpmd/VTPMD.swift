@@ -158,8 +158,10 @@ enum Launcher {
 
     static func printStates(_ options: CommandLineOptions) throws {
         let configuration = try options.configuration(chardev: false, requireChannel: false)
-        guard let dir = configuration.stateDirectory else { fail("--print-states needs --tpmstate") }
-        let store = StateDirectory(path: dir, options: configuration.stateOptions, logger: Logger(label: "vtpm.state"))
+        guard let location = configuration.stateLocation else { fail("--print-states needs --tpmstate") }
+        var logger = Logger(label: "vtpm.state")
+        logger.logLevel = .warning
+        let store = StateDirectory(location: location, options: configuration.stateOptions, logger: logger)
         do {
             print(Capabilities.statesJSON(try store.presentStates()), terminator: "")
         } catch {
