@@ -7,7 +7,7 @@ import Logging
 protocol BlobStorage: AnyObject {
     /// Whether this process holds the storage's lock.
     var isLocked: Bool { get }
-    /// Whether the `vtpm-instance` marker can be kept next to the blobs.
+    /// Whether the `vtpm-instance.permall` marker can be kept next to the blobs.
     var keepsInstanceMarker: Bool { get }
     /// Takes the lock before anything else is touched; a no-op once it succeeded.
     func lock() throws(StateStoreError)
@@ -127,7 +127,7 @@ final class DirectoryStorage: BlobStorage {
         do { names = try dir.entries() } catch { throw StateStoreError(.io, "\(error)") }
         return names.filter { name in
             name == StateDirectory.instanceName || name.hasPrefix("tpm2-00.") || name.hasPrefix("TMP2-00.")
-                || (name.hasPrefix(".tpm2-00.") && name.hasSuffix(".spare"))
+                || name.hasPrefix(".spare.tpm2-00.")
         }.sorted()
     }
 
@@ -185,7 +185,7 @@ final class DirectoryStorage: BlobStorage {
 /// next successful write rewrites the whole file. Prefer the directory backend where crash
 /// safety matters.
 ///
-/// **No instance marker**: the format has no room for vtpmd's `vtpm-instance`. The trace of an
+/// **No instance marker**: the format has no room for vtpmd's `vtpm-instance.permall`. The trace of an
 /// earlier TPM is a file that decodes but, while `permall` is missing, still holds a
 /// `volatilestate` or `savestate` blob: then manufacturing is refused. A new (empty or all zero)
 /// file, or a formatted file without blobs, gets a new TPM.

@@ -1,7 +1,7 @@
 import TPMWire
 import _VTPMPosix
 
-/// `vtpm-instance`: written once, with the first permanent state. Its presence means "this
+/// `vtpm-instance.permall`: written once, with the first permanent state. Its presence means "this
 /// directory held a TPM", so a missing `permall` is an error rather than a reason to manufacture.
 /// Format: a state-file container (see `StateFile`) whose data is
 /// `"VTPMINST" | be16 version 1 | be64 creation time (Unix seconds) | TPM2B creator`.

@@ -21,7 +21,7 @@ public enum StateLocation: Sendable, Hashable {
 /// encrypted with `--key`), kept in one of two places (``StateLocation``).
 ///
 /// **Directory** (`.directory`), in swtpm's layout (`tpm2-00.permall`, `tpm2-00.volatilestate`,
-/// `tpm2-00.savestate`, `.lock`) plus vtpmd's `vtpm-instance` marker:
+/// `tpm2-00.savestate`, `.lock`) plus vtpmd's `vtpm-instance.permall` marker:
 /// - The directory lock (`.lock`, an OFD write lock, which also excludes swtpm's fcntl lock) is
 ///   taken before any other file is touched and held for the life of the process.
 /// - Files are read with `O_NOFOLLOW`, must be regular, ours and not writable by others, and are
@@ -49,7 +49,10 @@ public final class StateDirectory {
     }
 
     public static let lockName = ".lock"
-    public static let instanceName = "vtpm-instance"
+    /// The marker's name ends in "permall" on purpose: `swtpm_setup --overwrite` deletes every file
+    /// whose name ends in permall/volatilestate/savestate, so the marker goes with the state it
+    /// belongs to when an operator deliberately re-creates a TPM.
+    public static let instanceName = "vtpm-instance.permall"
     static let maximumFileSize = 1 << 20
 
     public let location: StateLocation

@@ -179,6 +179,12 @@ public final class Server {
         }
     }
 
+    /// Undoes `start` after a startup failure: closes the sockets, removes their paths and the pid file.
+    public func abandon() {
+        self.engine.terminate()
+        self.cleanup()
+    }
+
     func cleanup() {
         for fd in [self.controlConnection, self.dataConnection, self.controlListener, self.dataListener] where fd >= 0 {
             closeDescriptor(fd)

@@ -106,7 +106,7 @@ package struct DirectoryHandle: Sendable {
 
     /// Replaces `name` atomically. Never writes `name` in place; on any failure `name` is untouched.
     ///
-    /// Durable (the default): the new bytes go into `.<name>.spare`, a file only this process (holding
+    /// Durable (the default): the new bytes go into `.spare.<name>`, a file only this process (holding
     /// the directory lock) writes: opened `O_NOFOLLOW`, required to be a regular file of ours with one
     /// link (else replaced by a fresh `O_CREAT|O_EXCL` file), written from offset 0, truncated,
     /// `fdatasync`-ed; then `renameat2(RENAME_EXCHANGE)` swaps it with `name` and the directory is
@@ -155,8 +155,9 @@ package struct DirectoryHandle: Sendable {
         }
     }
 
-    /// The name of the file `writeFileAtomically` stages `name` in.
-    package static func spareName(for name: String) -> String { ".\(name).spare" }
+    /// The name of the file `writeFileAtomically` stages `name` in: `.spare.<name>`, which keeps
+    /// the original suffix (`swtpm_setup --overwrite` deletes files by their suffix).
+    package static func spareName(for name: String) -> String { ".spare.\(name)" }
 
     private func createExclusive(_ name: String, mode: UInt32) throws(PosixError) -> Int32 {
         let fd = try retryingEINTR("openat", self.describe(name)) {

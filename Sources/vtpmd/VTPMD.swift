@@ -137,13 +137,15 @@ enum Launcher {
             do { readyReport = try ProcessControl.daemonize(keeping: configuration.inheritedDescriptors.union(logSettings?.descriptor.map { [$0] } ?? [])) } catch { fail("cannot daemonize: \(error)") }
         }
         let logger = makeLogger(logSettings, daemon: options.daemon)
-        let server: Server
+        var created: Server? = nil
         do {
-            server = try Server(configuration: configuration, logger: logger)
+            let server = try Server(configuration: configuration, logger: logger)
+            created = server
             try server.start()
             if let user = options.runas { try ProcessControl.runAs(user: user) }
             try server.startTPMIfRequested()
         } catch {
+            created?.abandon()
             logger.error("startup failed: \(error)")
             if readyReport >= 0 { ProcessControl.reportDaemonReady(readyReport, status: 1) }
             fail("\(error)")
@@ -152,6 +154,7 @@ enum Launcher {
             ProcessControl.reportDaemonReady(readyReport, status: 0)
             ProcessControl.detachStderr()
         }
+        guard let server = created else { fail("no server") }
         let status = server.run()
         ProcessControl.exitNow(status)
     }

@@ -1,4 +1,5 @@
 import Foundation
+import TPMWire
 import StateStore
 import TestSupport
 import Testing
@@ -160,6 +161,9 @@ struct FileBackendTests {
             let path = "\(dir)/state.bin"
             let port = try freePortPair()
             let first = try Self.start(Binaries.vtpmd, path, port: port)
+            // The port listens before the TPM is up: a served command proves the state was written.
+            let data = try DataClient(tcpPort: port)
+            #expect(TPMFrame.responseCode(try data.transmit(TPMCommands.getRandom(8))) == 0)
             let before = try #require(fileBytes(path))
             let states = try Self.printStates(Binaries.vtpmd, path)
             #expect(states.status != 0 && states.output.contains("locked"), "\(states.output)")

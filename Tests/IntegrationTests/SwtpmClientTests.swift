@@ -98,7 +98,7 @@ struct SwtpmClientTests {
                 ["--tpm2", "--tpm", "\(Binaries.vtpmd) socket", "--tpmstate", dir, "--create-ek-cert", "--overwrite"])
             #expect(r.status == 0, "\(r.output)")
             let files = try FileManager.default.contentsOfDirectory(atPath: dir)
-            #expect(files.contains("tpm2-00.permall") && files.contains("vtpm-instance"))
+            #expect(files.contains("tpm2-00.permall") && files.contains("vtpm-instance.permall"))
             let attributes = try FileManager.default.attributesOfItem(atPath: "\(dir)/tpm2-00.permall")
             #expect((attributes[.posixPermissions] as? Int) == 0o600)
         }
