@@ -58,8 +58,17 @@ let package = Package(
             swiftSettings: settings
         ),
         .executableTarget(
-            name: "vtpm-demo", dependencies: ["TestSupport"], path: "qemu/demo", swiftSettings: settings),
-        .target(name: "TestSupport", dependencies: ["_VTPMPosix", "TPMWire"], path: "Tests/TestSupport", swiftSettings: settings),
+            name: "vtpm-demo",
+            dependencies: ["TestSupport"],
+            path: "qemu/demo",
+            swiftSettings: settings
+        ),
+        .target(
+            name: "TestSupport",
+            dependencies: ["_VTPMPosix", "TPMWire"],
+            path: "Tests/TestSupport",
+            swiftSettings: settings
+        ),
         .testTarget(name: "TPMWireTests", dependencies: ["TPMWire"], swiftSettings: settings),
         .testTarget(name: "StateStoreTests", dependencies: ["StateStore", "TestSupport"], swiftSettings: settings),
         .testTarget(

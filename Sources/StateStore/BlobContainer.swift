@@ -93,7 +93,9 @@ public struct BlobContainer: Hashable, Sendable {
             let total = try r.readUInt32()
             guard minVersion <= Self.version else {
                 throw StateStoreError(
-                    .unsupportedVersion, "blob needs format version \(minVersion); this build reads \(Self.version)")
+                    .unsupportedVersion,
+                    "blob needs format version \(minVersion); this build reads \(Self.version)"
+                )
             }
             _ = version
             guard headerSize == UInt16(Self.headerSize) else {

@@ -1,5 +1,5 @@
-import _VTPMPosix
 import Logging
+import _VTPMPosix
 
 /// Where ``StateDirectory`` keeps its entries: the stored bytes (`StateFile` containers) of the
 /// blobs `permall`, `volatilestate` and `savestate`, and, where supported, the instance marker
@@ -109,7 +109,11 @@ final class DirectoryStorage: BlobStorage {
             if let contents = change.contents {
                 do {
                     try dir.writeFileAtomically(
-                        name, contents: contents, mode: self.options.fileMode, durable: self.options.durable)
+                        name,
+                        contents: contents,
+                        mode: self.options.fileMode,
+                        durable: self.options.durable
+                    )
                 } catch {
                     throw StateStoreError(.io, "writing \(dir.describe(name)) failed: \(error)")
                 }
@@ -305,7 +309,9 @@ final class LinearFileStorage: BlobStorage {
             }
             guard Int64(bytes.count) <= capacity else {
                 throw StateStoreError(
-                    .io, "writing \(self.path) failed: the state needs \(bytes.count) bytes, the device has \(capacity)")
+                    .io,
+                    "writing \(self.path) failed: the state needs \(bytes.count) bytes, the device has \(capacity)"
+                )
             }
         }
         do {

@@ -87,7 +87,8 @@ public struct LinearStateFile: Hashable, Sendable {
         guard bytes.count >= Self.headerSize else {
             throw StateStoreError(
                 .malformed,
-                "linear state file of \(bytes.count) bytes is shorter than the \(Self.headerSize)-byte header")
+                "linear state file of \(bytes.count) bytes is shorter than the \(Self.headerSize)-byte header"
+            )
         }
         // swtpm keeps the file length in a u32.
         guard UInt64(bytes.count) <= UInt64(UInt32.max) else {
@@ -101,7 +102,9 @@ public struct LinearStateFile: Hashable, Sendable {
         }
         guard header.magic == Self.magic else {
             throw StateStoreError(
-                .malformed, "linear state file has bad magic \(Self.hex(header.magic)) (expected \"swtpmlin\")")
+                .malformed,
+                "linear state file has bad magic \(Self.hex(header.magic)) (expected \"swtpmlin\")"
+            )
         }
         guard header.version != 0 else {
             throw StateStoreError(.malformed, "linear state file has version 0")
@@ -109,13 +112,15 @@ public struct LinearStateFile: Hashable, Sendable {
         guard header.version <= Self.version else {
             throw StateStoreError(
                 .unsupportedVersion,
-                "linear state file has format version \(header.version); this build reads \(Self.version)")
+                "linear state file has format version \(header.version); this build reads \(Self.version)"
+            )
         }
         let headerSize = Int(header.headerSize)
         guard headerSize >= Self.headerSize, headerSize <= bytes.count else {
             throw StateStoreError(
                 .malformed,
-                "linear state file header size \(headerSize) is outside \(Self.headerSize)...\(bytes.count)")
+                "linear state file header size \(headerSize) is outside \(Self.headerSize)...\(bytes.count)"
+            )
         }
 
         // Check every slot, including the reserved ones, before taking any data.
@@ -126,7 +131,8 @@ public struct LinearStateFile: Hashable, Sendable {
                     throw StateStoreError(
                         .malformed,
                         "linear state file slot \(index) is unused but has data length \(slot.dataLength), "
-                            + "section length \(slot.sectionLength)")
+                            + "section length \(slot.sectionLength)"
+                    )
                 }
                 continue
             }
@@ -139,19 +145,22 @@ public struct LinearStateFile: Hashable, Sendable {
             guard start >= headerSize else {
                 throw StateStoreError(
                     .malformed,
-                    "linear state file slot \(index) starts at \(start), inside the \(headerSize)-byte header")
+                    "linear state file slot \(index) starts at \(start), inside the \(headerSize)-byte header"
+                )
             }
             guard end <= bytes.count else {
                 throw StateStoreError(
                     .malformed,
                     "linear state file slot \(index) section \(start)..<\(end) extends beyond the file "
-                        + "(\(bytes.count) bytes)")
+                        + "(\(bytes.count) bytes)"
+                )
             }
             guard slot.dataLength <= slot.sectionLength else {
                 throw StateStoreError(
                     .malformed,
                     "linear state file slot \(index) holds \(slot.dataLength) bytes in a "
-                        + "\(slot.sectionLength)-byte section")
+                        + "\(slot.sectionLength)-byte section"
+                )
             }
             used.append((index, start, end))
         }
@@ -161,7 +170,8 @@ public struct LinearStateFile: Hashable, Sendable {
             throw StateStoreError(
                 .malformed,
                 "linear state file slots \(previous.slot) (\(previous.start)..<\(previous.end)) and "
-                    + "\(next.slot) (\(next.start)..<\(next.end)) overlap")
+                    + "\(next.slot) (\(next.start)..<\(next.end)) overlap"
+            )
         }
 
         var blobs: [String: [UInt8]] = [:]
@@ -186,7 +196,8 @@ public struct LinearStateFile: Hashable, Sendable {
                 throw StateStoreError(
                     .malformed,
                     "linear state file cannot hold a blob named \"\(name)\" "
-                        + "(only \(Self.blobNames.joined(separator: ", ")))")
+                        + "(only \(Self.blobNames.joined(separator: ", ")))"
+                )
             }
             let unused = Slot(offset: 0, dataLength: 0, sectionLength: 0)
             var slots = [Slot](repeating: unused, count: Self.slotCount)
@@ -195,7 +206,9 @@ public struct LinearStateFile: Hashable, Sendable {
                 guard let blob = self.blobs[name] else { continue }
                 guard let section = Self.sectionLength(forDataLength: blob.count) else {
                     throw StateStoreError(
-                        .malformed, "blob \"\(name)\" of \(blob.count) bytes is too large for a linear state file")
+                        .malformed,
+                        "blob \"\(name)\" of \(blob.count) bytes is too large for a linear state file"
+                    )
                 }
                 guard end + UInt64(section) <= UInt64(UInt32.max) else {
                     throw StateStoreError(.malformed, "linear state file would exceed 4 GiB")

@@ -9,7 +9,10 @@ public enum MigrationBlob {
     ///   - keepStateKeyLayer: true when the client did not ask for a decrypted blob and a state key
     ///     is configured (the reply then carries `PTM_STATE_FLAG_ENCRYPTED`).
     public static func encode(
-        _ plain: [UInt8], stateKey: StateKey?, keepStateKeyLayer: Bool, migrationKey: StateKey?
+        _ plain: [UInt8],
+        stateKey: StateKey?,
+        keepStateKeyLayer: Bool,
+        migrationKey: StateKey?
     ) throws(StateStoreError) -> [UInt8] {
         var flags: BlobContainer.Flags = [.migrationData]
         var inner: [BlobContainer.Record]
@@ -17,7 +20,10 @@ public enum MigrationBlob {
             flags.insert(.encrypted)
             if stateKey.size == .aes256 { flags.insert(.encrypted256BitKey) }
             inner = try stateKey.encryptLayer(
-                plain, dataTag: BlobContainer.Tag.encryptedData, ivTag: BlobContainer.Tag.ivEncryptedData)
+                plain,
+                dataTag: BlobContainer.Tag.encryptedData,
+                ivTag: BlobContainer.Tag.ivEncryptedData
+            )
         } else {
             inner = [BlobContainer.Record(tag: BlobContainer.Tag.data, value: plain)]
         }
@@ -27,8 +33,10 @@ public enum MigrationBlob {
             flags.insert(.migrationEncrypted)
             if migrationKey.size == .aes256 { flags.insert(.migration256BitKey) }
             outer = try migrationKey.encryptLayer(
-                innerBytes, dataTag: BlobContainer.Tag.encryptedMigrationData,
-                ivTag: BlobContainer.Tag.ivEncryptedMigrationData)
+                innerBytes,
+                dataTag: BlobContainer.Tag.encryptedMigrationData,
+                ivTag: BlobContainer.Tag.ivEncryptedMigrationData
+            )
         } else {
             outer = [BlobContainer.Record(tag: BlobContainer.Tag.migrationData, value: innerBytes)]
         }
@@ -46,7 +54,10 @@ public enum MigrationBlob {
     /// Unwraps a SET_STATEBLOB blob to libtpms bytes.
     /// - Parameter stateFlagEncrypted: the request's `PTM_STATE_FLAG_ENCRYPTED` bit.
     public static func decode(
-        _ blob: [UInt8], stateFlagEncrypted: Bool, stateKey: StateKey?, migrationKey: StateKey?,
+        _ blob: [UInt8],
+        stateFlagEncrypted: Bool,
+        stateKey: StateKey?,
+        migrationKey: StateKey?,
         policy: Policy = .lenient
     ) throws(StateStoreError) -> [UInt8] {
         switch BlobContainer.shape(of: blob) {
@@ -58,16 +69,25 @@ public enum MigrationBlob {
             let body = Array(blob.dropFirst(BlobContainer.headerSize))
             if flags.contains(.migrationEncrypted) {
                 guard let migrationKey else {
-                    throw StateStoreError(.keyMissing, "the blob is encrypted with a migration key and none is configured")
+                    throw StateStoreError(
+                        .keyMissing,
+                        "the blob is encrypted with a migration key and none is configured"
+                    )
                 }
                 return try migrationKey.decryptLegacy(body)
             }
             if migrationKey != nil, policy == .strict {
-                throw StateStoreError(.keyMissing, "a migration key is configured and the blob is not encrypted with it")
+                throw StateStoreError(
+                    .keyMissing,
+                    "a migration key is configured and the blob is not encrypted with it"
+                )
             }
             if flags.contains(.encrypted) || stateFlagEncrypted {
                 guard let stateKey else {
-                    throw StateStoreError(.keyMissing, "the blob is encrypted with a state key and no --key is configured")
+                    throw StateStoreError(
+                        .keyMissing,
+                        "the blob is encrypted with a state key and no --key is configured"
+                    )
                 }
                 return try stateKey.decryptLegacy(body)
             }
@@ -85,12 +105,17 @@ public enum MigrationBlob {
                 throw StateStoreError(.keyMismatch, "the blob's migration key has another size")
             }
             let innerBytes = try migrationKey.decryptLayer(
-                container.records, dataTag: BlobContainer.Tag.encryptedMigrationData,
-                ivTag: BlobContainer.Tag.ivEncryptedMigrationData)
+                container.records,
+                dataTag: BlobContainer.Tag.encryptedMigrationData,
+                ivTag: BlobContainer.Tag.ivEncryptedMigrationData
+            )
             innerRecords = try BlobContainer.decodeRecords(innerBytes)
         } else {
             if migrationKey != nil, policy == .strict {
-                throw StateStoreError(.keyMissing, "a migration key is configured and the blob is not encrypted with it")
+                throw StateStoreError(
+                    .keyMissing,
+                    "a migration key is configured and the blob is not encrypted with it"
+                )
             }
             if container.flags.contains(.migrationData) {
                 guard let inner = container.value(for: BlobContainer.Tag.migrationData) else {
@@ -109,7 +134,10 @@ public enum MigrationBlob {
                 throw StateStoreError(.keyMismatch, "the blob's state key has another size")
             }
             return try stateKey.decryptLayer(
-                innerRecords, dataTag: BlobContainer.Tag.encryptedData, ivTag: BlobContainer.Tag.ivEncryptedData)
+                innerRecords,
+                dataTag: BlobContainer.Tag.encryptedData,
+                ivTag: BlobContainer.Tag.ivEncryptedData
+            )
         }
         guard let plain = innerRecords.first(where: { $0.tag == BlobContainer.Tag.data })?.value else {
             throw StateStoreError(.malformed, "blob has no data record")

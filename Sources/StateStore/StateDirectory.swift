@@ -1,5 +1,5 @@
-import _VTPMPosix
 public import Logging
+import _VTPMPosix
 
 /// Where one VM's TPM state lives (`--tpmstate`).
 public enum StateLocation: Sendable, Hashable {
@@ -143,7 +143,9 @@ public final class StateDirectory {
                     )
                 }
                 self.logger.info(
-                    "no earlier TPM state: a new TPM will be manufactured", metadata: ["state": "\(self.path)"])
+                    "no earlier TPM state: a new TPM will be manufactured",
+                    metadata: ["state": "\(self.path)"]
+                )
             }
             return nil
         }
@@ -154,7 +156,8 @@ public final class StateDirectory {
                 if let generation = info.generation { self.writeGeneration = max(self.writeGeneration, generation) }
                 self.logger.debug(
                     "loaded permanent state",
-                    metadata: ["generation": "\(info.generation.map(String.init) ?? "none (written by swtpm)")"])
+                    metadata: ["generation": "\(info.generation.map(String.init) ?? "none (written by swtpm)")"]
+                )
             }
             return plain
         } catch {

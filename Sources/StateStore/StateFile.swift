@@ -29,22 +29,32 @@ public enum StateFile {
             flags.insert(.encrypted)
             if key.size == .aes256 { flags.insert(.encrypted256BitKey) }
             records = try key.encryptLayer(
-                plain, dataTag: BlobContainer.Tag.encryptedData, ivTag: BlobContainer.Tag.ivEncryptedData)
+                plain,
+                dataTag: BlobContainer.Tag.encryptedData,
+                ivTag: BlobContainer.Tag.ivEncryptedData
+            )
         } else {
             records = [BlobContainer.Record(tag: BlobContainer.Tag.data, value: plain)]
         }
-        let total = BlobContainer.headerSize + records.reduce(0) { $0 + 6 + $1.value.count } + 6 + self.integrityRecordSize
+        let total =
+            BlobContainer.headerSize + records.reduce(0) { $0 + 6 + $1.value.count } + 6 + self.integrityRecordSize
         records.append(
             BlobContainer.Record(
                 tag: BlobContainer.Tag.vtpmIntegrity,
                 value: self.integrityRecord(
-                    header: self.header(flags: flags, total: total), records: records, generation: generation)))
+                    header: self.header(flags: flags, total: total),
+                    records: records,
+                    generation: generation
+                )
+            )
+        )
         return BlobContainer(flags: flags, records: records).encoded
     }
 
     /// Recovers the libtpms bytes from a file, verifying vtpmd's integrity record when present and
     /// decrypting with `key` when the file is encrypted.
-    public static func decode(_ bytes: [UInt8], key: StateKey?) throws(StateStoreError) -> (plain: [UInt8], info: Info) {
+    public static func decode(_ bytes: [UInt8], key: StateKey?) throws(StateStoreError) -> (plain: [UInt8], info: Info)
+    {
         switch BlobContainer.shape(of: bytes) {
         case .headerless:
             // swtpm's first format: raw libtpms bytes, or v1-encrypted when a key is configured.
@@ -56,7 +66,9 @@ public enum StateFile {
         case .legacyHeader(let flags):
             let body = Array(bytes.dropFirst(BlobContainer.headerSize))
             if flags.contains(.encrypted) {
-                guard let key else { throw StateStoreError(.keyMissing, "the state is encrypted and no --key was given") }
+                guard let key else {
+                    throw StateStoreError(.keyMissing, "the state is encrypted and no --key was given")
+                }
                 return (try key.decryptLegacy(body), Info(generation: nil, encrypted: true))
             }
             return (body, Info(generation: nil, encrypted: false))
@@ -87,7 +99,10 @@ public enum StateFile {
                 throw StateStoreError(.malformed, "integrity record: \(error)")
             }
             let expected = self.integrityRecord(
-                header: Array(bytes.prefix(BlobContainer.headerSize)), records: records, generation: generation ?? 0)
+                header: Array(bytes.prefix(BlobContainer.headerSize)),
+                records: records,
+                generation: generation ?? 0
+            )
             guard expected == stored else {
                 throw StateStoreError(.integrity, "SHA-256 mismatch: the file was modified or corrupted")
             }
@@ -105,7 +120,10 @@ public enum StateFile {
                 throw StateStoreError(.keyMismatch, "the state was encrypted with a key of another size")
             }
             let plain = try key.decryptLayer(
-                records, dataTag: BlobContainer.Tag.encryptedData, ivTag: BlobContainer.Tag.ivEncryptedData)
+                records,
+                dataTag: BlobContainer.Tag.encryptedData,
+                ivTag: BlobContainer.Tag.ivEncryptedData
+            )
             return (plain, Info(generation: generation, encrypted: true))
         }
         guard let plain = records.first(where: { $0.tag == BlobContainer.Tag.data })?.value else {

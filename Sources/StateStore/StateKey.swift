@@ -1,6 +1,6 @@
 import Crypto
-import _CryptoExtras
 import TPMWire
+import _CryptoExtras
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -11,7 +11,10 @@ import Foundation
 /// An AES-CBC key for swtpm's state-file / migration-blob encryption (128 or 256 bits).
 /// Never printed: `description` names only the size.
 public struct StateKey: Sendable, Hashable, CustomStringConvertible {
-    public enum Size: Int, Sendable { case aes128 = 16, aes256 = 32 }
+    public enum Size: Int, Sendable {
+        case aes128 = 16
+        case aes256 = 32
+    }
     /// How a passphrase becomes a key.
     public enum KeyDerivation: Sendable { case pbkdf2, sha512 }
 
@@ -34,7 +37,9 @@ public struct StateKey: Sendable, Hashable, CustomStringConvertible {
         if text.hasPrefix("0x") || text.hasPrefix("0X") { text.removeFirst(2) }
         guard text.count == size.rawValue * 2, let bytes = [UInt8](hexString: text) else {
             throw StateStoreError(
-                .invalidKey, "key file must hold exactly \(size.rawValue * 2) hex digits for a \(size.rawValue * 8)-bit key")
+                .invalidKey,
+                "key file must hold exactly \(size.rawValue * 2) hex digits for a \(size.rawValue * 8)-bit key"
+            )
         }
         try self.init(bytes: bytes)
     }
@@ -46,7 +51,9 @@ public struct StateKey: Sendable, Hashable, CustomStringConvertible {
         case .sha512:
             try self.init(bytes: Array(SHA512.hash(data: passphrase).prefix(size.rawValue)))
         case .pbkdf2:
-            try self.init(bytes: Self.pbkdf2SHA512(passphrase, salt: Array("swtpm".utf8), rounds: 1000, length: size.rawValue))
+            try self.init(
+                bytes: Self.pbkdf2SHA512(passphrase, salt: Array("swtpm".utf8), rounds: 1000, length: size.rawValue)
+            )
         }
     }
 
@@ -69,12 +76,17 @@ public struct StateKey: Sendable, Hashable, CustomStringConvertible {
     /// header): AES-CBC with a zero IV, PKCS#7 padding, plaintext = SHA-256(payload) ‖ payload.
     func decryptLegacy(_ ciphertext: [UInt8]) throws(StateStoreError) -> [UInt8] {
         guard !ciphertext.isEmpty, ciphertext.count % 16 == 0 else {
-            throw StateStoreError(.malformed, "legacy encrypted state of \(ciphertext.count) bytes is not whole AES blocks")
+            throw StateStoreError(
+                .malformed,
+                "legacy encrypted state of \(ciphertext.count) bytes is not whole AES blocks"
+            )
         }
         let plain: [UInt8]
         do {
             let iv = try AES._CBC.IV(ivBytes: [UInt8](repeating: 0, count: 16))
-            plain = Array(try AES._CBC.decrypt(ciphertext, using: SymmetricKey(data: self.bytes), iv: iv, noPadding: true))
+            plain = Array(
+                try AES._CBC.decrypt(ciphertext, using: SymmetricKey(data: self.bytes), iv: iv, noPadding: true)
+            )
         } catch {
             throw StateStoreError(.decryption, "AES-CBC decryption failed: \(error)")
         }
@@ -95,7 +107,11 @@ public struct StateKey: Sendable, Hashable, CustomStringConvertible {
     /// One encryption layer: AES-CBC with a fresh IV of key length (first 16 bytes used), padding to
     /// a multiple of the key length, HMAC-SHA256 (same key) over ciphertext ‖ IV.
     /// Returns the records [ciphertext, HMAC, IV] with the given tags.
-    func encryptLayer(_ plain: [UInt8], dataTag: UInt16, ivTag: UInt16) throws(StateStoreError) -> [BlobContainer.Record] {
+    func encryptLayer(
+        _ plain: [UInt8],
+        dataTag: UInt16,
+        ivTag: UInt16
+    ) throws(StateStoreError) -> [BlobContainer.Record] {
         let blockLength = self.bytes.count
         let pad = blockLength - plain.count % blockLength
         var padded = plain
@@ -106,7 +122,8 @@ public struct StateKey: Sendable, Hashable, CustomStringConvertible {
         do {
             let cbcIV = try AES._CBC.IV(ivBytes: Array(iv.prefix(16)))
             ciphertext = Array(
-                try AES._CBC.encrypt(padded, using: SymmetricKey(data: self.bytes), iv: cbcIV, noPadding: true))
+                try AES._CBC.encrypt(padded, using: SymmetricKey(data: self.bytes), iv: cbcIV, noPadding: true)
+            )
         } catch {
             throw StateStoreError(.decryption, "AES-CBC encryption failed: \(error)")
         }
@@ -119,7 +136,11 @@ public struct StateKey: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// Reverses `encryptLayer`: checks the HMAC first (constant time), then decrypts and unpads.
-    func decryptLayer(_ records: [BlobContainer.Record], dataTag: UInt16, ivTag: UInt16) throws(StateStoreError)
+    func decryptLayer(
+        _ records: [BlobContainer.Record],
+        dataTag: UInt16,
+        ivTag: UInt16
+    ) throws(StateStoreError)
         -> [UInt8]
     {
         guard let ciphertext = records.first(where: { $0.tag == dataTag })?.value,

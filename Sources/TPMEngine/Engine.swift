@@ -87,7 +87,12 @@ public final class Engine {
         var responseSize: UInt32 = 0
         let rc = unsafe buffer.withUnsafeMutableBufferPointer { buf in
             unsafe TPMLIB_Process(
-                &self.responseBuffer, &responseSize, &self.responseBufferSize, buf.baseAddress, UInt32(count))
+                &self.responseBuffer,
+                &responseSize,
+                &self.responseBufferSize,
+                buf.baseAddress,
+                UInt32(count)
+            )
         }
         guard rc == 0, let buffer = unsafe self.responseBuffer, responseSize <= self.responseBufferSize else {
             return nil
@@ -239,7 +244,10 @@ private let nvramLoadCallback:
 
 private let nvramStoreCallback:
     @convention(c) (UnsafePointer<UInt8>?, UInt32, UInt32, UnsafePointer<CChar>?) -> TPM_RESULT = {
-        data, length, _, name in
+        data,
+        length,
+        _,
+        name in
         guard let context = unsafe activeContext, let name = unsafe name else { return tpmFail }
         let bytes: [UInt8]
         if let data = unsafe data {
@@ -251,7 +259,9 @@ private let nvramStoreCallback:
     }
 
 private let nvramDeleteCallback: @convention(c) (UInt32, UnsafePointer<CChar>?, TPM_BOOL) -> TPM_RESULT = {
-    _, name, mustExist in
+    _,
+    name,
+    mustExist in
     guard let context = unsafe activeContext, let name = unsafe name else { return tpmFail }
     return context.storage.delete(unsafe String(cString: name), mustExist: mustExist != 0) ? tpmSuccess : tpmFail
 }
@@ -259,14 +269,16 @@ private let nvramDeleteCallback: @convention(c) (UInt32, UnsafePointer<CChar>?, 
 private let ioInitCallback: @convention(c) () -> TPM_RESULT = { tpmSuccess }
 
 private let ioLocalityCallback: @convention(c) (UnsafeMutablePointer<TPM_MODIFIER_INDICATOR>?, UInt32) -> TPM_RESULT = {
-    locality, _ in
+    locality,
+    _ in
     guard let locality = unsafe locality, let context = unsafe activeContext else { return tpmFail }
     unsafe locality.pointee = TPM_MODIFIER_INDICATOR(context.locality)
     return tpmSuccess
 }
 
 private let ioPhysicalPresenceCallback: @convention(c) (UnsafeMutablePointer<TPM_BOOL>?, UInt32) -> TPM_RESULT = {
-    presence, _ in
+    presence,
+    _ in
     guard let presence = unsafe presence else { return tpmFail }
     unsafe presence.pointee = 0
     return tpmSuccess

@@ -50,7 +50,9 @@ public struct ByteReader: Sendable {
     }
 
     public mutating func skip(_ count: Int) throws(WireError) {
-        guard count >= 0, self.remaining >= count else { throw WireError.truncated(needed: count, available: self.remaining) }
+        guard count >= 0, self.remaining >= count else {
+            throw WireError.truncated(needed: count, available: self.remaining)
+        }
         self.offset += count
     }
 
@@ -88,7 +90,9 @@ public struct ByteWriter: Sendable {
         self.write(UInt32(truncatingIfNeeded: value))
     }
 
-    public mutating func write<C: Collection>(bytes: C) where C.Element == UInt8 { self.bytes.append(contentsOf: bytes) }
+    public mutating func write<C: Collection>(bytes: C) where C.Element == UInt8 {
+        self.bytes.append(contentsOf: bytes)
+    }
 
     /// Writes a TPM2B (be16 size + bytes). The caller guarantees `bytes.count <= 0xFFFF`.
     public mutating func writeSized16(_ bytes: [UInt8]) {

@@ -84,7 +84,10 @@ public struct CommandLineOptions: Sendable {
         // --ctrl
         if let ctrl {
             let o = try OptionString(
-                ctrl, option: "--ctrl", allowed: ["type", "path", "mode", "port", "bindaddr", "fd", "clientfd", "uid", "gid"])
+                ctrl,
+                option: "--ctrl",
+                allowed: ["type", "path", "mode", "port", "bindaddr", "fd", "clientfd", "uid", "gid"]
+            )
             let owner = try o.integer("uid", in: 0...Int(Int32.max)).map { UInt32($0) }
             let group = try o.integer("gid", in: 0...Int(Int32.max)).map { UInt32($0) }
             switch try o.string("type") {
@@ -102,7 +105,9 @@ public struct CommandLineOptions: Sendable {
                 if let fd = try o.integer("fd", in: 0...65535) {
                     c.control = .listeningDescriptor(Int32(fd))
                 } else {
-                    guard let port = try o.integer("port", in: 0...65535) else { throw OptionError("--ctrl type=tcp: needs port=") }
+                    guard let port = try o.integer("port", in: 0...65535) else {
+                        throw OptionError("--ctrl type=tcp: needs port=")
+                    }
                     c.control = .tcp(bindAddress: try o.string("bindaddr") ?? "127.0.0.1", port: UInt16(port))
                 }
             case let other:
@@ -113,7 +118,10 @@ public struct CommandLineOptions: Sendable {
         if let server {
             guard !chardev else { throw OptionError("--server is not available in chardev mode") }
             let o = try OptionString(
-                server, option: "--server", allowed: ["type", "port", "bindaddr", "disconnect", "path", "mode", "fd", "uid", "gid"])
+                server,
+                option: "--server",
+                allowed: ["type", "port", "bindaddr", "disconnect", "path", "mode", "fd", "uid", "gid"]
+            )
             let owner = try o.integer("uid", in: 0...Int(Int32.max)).map { UInt32($0) }
             let group = try o.integer("gid", in: 0...Int(Int32.max)).map { UInt32($0) }
             c.disconnectAfterResponse = try o.bool("disconnect") ?? false
@@ -162,11 +170,17 @@ public struct CommandLineOptions: Sendable {
         // --flags
         if let flags {
             let o = try OptionString(
-                flags, option: "--flags",
-                allowed: ["not-need-init", "startup-clear", "startup-state", "startup-deactivated", "startup-none",
-                    "disable-auto-shutdown"])
+                flags,
+                option: "--flags",
+                allowed: [
+                    "not-need-init", "startup-clear", "startup-state", "startup-deactivated", "startup-none",
+                    "disable-auto-shutdown",
+                ]
+            )
             c.notNeedInit = try o.bool("not-need-init") ?? false
-            let startups = ["startup-clear", "startup-state", "startup-deactivated", "startup-none"].filter { o.has($0) }
+            let startups = ["startup-clear", "startup-state", "startup-deactivated", "startup-none"].filter {
+                o.has($0)
+            }
             guard startups.count <= 1 else { throw OptionError("--flags: only one startup-* may be given") }
             switch startups.first {
             case "startup-clear": c.startup = .clear
@@ -190,14 +204,22 @@ public struct CommandLineOptions: Sendable {
         }
         // --locality
         if let locality {
-            let o = try OptionString(locality, option: "--locality", allowed: ["reject-locality-4", "allow-set-locality"])
+            let o = try OptionString(
+                locality,
+                option: "--locality",
+                allowed: ["reject-locality-4", "allow-set-locality"]
+            )
             c.rejectLocality4 = try o.bool("reject-locality-4") ?? false
             c.allowSetLocality = try o.bool("allow-set-locality") ?? false
         }
         // --key / --migration-key
         if let key { c.stateOptions.stateKey = try Self.parseKey(key, option: "--key") }
         if let migrationKey {
-            let o = try OptionString(migrationKey, option: "--migration-key", allowed: Self.keyParameters.union(["strict"]))
+            let o = try OptionString(
+                migrationKey,
+                option: "--migration-key",
+                allowed: Self.keyParameters.union(["strict"])
+            )
             c.migrationKey = try Self.parseKey(migrationKey, option: "--migration-key", strictAllowed: true)
             if try o.bool("strict") == true { c.migrationPolicy = .strict }
         }
@@ -216,7 +238,11 @@ public struct CommandLineOptions: Sendable {
     /// swtpm's key syntax: `file=F|fd=N[,format=hex|binary]` or `pwdfile=F|pwdfd=N[,kdf=pbkdf2|sha512]`,
     /// `mode=aes-cbc|aes-128-cbc|aes-256-cbc`, `remove[=true|false]`.
     static func parseKey(_ text: String, option: String, strictAllowed: Bool = false) throws(OptionError) -> StateKey {
-        let o = try OptionString(text, option: option, allowed: strictAllowed ? keyParameters.union(["strict"]) : keyParameters)
+        let o = try OptionString(
+            text,
+            option: option,
+            allowed: strictAllowed ? keyParameters.union(["strict"]) : keyParameters
+        )
         let size: StateKey.Size
         switch try o.string("mode") ?? "aes-128-cbc" {
         case "aes-cbc", "aes-128-cbc": size = .aes128
@@ -224,7 +250,9 @@ public struct CommandLineOptions: Sendable {
         case let other: throw OptionError("\(option): unknown mode '\(other)' (aes-128-cbc or aes-256-cbc)")
         }
         let sources = ["file", "fd", "pwdfile", "pwdfd"].filter { o.has($0) }
-        guard sources.count == 1 else { throw OptionError("\(option): give exactly one of file=, fd=, pwdfile=, pwdfd=") }
+        guard sources.count == 1 else {
+            throw OptionError("\(option): give exactly one of file=, fd=, pwdfile=, pwdfd=")
+        }
         let source = sources[0]
         let isPassphrase = source.hasPrefix("pwd")
         let contents: [UInt8]
@@ -260,7 +288,9 @@ public struct CommandLineOptions: Sendable {
                 case "hex": key = try StateKey(hexFile: contents, size: size)
                 case "binary":
                     guard contents.count == size.rawValue else {
-                        throw OptionError("\(option): a binary key for \(size.rawValue * 8) bits must be \(size.rawValue) bytes, got \(contents.count)")
+                        throw OptionError(
+                            "\(option): a binary key for \(size.rawValue * 8) bits must be \(size.rawValue) bytes, got \(contents.count)"
+                        )
                     }
                     key = try StateKey(bytes: contents)
                 case let other: throw OptionError("\(option): unknown format '\(other)' (hex or binary)")

@@ -24,7 +24,9 @@ public struct FileLogHandler: LogHandler {
 
     public func log(event: LogEvent) {
         let (seconds, micros) = ProcessControl.wallClock()
-        var line = self.prefix + Self.timestamp(seconds: seconds, micros: micros) + " \(event.level) \(self.label): \(event.message)"
+        var line =
+            self.prefix + Self.timestamp(seconds: seconds, micros: micros)
+            + " \(event.level) \(self.label): \(event.message)"
         var merged = self.metadata
         if let extra = event.metadata { merged.merge(extra) { $1 } }
         for key in merged.keys.sorted() {

@@ -15,7 +15,8 @@ public struct OptionString: Sendable {
             guard !key.isEmpty else { throw OptionError("\(option): empty parameter in '\(text)'") }
             guard allowed.contains(key) else {
                 throw OptionError(
-                    "\(option): unknown parameter '\(key)' (supported: \(allowed.sorted().joined(separator: ", ")))")
+                    "\(option): unknown parameter '\(key)' (supported: \(allowed.sorted().joined(separator: ", ")))"
+                )
             }
             guard self.values[key] == nil else { throw OptionError("\(option): '\(key)' given twice") }
             self.values[key] = pieces.count > 1 ? String(pieces[1]) : ""
@@ -45,7 +46,9 @@ public struct OptionString: Sendable {
     public func integer(_ key: String, in range: ClosedRange<Int>) throws(OptionError) -> Int? {
         guard let text = try self.string(key) else { return nil }
         guard let value = Int(text), range.contains(value) else {
-            throw OptionError("\(self.option): '\(key)=\(text)' is not a number in \(range.lowerBound)...\(range.upperBound)")
+            throw OptionError(
+                "\(self.option): '\(key)=\(text)' is not a number in \(range.lowerBound)...\(range.upperBound)"
+            )
         }
         return value
     }

@@ -199,7 +199,8 @@ extension Server {
         case .getConfig:
             return ControlReply.config(
                 stateKey: self.configuration.stateOptions.stateKey != nil,
-                migrationKey: self.configuration.migrationKey != nil)
+                migrationKey: self.configuration.migrationKey != nil
+            )
         case .setDataFD:
             guard self.dataConnection < 0, self.dataListener < 0 else {
                 if let passedDescriptor { closeDescriptor(passedDescriptor) }
@@ -260,8 +261,11 @@ extension Server {
             let keepLayer = flags & StateBlobFlags.decrypted == 0 && stateKey != nil
             do {
                 blob = try MigrationBlob.encode(
-                    plain, stateKey: stateKey, keepStateKeyLayer: keepLayer,
-                    migrationKey: self.configuration.migrationKey)
+                    plain,
+                    stateKey: stateKey,
+                    keepStateKeyLayer: keepLayer,
+                    migrationKey: self.configuration.migrationKey
+                )
             } catch {
                 self.logger.error("GET_STATEBLOB \(blobType.name): \(error)")
                 return self.errorReply(.getStateBlob, ControlResult.encryptError)
@@ -300,9 +304,12 @@ extension Server {
         let plain: [UInt8]
         do {
             plain = try MigrationBlob.decode(
-                blob, stateFlagEncrypted: flags & StateBlobFlags.encrypted != 0,
-                stateKey: self.configuration.stateOptions.stateKey, migrationKey: self.configuration.migrationKey,
-                policy: self.configuration.migrationPolicy)
+                blob,
+                stateFlagEncrypted: flags & StateBlobFlags.encrypted != 0,
+                stateKey: self.configuration.stateOptions.stateKey,
+                migrationKey: self.configuration.migrationKey,
+                policy: self.configuration.migrationPolicy
+            )
         } catch {
             self.logger.warning("SET_STATEBLOB \(blobType.name) rejected: \(error.message)")
             switch error.code {

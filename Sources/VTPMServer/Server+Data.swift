@@ -16,7 +16,11 @@ extension Server {
         let n: Int
         do {
             n = try Socket.read(
-                fd, into: &self.readBuffer, at: self.dataPending, count: self.readBuffer.count - self.dataPending)
+                fd,
+                into: &self.readBuffer,
+                at: self.dataPending,
+                count: self.readBuffer.count - self.dataPending
+            )
         } catch {
             self.closeDataConnection(byPeer: true, reason: "read failed: \(error)")
             return
@@ -142,7 +146,10 @@ extension Server {
         guard let response,
             TPMFrame.isWellFormedResponse(response, maximum: max(Int(self.bufferSize), 4096))
         else {
-            self.logger.error("libtpms returned no or a malformed response", metadata: ["cc": "0x\(String(code, radix: 16))"])
+            self.logger.error(
+                "libtpms returned no or a malformed response",
+                metadata: ["cc": "0x\(String(code, radix: 16))"]
+            )
             return TPMFrame.errorResponse(TPMFrame.rcFailure)
         }
         self.lastCommandWasShutdown = code == Self.tpm2ShutdownCode && TPMFrame.responseCode(response) == 0
@@ -170,7 +177,11 @@ extension Server {
             guard (try? waitReadable(fd, timeoutMilliseconds: waitMs)) == true else { continue }
             guard
                 let n = try? Socket.read(
-                    fd, into: &self.readBuffer, at: self.dataPending, count: count - self.dataPending), n > 0
+                    fd,
+                    into: &self.readBuffer,
+                    at: self.dataPending,
+                    count: count - self.dataPending
+                ), n > 0
             else {
                 return false
             }

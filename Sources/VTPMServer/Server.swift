@@ -59,7 +59,12 @@ public final class Server {
         if let control = self.configuration.control {
             switch control {
             case .unix(let path, let mode, let owner, let group):
-                self.controlListener = try Socket.listenUnix(path: path, mode: mode ?? 0o770, owner: owner, group: group)
+                self.controlListener = try Socket.listenUnix(
+                    path: path,
+                    mode: mode ?? 0o770,
+                    owner: owner,
+                    group: group
+                )
             case .tcp(let address, let port):
                 self.controlListener = try Socket.listenTCP(bindAddress: address, port: port)
             case .listeningDescriptor(let fd):

@@ -15,7 +15,8 @@ package struct FileStatus: Sendable, Hashable {
 
 /// Why a state file cannot be read safely.
 package enum HostileFileReason: Sendable, Hashable {
-    case symlink, notRegular, wrongOwner, writableByOthers, tooLarge(Int64)
+    case symlink, notRegular, wrongOwner, writableByOthers
+    case tooLarge(Int64)
 }
 
 /// A hostile-file finding, thrown by `readFileAt`.

@@ -204,7 +204,8 @@ package final class LockedFile {
 /// `pread(2)` of up to `count` bytes at file offset `offset` into `buffer[0..<count]`.
 private func rawPread(_ fd: Int32, _ buffer: inout [UInt8], _ count: Int, _ offset: Int) -> Int {
     precondition(count >= 0 && count <= buffer.count)
-    return unsafe buffer.withUnsafeMutableBytes { buf in unsafe Glibc.pread(fd, buf.baseAddress!, count, off_t(offset)) }
+    return unsafe buffer.withUnsafeMutableBytes { buf in unsafe Glibc.pread(fd, buf.baseAddress!, count, off_t(offset))
+    }
 }
 
 /// `pwrite(2)` of `bytes[offset...]` at file offset `offset`.

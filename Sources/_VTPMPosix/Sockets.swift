@@ -8,7 +8,11 @@ package enum Socket {
     /// Creates a listening UNIX stream socket at `path` (an existing socket file is replaced),
     /// chmods it to `mode` and listens with `backlog`. Wraps `socket`/`bind`/`listen`.
     package static func listenUnix(
-        path: String, mode: UInt32?, owner: UInt32? = nil, group: UInt32? = nil, backlog: Int32 = 1
+        path: String,
+        mode: UInt32?,
+        owner: UInt32? = nil,
+        group: UInt32? = nil,
+        backlog: Int32 = 1
     ) throws(PosixError) -> Int32 {
         var addr = try unixAddress(path)
         let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -225,7 +229,11 @@ package enum Socket {
                 header.cmsg_level = SOL_SOCKET
                 header.cmsg_type = Int32(SCM_RIGHTS)
                 unsafe ctlBuf.storeBytes(of: header, toByteOffset: 0, as: cmsghdr.self)
-                unsafe ctlBuf.storeBytes(of: passed, toByteOffset: cmsgAlign(MemoryLayout<cmsghdr>.size), as: Int32.self)
+                unsafe ctlBuf.storeBytes(
+                    of: passed,
+                    toByteOffset: cmsgAlign(MemoryLayout<cmsghdr>.size),
+                    as: Int32.self
+                )
                 var iov = unsafe iovec(iov_base: dataBuf.baseAddress, iov_len: dataBuf.count)
                 unsafe withUnsafeMutablePointer(to: &iov) { iovPtr in
                     var msg = unsafe msghdr()
@@ -250,7 +258,12 @@ package enum Socket {
     }
 
     /// Reads into `buffer[offset..<offset+count]`; returns bytes read (0 = end of stream). Wraps `read`.
-    package static func read(_ fd: Int32, into buffer: inout [UInt8], at offset: Int, count: Int) throws(PosixError)
+    package static func read(
+        _ fd: Int32,
+        into buffer: inout [UInt8],
+        at offset: Int,
+        count: Int
+    ) throws(PosixError)
         -> Int
     {
         try retryingEINTR("read") { rawRead(fd, &buffer, offset, count) }
@@ -325,7 +338,10 @@ package struct PollEvents: OptionSet, Sendable {
 
 /// Waits until one of `fds` is ready or `timeoutMilliseconds` passes (-1 = forever).
 /// Returns the received events per descriptor, in order. Wraps `poll`.
-package func pollDescriptors(_ fds: [(fd: Int32, events: PollEvents)], timeoutMilliseconds: Int32) throws(PosixError)
+package func pollDescriptors(
+    _ fds: [(fd: Int32, events: PollEvents)],
+    timeoutMilliseconds: Int32
+) throws(PosixError)
     -> [PollEvents]
 {
     var pfds = fds.map { pollfd(fd: $0.fd, events: $0.events.rawValue, revents: 0) }

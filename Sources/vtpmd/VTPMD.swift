@@ -4,7 +4,6 @@ import StateStore
 import VTPMServer
 import _VTPMPosix
 
-
 @main
 struct VTPMD: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -36,9 +35,15 @@ struct SwtpmOptions: ParsableArguments {
     var terminate = false
     @Option(help: "reject-locality-4[,allow-set-locality]")
     var locality: String?
-    @Option(help: "file=F|fd=N[,format=hex|binary] or pwdfile=F|pwdfd=N[,kdf=pbkdf2|sha512], mode=aes-128-cbc|aes-256-cbc, remove: encrypt the state files.")
+    @Option(
+        help:
+            "file=F|fd=N[,format=hex|binary] or pwdfile=F|pwdfd=N[,kdf=pbkdf2|sha512], mode=aes-128-cbc|aes-256-cbc, remove: encrypt the state files."
+    )
     var key: String?
-    @Option(name: .customLong("migration-key"), help: "Same syntax as --key (plus strict): encrypt outgoing state blobs.")
+    @Option(
+        name: .customLong("migration-key"),
+        help: "Same syntax as --key (plus strict): encrypt outgoing state blobs."
+    )
     var migrationKey: String?
     // Accepted for scripts written for swtpm, but hidden: vtpmd installs no seccomp profile, and
     // swtpm's tests (rightly) check for one when `--help` lists the option.
@@ -78,11 +83,19 @@ struct SwtpmOptions: ParsableArguments {
 
 struct SocketCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "socket", abstract: "Serve QEMU's -tpmdev emulator over a control socket (swtpm socket).")
+        commandName: "socket",
+        abstract: "Serve QEMU's -tpmdev emulator over a control socket (swtpm socket)."
+    )
     @OptionGroup var common: SwtpmOptions
-    @Option(help: "type=tcp,port=N[,bindaddr=A][,disconnect] | type=tcp,fd=N | type=unixio,path=P[,mode=] | type=unixio,fd=N")
+    @Option(
+        help:
+            "type=tcp,port=N[,bindaddr=A][,disconnect] | type=tcp,fd=N | type=unixio,path=P[,mode=] | type=unixio,fd=N"
+    )
     var server: String?
-    @Option(name: [.customShort("p"), .customLong("port")], help: "TCP data port (= --server type=tcp,port=N,disconnect).")
+    @Option(
+        name: [.customShort("p"), .customLong("port")],
+        help: "TCP data port (= --server type=tcp,port=N,disconnect)."
+    )
     var port: Int?
 
     func run() throws {
@@ -96,7 +109,8 @@ struct SocketCommand: ParsableCommand {
 struct ChardevCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "chardev",
-        abstract: "Serve TPM commands over an inherited descriptor (swtpm chardev --fd N); optional --ctrl.")
+        abstract: "Serve TPM commands over an inherited descriptor (swtpm chardev --fd N); optional --ctrl."
+    )
     @OptionGroup var common: SwtpmOptions
 
     func run() throws {
@@ -134,7 +148,11 @@ enum Launcher {
         }
         var readyReport: Int32 = -1
         if options.daemon {
-            do { readyReport = try ProcessControl.daemonize(keeping: configuration.inheritedDescriptors.union(logSettings?.descriptor.map { [$0] } ?? [])) } catch { fail("cannot daemonize: \(error)") }
+            do {
+                readyReport = try ProcessControl.daemonize(
+                    keeping: configuration.inheritedDescriptors.union(logSettings?.descriptor.map { [$0] } ?? [])
+                )
+            } catch { fail("cannot daemonize: \(error)") }
         }
         let logger = makeLogger(logSettings, daemon: options.daemon)
         var created: Server? = nil

@@ -21,7 +21,9 @@ struct BadStateTests {
         return state
     }
 
-    static let damages = ["truncated", "bitflip", "unknown-version", "symlink", "fifo", "missing-permall", "world-writable"]
+    static let damages = [
+        "truncated", "bitflip", "unknown-version", "symlink", "fifo", "missing-permall", "world-writable",
+    ]
 
     @Test(arguments: damages)
     func damagedStateFailsInitAndIsLeftAlone(damage: String) throws {
@@ -96,8 +98,10 @@ struct BadStateTests {
             // swtpm is excluded too (its fcntl lock conflicts with vtpmd's OFD lock).
             let ctrl = "\(dir)/sw.sock"
             let swtpm = try Daemon(
-                "swtpm", ["socket", "--tpm2", "--tpmstate", "dir=\(state)", "--ctrl", "type=unixio,path=\(ctrl)"],
-                waitFor: ctrl)
+                "swtpm",
+                ["socket", "--tpm2", "--tpmstate", "dir=\(state)", "--ctrl", "type=unixio,path=\(ctrl)"],
+                waitFor: ctrl
+            )
             #expect(try ControlClient(unixPath: ctrl).result(.initialize(flags: 0)) == ControlResult.fail)
             swtpm.stop()
         }

@@ -12,7 +12,10 @@ struct CommandLineTests {
         (["socket", "--tpm2", "--ctrl", "type=unixio,path=/tmp/a.sock,colour=blue"], "unknown parameter 'colour'"),
         (["socket", "--tpm2", "--server", "type=tcp,port=99999"], "port=99999"),
         (["socket", "--tpm2", "--tpmstate", "dir=/tmp,mode=999", "--server", "type=tcp,port=1"], "octal mode"),
-        (["socket", "--tpm2", "--flags", "startup-clear,startup-state", "--server", "type=tcp,port=1"], "only one startup"),
+        (
+            ["socket", "--tpm2", "--flags", "startup-clear,startup-state", "--server", "type=tcp,port=1"],
+            "only one startup"
+        ),
         (["socket", "--tpm2", "--key", "file=/nonexistent/key", "--server", "type=tcp,port=1"], "cannot read the key"),
         (["socket", "--tpm2", "--key", "pwdfile=/etc/hostname,kdf=md5", "--server", "type=tcp,port=1"], "unknown kdf"),
         (["socket", "--tpm2", "--tpmstate", "dir=/tmp"], "needs --server, --port, --fd or --ctrl"),
@@ -32,20 +35,33 @@ struct CommandLineTests {
         let json = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
         #expect(json?["type"] as? String == "swtpm")
         let features = json?["features"] as? [String] ?? []
-        #expect(features.contains("tpm-2.0") && features.contains("cmdarg-pwd-fd") && features.contains("rsa-keysize-2048"))
+        #expect(
+            features.contains("tpm-2.0") && features.contains("cmdarg-pwd-fd") && features.contains("rsa-keysize-2048")
+        )
         #expect(!features.contains("tpm-1.2") && !features.contains("cmdarg-seccomp"))
     }
 
     @Test func printsStates() throws {
         try withTemporaryDirectory { dir in
-            let empty = try runCommand(Binaries.vtpmd, ["socket", "--tpm2", "--tpmstate", "dir=\(dir)", "--print-states"])
+            let empty = try runCommand(
+                Binaries.vtpmd,
+                ["socket", "--tpm2", "--tpmstate", "dir=\(dir)", "--print-states"]
+            )
             #expect(empty.status == 0 && empty.stdout == "{ \"type\": \"swtpm\", \"states\": [] }")
             let setup = try runCommand("swtpm_setup", ["--tpm2", "--tpmstate", dir, "--overwrite"])
             try #require(setup.status == 0)
             let size = (try FileManager.default.attributesOfItem(atPath: "\(dir)/tpm2-00.permall")[.size] as? Int) ?? 0
-            let full = try runCommand(Binaries.vtpmd, ["socket", "--tpm2", "--tpmstate", "dir=\(dir)", "--print-states"])
-            #expect(full.stdout == "{ \"type\": \"swtpm\", \"states\": [ {\"name\": \"permall\", \"size\": \(size)} ] }")
-            let missing = try runCommand(Binaries.vtpmd, ["socket", "--tpm2", "--tpmstate", "dir=\(dir)/nope", "--print-states"])
+            let full = try runCommand(
+                Binaries.vtpmd,
+                ["socket", "--tpm2", "--tpmstate", "dir=\(dir)", "--print-states"]
+            )
+            #expect(
+                full.stdout == "{ \"type\": \"swtpm\", \"states\": [ {\"name\": \"permall\", \"size\": \(size)} ] }"
+            )
+            let missing = try runCommand(
+                Binaries.vtpmd,
+                ["socket", "--tpm2", "--tpmstate", "dir=\(dir)/nope", "--print-states"]
+            )
             #expect(missing.status != 0)
         }
     }
@@ -54,8 +70,11 @@ struct CommandLineTests {
         try withTemporaryDirectory { dir in
             let r = try runCommand(
                 Binaries.vtpmd,
-                ["socket", "--tpm2", "--tpmstate", "dir=\(dir)", "--ctrl", "type=unixio,path=\(dir)/c.sock",
-                    "--pid", "file=\(dir)/pid", "--daemon"])
+                [
+                    "socket", "--tpm2", "--tpmstate", "dir=\(dir)", "--ctrl", "type=unixio,path=\(dir)/c.sock",
+                    "--pid", "file=\(dir)/pid", "--daemon",
+                ]
+            )
             #expect(r.status == 0)
             let pidText = try String(contentsOfFile: "\(dir)/pid", encoding: .utf8)
             let pid = try #require(Int32(pidText))
@@ -83,7 +102,11 @@ struct CommandLineTests {
             // The control socket path's directory does not exist: bind fails after the fork.
             let r = try runCommand(
                 Binaries.vtpmd,
-                ["socket", "--tpm2", "--tpmstate", "dir=\(dir)", "--ctrl", "type=unixio,path=\(dir)/no/such/c.sock", "--daemon"])
+                [
+                    "socket", "--tpm2", "--tpmstate", "dir=\(dir)", "--ctrl", "type=unixio,path=\(dir)/no/such/c.sock",
+                    "--daemon",
+                ]
+            )
             #expect(r.status != 0)
         }
     }

@@ -21,9 +21,12 @@ final class VTPMDInstance {
         self.dataPort = try freePort()
         self.daemon = try Daemon(
             Binaries.vtpmd,
-            ["socket", "--tpm2", "--tpmstate", "dir=\(self.state)", "--ctrl", "type=unixio,path=\(self.ctrlPath)",
-                "--server", "type=tcp,port=\(self.dataPort)", "--log", "file=\(dir)/vtpmd.log,level=20"] + extra,
-            waitFor: self.ctrlPath)
+            [
+                "socket", "--tpm2", "--tpmstate", "dir=\(self.state)", "--ctrl", "type=unixio,path=\(self.ctrlPath)",
+                "--server", "type=tcp,port=\(self.dataPort)", "--log", "file=\(dir)/vtpmd.log,level=20",
+            ] + extra,
+            waitFor: self.ctrlPath
+        )
     }
 
     func control() throws -> ControlClient { try ControlClient(unixPath: self.ctrlPath) }
@@ -40,9 +43,13 @@ struct ControlChannelTests {
             let caps = try c.request(.getCapability, replySize: 8)
             #expect(caps == [0, 0, 0, 0, 0, 0, 0xff, 0xff])
             // Query works with the TPM stopped; sizes clamp to libtpms' range.
-            #expect(try c.request(.setBufferSize(0), replySize: 16).hexString == "00000000000010000000" + "0af800001000")
+            #expect(
+                try c.request(.setBufferSize(0), replySize: 16).hexString == "00000000000010000000" + "0af800001000"
+            )
             #expect(try c.request(.setBufferSize(100), replySize: 16).hexString == "0000000000000af800000af800001000")
-            #expect(try c.request(.setBufferSize(1_000_000), replySize: 16).hexString == "000000000000100000000af800001000")
+            #expect(
+                try c.request(.setBufferSize(1_000_000), replySize: 16).hexString == "000000000000100000000af800001000"
+            )
             let info = try c.request(.getInfo(flags: 1, offset: 0), replySize: 200)
             let text = String(decoding: info.dropFirst(12), as: UTF8.self)
             #expect(text.hasPrefix("{\"TPMSpecification\":{\"family\":\"2.0\""))
@@ -78,7 +85,9 @@ struct ControlChannelTests {
             #expect(try c.result(.setLocality(5)) == ControlResult.badLocality)
             #expect(try c.result(.setLocality(4)) == 0)
             // STOP with trailing bytes: exact-size command.
-            #expect(try c.exchange([0, 0, 0, 0x0e, 1, 2], replySize: 4) == ControlReply.result(ControlResult.badParameter))
+            #expect(
+                try c.exchange([0, 0, 0, 0x0e, 1, 2], replySize: 4) == ControlReply.result(ControlResult.badParameter)
+            )
             // The connection still works.
             #expect(try c.request(.getCapability, replySize: 8).count == 8)
             // SET_STATEBLOB with an unknown type, and a truncated/garbage blob.
@@ -89,7 +98,9 @@ struct ControlChannelTests {
             w.write(UInt32(4))
             w.write(bytes: Array("abcd".utf8))
             #expect(try c.exchange(w.bytes, replySize: 4) == ControlReply.result(ControlResult.badParameter))
-            for (type, body) in [(UInt32(1), Array("xxxxxxxxxxxx".utf8)), (1, [2, 1, 0, 10, 0, 4, 0, 0, 0]), (2, [2, 1])] {
+            for (type, body) in [
+                (UInt32(1), Array("xxxxxxxxxxxx".utf8)), (1, [2, 1, 0, 10, 0, 4, 0, 0, 0]), (2, [2, 1]),
+            ] {
                 var g = ByteWriter()
                 g.write(ControlCode.setStateBlob.rawValue)
                 g.write(UInt32(0))
@@ -115,7 +126,10 @@ struct ControlChannelTests {
             // The daemon is alive and well.
             let c3 = try v.control()
             #expect(try c3.result(.initialize(flags: 0)) == 0)
-            #expect(try c3.request(.getStateBlob(flags: 1, type: 9, offset: 0), replySize: 16).readBigEndianUInt32(at: 0) == ControlResult.badParameter)
+            #expect(
+                try c3.request(.getStateBlob(flags: 1, type: 9, offset: 0), replySize: 16).readBigEndianUInt32(at: 0)
+                    == ControlResult.badParameter
+            )
             #expect(try c3.result(.setBufferSize(4096)) == ControlResult.badOrdinal)
             #expect(try c3.result(.resetTPMEstablished(locality: 9)) == ControlResult.badLocality)
             #expect(v.daemon.isRunning)
@@ -135,13 +149,20 @@ struct ControlChannelTests {
             // savevm: GET_STATEBLOB x3, the TPM keeps running.
             var blobs: [[UInt8]] = []
             for type: UInt32 in [1, 2] {
-                let reply = try c.exchange(ControlRequest.getStateBlob(flags: 1, type: type, offset: 0).encoded, replySize: 600_000, timeout: 500)
+                let reply = try c.exchange(
+                    ControlRequest.getStateBlob(flags: 1, type: type, offset: 0).encoded,
+                    replySize: 600_000,
+                    timeout: 500
+                )
                 #expect(reply.readBigEndianUInt32(at: 0) == 0)
                 let total = Int(reply.readBigEndianUInt32(at: 8))
                 #expect(reply.count == 16 + total)
                 blobs.append(Array(reply[16...]))
             }
-            #expect(try c.request(.getStateBlob(flags: 1, type: 3, offset: 0), replySize: 16).readBigEndianUInt32(at: 0) == 0x800)
+            #expect(
+                try c.request(.getStateBlob(flags: 1, type: 3, offset: 0), replySize: 16).readBigEndianUInt32(at: 0)
+                    == 0x800
+            )
             #expect(try c.result(.setBufferSize(0), replySize: 16) == 0)
             var w = ByteWriter()
             w.write(ControlCode.setStateBlob.rawValue)
@@ -200,8 +221,10 @@ struct ControlChannelTests {
         try withTemporaryDirectory { dir in
             let ctrl = "\(dir)/ctrl.sock"
             let daemon = try Daemon(
-                Binaries.vtpmd, ["socket", "--tpm2", "--tpmstate", "dir=\(dir)", "--ctrl", "type=unixio,path=\(ctrl)"],
-                waitFor: ctrl)
+                Binaries.vtpmd,
+                ["socket", "--tpm2", "--tpmstate", "dir=\(dir)", "--ctrl", "type=unixio,path=\(ctrl)"],
+                waitFor: ctrl
+            )
             let c = try ControlClient(unixPath: ctrl)
             // SET_DATAFD without a descriptor.
             #expect(try c.exchange([0, 0, 0, 0x10], replySize: 4) == ControlReply.result(ControlResult.badParameter))
@@ -209,7 +232,10 @@ struct ControlChannelTests {
             #expect(try c.exchange([0, 0, 0, 0x10], passing: theirs, replySize: 4) == ControlReply.result(0))
             closeDescriptor(theirs)
             let (_, extra) = try Socket.pair()
-            #expect(try c.exchange([0, 0, 0, 0x10], passing: extra, replySize: 4) == ControlReply.result(ControlResult.ioError))
+            #expect(
+                try c.exchange([0, 0, 0, 0x10], passing: extra, replySize: 4)
+                    == ControlReply.result(ControlResult.ioError)
+            )
             let d = DataClient(descriptor: mine)
             #expect(try d.transmit(TPMCommands.readClock) == TPMFrame.errorResponse(0x101))
             #expect(try c.result(.initialize(flags: 0)) == 0)

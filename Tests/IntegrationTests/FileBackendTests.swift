@@ -1,6 +1,6 @@
 import Foundation
-import TPMWire
 import StateStore
+import TPMWire
 import TestSupport
 import Testing
 
@@ -14,13 +14,19 @@ struct FileBackendTests {
 
     /// Starts `binary` on the linear file `path` with TCP data (`port`) and control (`port + 1`).
     static func start(
-        _ binary: String, _ path: String, port: UInt16, flags: String = "not-need-init,startup-clear"
+        _ binary: String,
+        _ path: String,
+        port: UInt16,
+        flags: String = "not-need-init,startup-clear"
     ) throws -> Daemon {
         try Daemon(
             binary,
-            ["socket", "--tpm2", "--tpmstate", "backend-uri=file://\(path)", "--flags", flags,
-                "--server", "type=tcp,port=\(port)", "--ctrl", "type=tcp,port=\(port + 1)"],
-            waitForPort: port)
+            [
+                "socket", "--tpm2", "--tpmstate", "backend-uri=file://\(path)", "--flags", flags,
+                "--server", "type=tcp,port=\(port)", "--ctrl", "type=tcp,port=\(port + 1)",
+            ],
+            waitForPort: port
+        )
     }
 
     static func tool(_ tool: String, _ arguments: [String], port: UInt16) throws -> CommandResult {
@@ -36,8 +42,10 @@ struct FileBackendTests {
         let port = try freePortPair()
         let daemon = try Self.start(binary, path, port: port)
         let define = try Self.tool(
-            "tpm2_nvdefine", [Self.nvIndex, "-C", "o", "-s", "\(Self.secret.count)", "-a", "ownerread|ownerwrite"],
-            port: port)
+            "tpm2_nvdefine",
+            [Self.nvIndex, "-C", "o", "-s", "\(Self.secret.count)", "-a", "ownerread|ownerwrite"],
+            port: port
+        )
         try #require(define.status == 0, "nvdefine on \(binary): \(define.output)")
         let input = "\(dir)/nv.in"
         try Data(Self.secret).write(to: URL(fileURLWithPath: input))
@@ -52,7 +60,10 @@ struct FileBackendTests {
 
     /// Reads the NV index back (twice: before and after a fresh CMD_INIT) and stops the TPM.
     static func readIndex(
-        _ binary: String, _ path: String, dir: String, flags: String = "not-need-init,startup-clear"
+        _ binary: String,
+        _ path: String,
+        dir: String,
+        flags: String = "not-need-init,startup-clear"
     ) throws -> String {
         let port = try freePortPair()
         let daemon = try Self.start(binary, path, port: port, flags: flags)
@@ -130,7 +141,8 @@ struct FileBackendTests {
             let volatile = try #require(file.blobs["volatilestate"]).count
             #expect(
                 ours.stdout == "{ \"type\": \"swtpm\", \"states\": [ {\"name\": \"permall\", \"size\": \(permall)}, "
-                    + "{\"name\": \"volatilestate\", \"size\": \(volatile)} ] }")
+                    + "{\"name\": \"volatilestate\", \"size\": \(volatile)} ] }"
+            )
             let theirs = try Self.printStates("swtpm", path)
             #expect(theirs.status == 0, "\(theirs.output)")
             #expect(theirs.stdout == ours.stdout)
@@ -151,7 +163,9 @@ struct FileBackendTests {
     @Test func otherBackendURIsAreRejected() throws {
         for uri in ["ftp://x", "file://", "nvram://x"] {
             let result = try runCommand(
-                Binaries.vtpmd, ["socket", "--tpm2", "--tpmstate", "backend-uri=\(uri)", "--print-states"])
+                Binaries.vtpmd,
+                ["socket", "--tpm2", "--tpmstate", "backend-uri=\(uri)", "--print-states"]
+            )
             #expect(result.status != 0 && result.stderr.contains("backend-uri"), "\(uri): \(result.output)")
         }
     }
@@ -170,9 +184,12 @@ struct FileBackendTests {
             let secondPort = try freePortPair()
             let second = try Daemon(
                 Binaries.vtpmd,
-                ["socket", "--tpm2", "--tpmstate", "backend-uri=file://\(path)",
-                    "--server", "type=tcp,port=\(secondPort)", "--ctrl", "type=tcp,port=\(secondPort + 1)"],
-                waitForPort: secondPort)
+                [
+                    "socket", "--tpm2", "--tpmstate", "backend-uri=file://\(path)",
+                    "--server", "type=tcp,port=\(secondPort)", "--ctrl", "type=tcp,port=\(secondPort + 1)",
+                ],
+                waitForPort: secondPort
+            )
             let initialize = try runCommand("swtpm_ioctl", ["--tcp", "127.0.0.1:\(secondPort + 1)", "-i"])
             #expect(initialize.status != 0, "second INIT succeeded: \(initialize.output)")
             _ = try runCommand("swtpm_ioctl", ["--tcp", "127.0.0.1:\(secondPort + 1)", "-s"])

@@ -19,10 +19,17 @@ struct StateBlobTests {
         return v
     }
 
-    static func getBlob(_ c: ControlClient, type: UInt32, flags: UInt32 = 1, offset: UInt32 = 0) throws -> (UInt32, [UInt8]) {
+    static func getBlob(
+        _ c: ControlClient,
+        type: UInt32,
+        flags: UInt32 = 1,
+        offset: UInt32 = 0
+    ) throws -> (UInt32, [UInt8]) {
         let reply = try c.exchange(
-            ControlRequest.getStateBlob(flags: flags, type: type, offset: offset).encoded, replySize: 600_000,
-            timeout: 500)
+            ControlRequest.getStateBlob(flags: flags, type: type, offset: offset).encoded,
+            replySize: 600_000,
+            timeout: 500
+        )
         try #require(reply.count >= 16)
         return (reply.readBigEndianUInt32(at: 0), Array(reply[16...]))
     }

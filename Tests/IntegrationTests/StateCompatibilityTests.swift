@@ -16,9 +16,12 @@ struct StateCompatibilityTests {
         let port = try freePortPair()
         let daemon = try Daemon(
             binary,
-            ["socket", "--tpm2", "--tpmstate", "dir=\(state)", "--server", "type=tcp,port=\(port)",
-                "--ctrl", "type=tcp,port=\(port + 1)", "--flags", "not-need-init,startup-clear"] + extra,
-            waitForPort: port)
+            [
+                "socket", "--tpm2", "--tpmstate", "dir=\(state)", "--server", "type=tcp,port=\(port)",
+                "--ctrl", "type=tcp,port=\(port + 1)", "--flags", "not-need-init,startup-clear",
+            ] + extra,
+            waitForPort: port
+        )
         let env = ["TPM2TOOLS_TCTI": "swtpm:host=127.0.0.1,port=\(port)"]
         let cert = "\(work)/ekcert.der"
         let pub = "\(work)/ek.pub"
@@ -40,7 +43,9 @@ struct StateCompatibilityTests {
             let state = "\(dir)/state"
             try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
             let setup = try runCommand(
-                "swtpm_setup", ["--tpm2", "--tpmstate", state, "--create-ek-cert", "--overwrite"] + Self.setupKey(extra))
+                "swtpm_setup",
+                ["--tpm2", "--tpmstate", state, "--create-ek-cert", "--overwrite"] + Self.setupKey(extra)
+            )
             try #require(setup.status == 0, "\(setup.output)")
             let before = try Self.readIdentity("swtpm", state: state, work: dir, extra: extra)
             let after = try Self.readIdentity(Binaries.vtpmd, state: state, work: dir, extra: extra)
@@ -60,7 +65,8 @@ struct StateCompatibilityTests {
             let setup = try runCommand(
                 "swtpm_setup",
                 ["--tpm2", "--tpm", "\(Binaries.vtpmd) socket", "--tpmstate", state, "--create-ek-cert", "--overwrite"]
-                    + Self.setupKey(extra))
+                    + Self.setupKey(extra)
+            )
             try #require(setup.status == 0, "\(setup.output)")
             let before = try Self.readIdentity(Binaries.vtpmd, state: state, work: dir, extra: extra)
             let after = try Self.readIdentity("swtpm", state: state, work: dir, extra: extra)

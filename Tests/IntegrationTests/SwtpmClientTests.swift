@@ -22,7 +22,8 @@ struct SwtpmClientTests {
             let daemon = try Daemon(
                 Binaries.vtpmd,
                 ["socket", "--tpm2", "--tpmstate", "dir=\(dir)", "--server", "type=tcp,port=\(port)"] + ctrlArgs,
-                waitForPort: port)
+                waitForPort: port
+            )
             func ioctl(_ args: [String]) throws -> CommandResult {
                 try runCommand("swtpm_ioctl", args + ioctlTarget)
             }
@@ -59,9 +60,12 @@ struct SwtpmClientTests {
             let port = try freePortPair()
             let daemon = try Daemon(
                 Binaries.vtpmd,
-                ["socket", "--tpm2", "--tpmstate", "dir=\(dir)", "--server", "type=tcp,port=\(port)",
-                    "--ctrl", "type=tcp,port=\(port + 1)", "--flags", "not-need-init,startup-clear"],
-                waitForPort: port)
+                [
+                    "socket", "--tpm2", "--tpmstate", "dir=\(dir)", "--server", "type=tcp,port=\(port)",
+                    "--ctrl", "type=tcp,port=\(port + 1)", "--flags", "not-need-init,startup-clear",
+                ],
+                waitForPort: port
+            )
             let env = ["TPM2TOOLS_TCTI": "swtpm:host=127.0.0.1,port=\(port)"]
             func tool(_ name: String, _ args: [String]) throws -> CommandResult {
                 let r = try runCommand(name, args, environment: env)
@@ -72,12 +76,21 @@ struct SwtpmClientTests {
             #expect(random.stdout.count == 32)
             _ = try tool("tpm2_pcrextend", ["16:sha256=" + String(repeating: "ab", count: 32)])
             let pcr = try tool("tpm2_pcrread", ["sha256:16"])
-            #expect(pcr.stdout.contains("16:") && !pcr.stdout.contains("0x0000000000000000000000000000000000000000000000000000000000000000"))
+            #expect(
+                pcr.stdout.contains("16:")
+                    && !pcr.stdout.contains("0x0000000000000000000000000000000000000000000000000000000000000000")
+            )
             try Data("sealed secret".utf8).write(to: URL(fileURLWithPath: "\(dir)/secret"))
             _ = try tool("tpm2_createprimary", ["-C", "o", "-c", "\(dir)/primary.ctx", "-Q"])
-            _ = try tool("tpm2_create", ["-C", "\(dir)/primary.ctx", "-u", "\(dir)/k.pub", "-r", "\(dir)/k.priv", "-i", "\(dir)/secret", "-Q"])
+            _ = try tool(
+                "tpm2_create",
+                ["-C", "\(dir)/primary.ctx", "-u", "\(dir)/k.pub", "-r", "\(dir)/k.priv", "-i", "\(dir)/secret", "-Q"]
+            )
             _ = try tool("tpm2_flushcontext", ["-t"])
-            _ = try tool("tpm2_load", ["-C", "\(dir)/primary.ctx", "-u", "\(dir)/k.pub", "-r", "\(dir)/k.priv", "-c", "\(dir)/k.ctx", "-Q"])
+            _ = try tool(
+                "tpm2_load",
+                ["-C", "\(dir)/primary.ctx", "-u", "\(dir)/k.pub", "-r", "\(dir)/k.priv", "-c", "\(dir)/k.ctx", "-Q"]
+            )
             let unsealed = try tool("tpm2_unseal", ["-c", "\(dir)/k.ctx"])
             #expect(unsealed.stdout == "sealed secret")
             _ = try tool("tpm2_flushcontext", ["-t"])
@@ -95,7 +108,8 @@ struct SwtpmClientTests {
         try withTemporaryDirectory { dir in
             let r = try runCommand(
                 "swtpm_setup",
-                ["--tpm2", "--tpm", "\(Binaries.vtpmd) socket", "--tpmstate", dir, "--create-ek-cert", "--overwrite"])
+                ["--tpm2", "--tpm", "\(Binaries.vtpmd) socket", "--tpmstate", dir, "--create-ek-cert", "--overwrite"]
+            )
             #expect(r.status == 0, "\(r.output)")
             let files = try FileManager.default.contentsOfDirectory(atPath: dir)
             #expect(files.contains("tpm2-00.permall") && files.contains("vtpm-instance.permall"))

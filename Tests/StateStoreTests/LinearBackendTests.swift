@@ -18,8 +18,13 @@ import Testing
     }
 
     static func write(_ bytes: [UInt8], to path: String, mode: Int = 0o600) throws {
-        try #require(FileManager.default.createFile(
-            atPath: path, contents: Data(bytes), attributes: [.posixPermissions: mode]))
+        try #require(
+            FileManager.default.createFile(
+                atPath: path,
+                contents: Data(bytes),
+                attributes: [.posixPermissions: mode]
+            )
+        )
     }
 
     static func decodedFile(_ path: String) throws -> LinearStateFile {
@@ -112,14 +117,18 @@ import Testing
             // A classic POSIX (process-associated) lock held by another process, as newer swtpm takes.
             let holder = try Daemon(
                 "python3",
-                ["-c", """
-                import fcntl, os, sys, time
-                fd = os.open(sys.argv[1], os.O_RDWR)
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                open(sys.argv[1] + ".held", "w").close()
-                time.sleep(30)
-                """, path],
-                waitFor: path + ".held")
+                [
+                    "-c",
+                    """
+                    import fcntl, os, sys, time
+                    fd = os.open(sys.argv[1], os.O_RDWR)
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    open(sys.argv[1] + ".held", "w").close()
+                    time.sleep(30)
+                    """, path,
+                ],
+                waitFor: path + ".held"
+            )
             #expect(throws: StateStoreError(.locked, "")) { try Self.store(path).lock() }
             holder.kill()
             try Self.store(path).lock()
@@ -252,8 +261,12 @@ import Testing
                 let states = try s.presentStates()
                 #expect(states.map(\.name) == ["permall", "volatilestate"])
                 let onDisk = try Self.decodedFile(path)
-                #expect(states.map(\.size) == [Int64(onDisk.blobs["permall"]!.count),
-                    Int64(onDisk.blobs["volatilestate"]!.count)])
+                #expect(
+                    states.map(\.size) == [
+                        Int64(onDisk.blobs["permall"]!.count),
+                        Int64(onDisk.blobs["volatilestate"]!.count),
+                    ]
+                )
                 // Blobs are StateFile containers, as in a directory.
                 #expect(try StateFile.decode(onDisk.blobs["permall"]!, key: nil).plain == Self.permall)
             }

@@ -20,7 +20,9 @@ import Testing
 
     /// A header built field by field: `slots` maps slot index to (offset, data length, section length).
     static func header(
-        magic: [UInt8] = magicBytes, version: UInt8 = 1, headerSize: UInt16 = 192,
+        magic: [UInt8] = magicBytes,
+        version: UInt8 = 1,
+        headerSize: UInt16 = 192,
         slots: [Int: (UInt32, UInt32, UInt32)] = [:]
     ) -> [UInt8] {
         var h = magic + [version, 0] + le16(headerSize)
@@ -37,7 +39,9 @@ import Testing
     }
 
     static func expectMalformed(
-        _ bytes: [UInt8], _ comment: Comment, sourceLocation: SourceLocation = #_sourceLocation
+        _ bytes: [UInt8],
+        _ comment: Comment,
+        sourceLocation: SourceLocation = #_sourceLocation
     ) {
         do {
             let decoded = try LinearStateFile(decoding: bytes)
@@ -62,8 +66,10 @@ import Testing
     }
 
     @Test func unformattedInputIsAnEmptyStore() throws {
-        let zeros: [[UInt8]] = [[], [UInt8](repeating: 0, count: 10), [UInt8](repeating: 0, count: 192),
-            [UInt8](repeating: 0, count: 4096)]
+        let zeros: [[UInt8]] = [
+            [], [UInt8](repeating: 0, count: 10), [UInt8](repeating: 0, count: 192),
+            [UInt8](repeating: 0, count: 4096),
+        ]
         for bytes in zeros {
             #expect(LinearStateFile.isUnformatted(bytes))
             let file = try LinearStateFile(decoding: bytes)
@@ -216,10 +222,13 @@ import Testing
     static func startSwtpm(_ path: String, port: UInt16) throws -> Daemon {
         try Daemon(
             "swtpm",
-            ["socket", "--tpm2", "--tpmstate", "backend-uri=file://\(path)",
+            [
+                "socket", "--tpm2", "--tpmstate", "backend-uri=file://\(path)",
                 "--flags", "not-need-init,startup-clear",
-                "--server", "type=tcp,port=\(port)", "--ctrl", "type=tcp,port=\(port + 1)"],
-            waitForPort: port)
+                "--server", "type=tcp,port=\(port)", "--ctrl", "type=tcp,port=\(port + 1)",
+            ],
+            waitForPort: port
+        )
     }
 
     static func tools(_ tool: String, _ arguments: [String], port: UInt16) throws -> CommandResult {
@@ -240,7 +249,9 @@ import Testing
                 let swtpm = try Self.startSwtpm(theirs, port: port)
                 let define = try Self.tools(
                     "tpm2_nvdefine",
-                    [Self.nvIndex, "-C", "o", "-s", "\(Self.nvSecret.count)", "-a", "ownerread|ownerwrite"], port: port)
+                    [Self.nvIndex, "-C", "o", "-s", "\(Self.nvSecret.count)", "-a", "ownerread|ownerwrite"],
+                    port: port
+                )
                 try #require(define.status == 0, "\(define.output)")
                 let input = "\(dir)/nv.in"
                 try Data(Self.nvSecret).write(to: URL(fileURLWithPath: input))
@@ -267,8 +278,13 @@ import Testing
 
             // 2. swtpm runs on a file we wrote and sees the NV index written in step 1.
             let mine = "\(dir)/ours.bin"
-            try #require(FileManager.default.createFile(
-                atPath: mine, contents: Data(ours), attributes: [.posixPermissions: 0o600]))
+            try #require(
+                FileManager.default.createFile(
+                    atPath: mine,
+                    contents: Data(ours),
+                    attributes: [.posixPermissions: 0o600]
+                )
+            )
             do {
                 let port = try freePortPair()
                 let swtpm = try Self.startSwtpm(mine, port: port)

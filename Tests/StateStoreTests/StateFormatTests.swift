@@ -1,5 +1,5 @@
-import Testing
 import TPMWire
+import Testing
 
 @testable import StateStore
 
@@ -8,7 +8,8 @@ struct BlobContainerTests {
     @Test func roundTripsRecords() throws {
         let c = BlobContainer(
             flags: [.migrationData],
-            records: [.init(tag: 4, value: [1, 2, 3]), .init(tag: 0x7E01, value: [])])
+            records: [.init(tag: 4, value: [1, 2, 3]), .init(tag: 0x7E01, value: [])]
+        )
         let bytes = c.encoded
         #expect(Array(bytes.prefix(6)) == [2, 1, 0, 10, 0, 4])
         #expect(Int(bytes.readBigEndianUInt32(at: 6)) == bytes.count)
@@ -30,7 +31,9 @@ struct BlobContainerTests {
 
     @Test func classifiesLegacyShapes() {
         #expect(BlobContainer.shape(of: [0, 3, 0xab, 0x36, 0x47, 0x23, 0, 0, 0, 0]) == .headerless)
-        #expect(BlobContainer.shape(of: [1, 1, 0, 10, 0, 2, 0, 0, 0, 20]) == .legacyHeader(flags: [.migrationEncrypted]))
+        #expect(
+            BlobContainer.shape(of: [1, 1, 0, 10, 0, 2, 0, 0, 0, 20]) == .legacyHeader(flags: [.migrationEncrypted])
+        )
         #expect(BlobContainer.shape(of: [2, 1, 0, 10, 0, 0, 0, 0, 0, 10]) == .current)
     }
 }
@@ -104,14 +107,24 @@ struct KeyTests {
         let plain = StateFileTests.plain
         for keep in [false, true] {
             let blob = try MigrationBlob.encode(
-                plain, stateKey: stateKey, keepStateKeyLayer: keep, migrationKey: migrationKey)
+                plain,
+                stateKey: stateKey,
+                keepStateKeyLayer: keep,
+                migrationKey: migrationKey
+            )
             #expect(
                 try MigrationBlob.decode(blob, stateFlagEncrypted: keep, stateKey: stateKey, migrationKey: migrationKey)
-                    == plain)
+                    == plain
+            )
             var flipped = blob
             flipped[flipped.count - 40] ^= 1
             #expect(throws: StateStoreError.self) {
-                try MigrationBlob.decode(flipped, stateFlagEncrypted: keep, stateKey: stateKey, migrationKey: migrationKey)
+                try MigrationBlob.decode(
+                    flipped,
+                    stateFlagEncrypted: keep,
+                    stateKey: stateKey,
+                    migrationKey: migrationKey
+                )
             }
             #expect(throws: StateStoreError(.keyMissing, "")) {
                 try MigrationBlob.decode(blob, stateFlagEncrypted: keep, stateKey: stateKey, migrationKey: nil)
@@ -119,10 +132,18 @@ struct KeyTests {
         }
         // Strict policy: a plain blob is refused when a migration key is configured.
         let plainBlob = try MigrationBlob.encode(plain, stateKey: nil, keepStateKeyLayer: false, migrationKey: nil)
-        #expect(try MigrationBlob.decode(plainBlob, stateFlagEncrypted: false, stateKey: nil, migrationKey: migrationKey) == plain)
+        #expect(
+            try MigrationBlob.decode(plainBlob, stateFlagEncrypted: false, stateKey: nil, migrationKey: migrationKey)
+                == plain
+        )
         #expect(throws: StateStoreError.self) {
             try MigrationBlob.decode(
-                plainBlob, stateFlagEncrypted: false, stateKey: nil, migrationKey: migrationKey, policy: .strict)
+                plainBlob,
+                stateFlagEncrypted: false,
+                stateKey: nil,
+                migrationKey: migrationKey,
+                policy: .strict
+            )
         }
     }
 }

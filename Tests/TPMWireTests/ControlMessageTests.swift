@@ -78,8 +78,10 @@ struct ControlMessageTests {
     @Test func qemuWireFormsAreExact() {
         #expect(ControlRequest.initialize(flags: 0).encoded.hexString == "0000000200000000")
         #expect(ControlRequest.setLocality(0).encoded.hexString == "0000000500000000")
-        #expect(ControlRequest.getStateBlob(flags: 1, type: 1, offset: 0).encoded.hexString
-            == "0000000c000000010000000100000000")
+        #expect(
+            ControlRequest.getStateBlob(flags: 1, type: 1, offset: 0).encoded.hexString
+                == "0000000c000000010000000100000000"
+        )
     }
 
     @Test func shortPayloadsAreRejected() {
@@ -93,8 +95,10 @@ struct ControlMessageTests {
         #expect(ControlReply.capabilities(.vtpmd) == [0, 0, 0, 0, 0, 0, 0xff, 0xff])
         #expect(ControlReply.established(result: 0x0a, bit: false).count == 8)
         #expect(ControlReply.stateBlob(result: 0x800, flags: 0, data: []).count == 16)
-        #expect(ControlReply.bufferSize(size: 4096, minimum: 2808, maximum: 4096).hexString
-            == "000000000000100000000af800001000")
+        #expect(
+            ControlReply.bufferSize(size: 4096, minimum: 2808, maximum: 4096).hexString
+                == "000000000000100000000af800001000"
+        )
         #expect(ControlReply.config(stateKey: true, migrationKey: true).hexString == "0000000000000003")
     }
 

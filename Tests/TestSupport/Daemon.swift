@@ -21,7 +21,9 @@ public struct CommandResult: Sendable {
 
 /// Runs a program to completion (with a timeout) and collects its output.
 public func runCommand(
-    _ executable: String, _ arguments: [String], environment: [String: String] = [:],
+    _ executable: String,
+    _ arguments: [String],
+    environment: [String: String] = [:],
     timeout: Duration = .seconds(60)
 ) throws -> CommandResult {
     ExecutableLookup.ignoreSIGPIPE()
@@ -58,7 +60,10 @@ public final class Daemon: Sendable {
     /// Starts `executable arguments` and waits until `waitFor` exists (a socket or pid file),
     /// or, with `waitForPort`, until the TCP port accepts connections.
     public init(
-        _ executable: String, _ arguments: [String], waitFor path: String? = nil, waitForPort port: UInt16? = nil,
+        _ executable: String,
+        _ arguments: [String],
+        waitFor path: String? = nil,
+        waitForPort port: UInt16? = nil,
         timeout: Duration = .seconds(15)
     ) throws {
         ExecutableLookup.ignoreSIGPIPE()
@@ -95,7 +100,10 @@ public final class Daemon: Sendable {
             }
             if path == nil && port == nil { break }
             if !process.isRunning {
-                throw QEMUGuestError(.exited, "\(self.commandLine) exited with \(process.terminationStatus): \(self.output)")
+                throw QEMUGuestError(
+                    .exited,
+                    "\(self.commandLine) exited with \(process.terminationStatus): \(self.output)"
+                )
             }
             if clock.now >= deadline {
                 ExecutableLookup.stop(process)

@@ -13,7 +13,12 @@ public final class ControlClient {
 
     /// Sends raw bytes (optionally with a descriptor) and reads up to `replySize` bytes
     /// (stopping early on EOF or when nothing more arrives within `timeout`).
-    public func exchange(_ bytes: [UInt8], passing: Int32? = nil, replySize: Int, timeout: Int32 = 3000) throws -> [UInt8] {
+    public func exchange(
+        _ bytes: [UInt8],
+        passing: Int32? = nil,
+        replySize: Int,
+        timeout: Int32 = 3000
+    ) throws -> [UInt8] {
         if let passing {
             try Socket.send(self.fd, bytes, passing: passing)
         } else {

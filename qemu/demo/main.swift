@@ -5,7 +5,6 @@ import TestSupport
 let clock = ContinuousClock()
 let started = clock.now
 
-
 func step(_ title: String, _ body: () throws -> String) rethrows {
     let t0 = clock.now
     let result = try body()
@@ -43,18 +42,22 @@ do {
         try guest.check("cd /data && tpm2_createek -c ek.ctx -G rsa -u ek.pub -Q && sha256sum ek.pub | cut -c1-32")
     }
     try step("PCR 16 extend + read") {
-        try guest.check("tpm2_pcrextend 16:sha256=\(String(repeating: "ab", count: 32)) && tpm2_pcrread sha256:16 | tail -1")
+        try guest.check(
+            "tpm2_pcrextend 16:sha256=\(String(repeating: "ab", count: 32)) && tpm2_pcrread sha256:16 | tail -1"
+        )
     }
     try step("seal + unseal under the SRK") {
         try guest.check(
             "cd /data && tpm2_flushcontext -t && echo -n 'demo secret' > s.txt && tpm2_createprimary -Q -C o -c p.ctx"
                 + " && tpm2_create -Q -C p.ctx -i s.txt -u k.pub -r k.priv && tpm2_load -Q -C p.ctx -u k.pub -r k.priv -c k.ctx"
-                + " && tpm2_unseal -c k.ctx")
+                + " && tpm2_unseal -c k.ctx"
+        )
     }
     try step("NV define/write/read 0x1500016") {
         try guest.check(
             "tpm2_nvdefine 0x1500016 -C o -s 12 -a 'ownerread|ownerwrite' && echo -n 'hello-nvram!' > /tmp/nv"
-                + " && tpm2_nvwrite 0x1500016 -C o -i /tmp/nv && tpm2_nvread 0x1500016 -C o -s 12")
+                + " && tpm2_nvwrite 0x1500016 -C o -i /tmp/nv && tpm2_nvread 0x1500016 -C o -s 12"
+        )
     }
     let pcr = try guest.check("tpm2_pcrread sha256:16 | tail -1")
     try step("savevm s1 (GET_STATEBLOB x3)") {
@@ -62,7 +65,9 @@ do {
         return "snapshot s1 taken"
     }
     try step("PCR 16 changed after savevm") {
-        try guest.check("tpm2_pcrextend 16:sha256=\(String(repeating: "cd", count: 32)) && tpm2_pcrread sha256:16 | tail -1")
+        try guest.check(
+            "tpm2_pcrextend 16:sha256=\(String(repeating: "cd", count: 32)) && tpm2_pcrread sha256:16 | tail -1"
+        )
     }
     try step("loadvm s1 (STOP, SET_STATEBLOB, INIT)") {
         try guest.loadvm("s1")
