@@ -209,6 +209,7 @@ extension Server {
             guard let passedDescriptor else { return ControlReply.result(ControlResult.badParameter) }
             self.dataConnection = passedDescriptor
             self.dataFromControl = true
+            self.connectionEpoch += 1
             return ControlReply.result(0)
         case .setBufferSize(let wanted):
             if wanted != 0 {

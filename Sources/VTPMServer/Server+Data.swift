@@ -8,19 +8,16 @@ extension Server {
     static let dataDeadlineNanoseconds: UInt64 = 2_000_000_000
     static let tpm2ShutdownCode: UInt32 = 0x145
 
-    /// Reads what the data connection has (one read), then runs every complete TPM command in
-    /// it, framed by the size field; bytes of a following command stay buffered. An incomplete
-    /// command is waited for (up to the deadline) before anything else is served, as in swtpm.
+    /// Reads one TPM command and answers it. Clients (QEMU, tpm2-tss, swtpm's tools) write a whole
+    /// command and wait for its response, so one command is what arrives: it is framed by its size
+    /// field, the rest of a short command is waited for (up to the deadline), and bytes beyond the
+    /// size field that arrived with it are an error (R8), never a second command: on QEMU's socket
+    /// that would give QEMU two responses for one request.
     func serveData() {
         let fd = self.dataConnection
         let n: Int
         do {
-            n = try Socket.read(
-                fd,
-                into: &self.readBuffer,
-                at: self.dataPending,
-                count: self.readBuffer.count - self.dataPending
-            )
+            n = try Socket.read(fd, into: &self.readBuffer, at: 0, count: self.readBuffer.count)
         } catch {
             self.closeDataConnection(byPeer: true, reason: "read failed: \(error)")
             return
@@ -29,39 +26,32 @@ extension Server {
             self.closeDataConnection(byPeer: true, reason: "end of stream")
             return
         }
-        self.dataPending += n
+        self.dataPending = n
         let deadline = ProcessControl.monotonicNanoseconds() + Self.dataDeadlineNanoseconds
-        while self.dataConnection == fd && self.dataPending > 0 {
-            guard self.fillData(fd, to: TPMFrame.headerSize, deadline: deadline) else {
-                self.rejectFrame(reason: "header of \(self.dataPending) bytes")
-                return
-            }
-            if self.readBuffer.readBigEndianUInt32(at: 0) == Self.tcgSendCommand {
-                self.serveSendCommandFrame(fd, deadline: deadline)
-                continue
-            }
-            let size = Int(self.readBuffer.readBigEndianUInt32(at: 2))
-            guard size >= TPMFrame.headerSize, size <= Int(self.bufferSize), size <= self.readBuffer.count else {
-                self.rejectFrame(reason: "size field \(size) outside 10...\(self.bufferSize)")
-                return
-            }
-            guard self.fillData(fd, to: size, deadline: deadline) else {
-                self.rejectFrame(reason: "\(self.dataPending) of \(size) bytes arrived")
-                return
-            }
-            let response = self.execute(frameOf: size)
-            self.consumeData(size)
-            guard self.respond(fd, response) else { return }
+        guard self.fillData(fd, to: TPMFrame.headerSize, deadline: deadline) else {
+            self.rejectFrame(reason: "header of \(self.dataPending) bytes")
+            return
         }
-    }
-
-    /// Drops the first `count` buffered bytes (a served command).
-    func consumeData(_ count: Int) {
-        let rest = self.dataPending - count
-        if rest > 0 {
-            for i in 0..<rest { self.readBuffer[i] = self.readBuffer[count + i] }
+        if self.readBuffer.readBigEndianUInt32(at: 0) == Self.tcgSendCommand {
+            self.serveSendCommandFrame(fd, deadline: deadline)
+            return
         }
-        self.dataPending = rest
+        let size = Int(self.readBuffer.readBigEndianUInt32(at: 2))
+        guard size >= TPMFrame.headerSize, size <= Int(self.bufferSize), size <= self.readBuffer.count else {
+            self.rejectFrame(reason: "size field \(size) outside 10...\(self.bufferSize)")
+            return
+        }
+        guard self.fillData(fd, to: size, deadline: deadline) else {
+            self.rejectFrame(reason: "\(self.dataPending) of \(size) bytes arrived")
+            return
+        }
+        guard self.dataPending == size else {
+            self.rejectFrame(reason: "\(self.dataPending - size) bytes beyond the size field")
+            return
+        }
+        let response = self.execute(frameOf: size)
+        self.dataPending = 0
+        _ = self.respond(fd, response)
     }
 
     /// Writes a response; with `disconnect`, closes the connection after it.
@@ -103,8 +93,12 @@ extension Server {
             self.rejectFrame(reason: "\(self.dataPending) of \(prefix + size) send-command bytes arrived")
             return
         }
+        guard self.dataPending == prefix + size else {
+            self.rejectFrame(reason: "\(self.dataPending - prefix - size) bytes beyond the send-command size")
+            return
+        }
         var command = Array(self.readBuffer[prefix..<(prefix + size)])
-        self.consumeData(prefix + size)
+        self.dataPending = 0
         let response: [UInt8]
         if locality > 4 || (locality == 4 && self.configuration.rejectLocality4) {
             response = TPMFrame.errorResponse(TPMFrame.rcLocality)
@@ -190,11 +184,18 @@ extension Server {
         return true
     }
 
-    /// A frame that cannot be a TPM command: one TPM_RC_COMMAND_SIZE reply, libtpms is not called,
-    /// and the connection is closed because the byte stream is no longer in step.
+    /// A frame that cannot be a TPM command: one TPM_RC_COMMAND_SIZE reply and libtpms is not called.
+    /// On QEMU's socket (SET_DATAFD) the connection stays open, since QEMU never reconnects and a
+    /// guest must not be able to cut itself off from its TPM with one bad command; QEMU sends nothing
+    /// more until it has the reply, so the stream is in step again. Other clients are disconnected,
+    /// as the rest of an oversized command could still be on its way.
     func rejectFrame(reason: String) {
-        self.logger.warning("data: malformed TPM command (\(reason)); closing the connection")
-        try? Socket.sendAll(self.dataConnection, TPMFrame.errorResponse(TPMFrame.rcCommandSize))
-        self.closeDataConnection(byPeer: false, reason: "malformed command")
+        self.logger.warning("data: malformed TPM command (\(reason))")
+        self.dataPending = 0
+        let fd = self.dataConnection
+        guard self.respond(fd, TPMFrame.errorResponse(TPMFrame.rcCommandSize)) else { return }
+        if !self.dataFromControl && !self.configuration.dataIsCharacterDevice {
+            self.closeDataConnection(byPeer: false, reason: "malformed command")
+        }
     }
 }

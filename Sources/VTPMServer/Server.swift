@@ -25,6 +25,9 @@ public final class Server {
     /// The data connection came from SET_DATAFD (QEMU) rather than the --server listener.
     var dataFromControl = false
     var signalDescriptor: Int32 = -1
+    /// Bumped whenever a connection is opened or closed: poll results from before are stale then
+    /// (a new descriptor may reuse a number that was just reported readable).
+    var connectionEpoch = 0
     var shouldExit = false
     var exitStatus: Int32 = 0
     var bufferSize: UInt32
@@ -139,8 +142,9 @@ public final class Server {
                 self.exitStatus = 1
                 break
             }
+            let epoch = self.connectionEpoch
             for (index, entry) in fds.enumerated() where !ready[index].isEmpty {
-                if self.shouldExit { break }
+                if self.shouldExit || self.connectionEpoch != epoch { break }
                 switch entry.fd {
                 case self.signalDescriptor:
                     if let sig = ProcessControl.readSignal(self.signalDescriptor) {
@@ -150,11 +154,17 @@ public final class Server {
                 case self.controlConnection:
                     self.serveControl()
                 case self.controlListener:
-                    if let fd = try? Socket.accept(self.controlListener) { self.controlConnection = fd }
+                    if let fd = try? Socket.accept(self.controlListener) {
+                        self.controlConnection = fd
+                        self.connectionEpoch += 1
+                    }
                 case self.dataConnection:
                     self.serveData()
                 case self.dataListener:
-                    if let fd = try? Socket.accept(self.dataListener) { self.dataConnection = fd }
+                    if let fd = try? Socket.accept(self.dataListener) {
+                        self.dataConnection = fd
+                        self.connectionEpoch += 1
+                    }
                 default:
                     break
                 }
@@ -206,6 +216,7 @@ public final class Server {
         guard self.dataConnection >= 0 else { return }
         closeDescriptor(self.dataConnection)
         self.dataConnection = -1
+        self.connectionEpoch += 1
         self.dataPending = 0
         self.dataFromControl = false
         self.logger.debug("data connection closed", metadata: ["reason": "\(reason)"])
@@ -225,6 +236,7 @@ public final class Server {
         guard self.controlConnection >= 0 else { return }
         closeDescriptor(self.controlConnection)
         self.controlConnection = -1
+        self.connectionEpoch += 1
         if case .connectedDescriptor = self.configuration.control {
             // swtpm_setup's socketpair: nobody can reconnect, so the process is done.
             self.shouldExit = true

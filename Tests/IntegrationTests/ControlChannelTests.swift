@@ -206,6 +206,11 @@ struct ControlChannelTests {
             let d3 = try v.data()
             try d3.send([0x80, 0x01, 0, 0, 0, 14, 0, 0, 1, 0x7b, 0, 8])
             #expect(try d3.readResponse(timeout: 5000) == commandSize)
+            // Two commands in one write: trailing bytes, one error reply (never two responses).
+            let d6 = try v.data()
+            try d6.send(TPMCommands.getRandom(4) + TPMCommands.getRandom(4))
+            #expect(try d6.readResponse() == commandSize)
+            #expect(d6.isClosedByPeer())
             // A client that disconnects mid-command does not disturb the next one.
             let d4 = try v.data()
             try d4.send([0x80, 0x01, 0, 0])
@@ -240,6 +245,13 @@ struct ControlChannelTests {
             #expect(try d.transmit(TPMCommands.readClock) == TPMFrame.errorResponse(0x101))
             #expect(try c.result(.initialize(flags: 0)) == 0)
             #expect(TPMFrame.responseCode(try d.transmit(TPMCommands.startup())) == 0)
+            #expect(TPMFrame.responseCode(try d.transmit(TPMCommands.getRandom(16))) == 0)
+            // Malformed commands on QEMU's socket: one error reply each, and the channel stays usable
+            // (QEMU never reconnects, so closing it would cut the guest off from its TPM).
+            let commandSize = TPMFrame.errorResponse(TPMFrame.rcCommandSize)
+            #expect(try d.transmit([0x80, 0x01, 0, 0, 0, 6, 0, 0, 1, 0x7b]) == commandSize)
+            #expect(try d.transmit(TPMCommands.getRandom(4) + [0xde, 0xad]) == commandSize)
+            #expect(try d.transmit([0x80, 0x01, 0, 0, 0x20, 0, 0, 0, 1, 0x7b]) == commandSize)
             #expect(TPMFrame.responseCode(try d.transmit(TPMCommands.getRandom(16))) == 0)
             // SHUTDOWN: reply, then the process exits 0 and removes its socket.
             #expect(try c.result(.shutdown) == 0)

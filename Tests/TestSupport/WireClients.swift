@@ -76,6 +76,12 @@ public final class DataClient {
 
     public func send(_ bytes: [UInt8]) throws { try Socket.sendAll(self.fd, bytes) }
 
+    /// Whether the server closed the connection (EOF within `timeout` ms).
+    public func isClosedByPeer(timeout: Int32 = 2000) -> Bool {
+        guard (try? waitReadable(self.fd, timeoutMilliseconds: timeout)) == true else { return false }
+        return (try? Socket.read(self.fd, max: 1))?.isEmpty ?? true
+    }
+
     public func readResponse(timeout: Int32 = 5000) throws -> [UInt8] {
         var response: [UInt8] = []
         var needed = 10
