@@ -8,7 +8,7 @@
 # stripped release build is used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-swift build -c release --product vtpmd
+make release
 mkdir -p .build/compat
 cp .build/release/vtpmd .build/compat/vtpmd
 strip .build/compat/vtpmd
