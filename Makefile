@@ -13,7 +13,7 @@ build: deps
 	$(SWIFT) build
 
 # Static Swift runtime, lld, no PIE, no exported symbols, unused sections dropped: at startup the
-# process touches far fewer pages (RSS 19.5 -> 15.0 MB, spawn 8.4 -> ~5 ms; see bench/README.md).
+# process touches far fewer pages (RSS 19.5 -> 15.2 MB, spawn 8.4 -> 5.3 ms; see bench/README.md).
 RELEASE_FLAGS := -c release --static-swift-stdlib -Xswiftc -use-ld=lld -Xlinker --gc-sections \
 	-Xswiftc -Xclang-linker -Xswiftc -no-pie -Xlinker --no-export-dynamic
 
