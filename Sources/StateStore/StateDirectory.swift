@@ -62,6 +62,8 @@ public final class StateDirectory {
     /// Writes (contents) and deletions (nil) by entry: a blob name or ``instanceName``.
     private var staging: [(name: String, contents: [UInt8]?)]? = nil
     private var writeGeneration: UInt64 = 0
+    /// The instance marker is known to be on disk.
+    private var instanceMarkerPresent = false
     /// The plain permanent state as last loaded or stored.
     public private(set) var permanentState: [UInt8]? = nil
     /// The last failure, for the log line that reports a failed INIT.
@@ -115,6 +117,9 @@ public final class StateDirectory {
         let ordered = staged.filter { $0.name == Self.instanceName } + staged.filter { $0.name != Self.instanceName }
         if ordered.isEmpty { return }
         try self.storage.apply(ordered)
+        if ordered.contains(where: { $0.name == Self.instanceName && $0.contents != nil }) {
+            self.instanceMarkerPresent = true
+        }
     }
 
     /// Drops staged writes; the storage stays as it was.
@@ -172,8 +177,13 @@ public final class StateDirectory {
         try self.lock()
         self.writeGeneration += 1
         let contents = try StateFile.encode(plain, key: self.options.stateKey, generation: self.writeGeneration)
-        if blob == "permall", self.storage.keepsInstanceMarker, try !self.exists(Self.instanceName) {
-            try self.put(Self.instanceName, InstanceMarker.encode(createdBy: "vtpmd"))
+        // The marker is looked for once per process (a store happens on every NV write).
+        if blob == "permall", self.storage.keepsInstanceMarker, !self.instanceMarkerPresent {
+            if try !self.exists(Self.instanceName) {
+                try self.put(Self.instanceName, InstanceMarker.encode(createdBy: "vtpmd"))
+            }
+            // Staged writes may still be discarded: only a write that reached the disk counts.
+            self.instanceMarkerPresent = self.staging == nil
         }
         try self.put(blob, contents)
         if blob == "permall" { self.permanentState = plain }
