@@ -1,0 +1,71 @@
+import TPMWire
+import Testing
+
+@testable import StateStore
+
+@Suite
+struct SourceClaimTests {
+    static let key = try! HostKey(bytes: [UInt8](repeating: 0x5a, count: 32))
+    static let otherKey = try! HostKey(bytes: [UInt8](repeating: 0xa5, count: 32))
+    static let vm = VMID("6f1c1a52-3c1e-4a57-9d0e-4f3b2a1c0d9e")!
+    static let plain: [UInt8] = [0, 4, 0x45, 0x63, 0x78, 0x89] + [UInt8](repeating: 7, count: 300)
+
+    static func blob() throws -> [UInt8] {
+        try MigrationBlob.encode(Self.plain, stateKey: nil, keepStateKeyLayer: false, migrationKey: nil)
+    }
+
+    @Test func vmIDsParseAndPrint() throws {
+        #expect(Self.vm.description == "6f1c1a52-3c1e-4a57-9d0e-4f3b2a1c0d9e")
+        #expect(VMID("6F1C1A52-3C1E-4A57-9D0E-4F3B2A1C0D9E") == Self.vm)
+        for bad in [
+            "", "6f1c1a52", "6f1c1a52-3c1e-4a57-9d0e-4f3b2a1c0d9", "6f1c1a52-3c1e-4a57-9d0e-4f3b2a1c0d9g",
+            "6f1c1a523c1e4a579d0e4f3b2a1c0d9e", "6f1c1a52-3c1e-4a57-9d0e4-f3b2a1c0d9e",
+        ] {
+            #expect(VMID(bad) == nil, "\(bad)")
+        }
+        let random = VMID.random()
+        #expect(VMID(random.description) == random && random != VMID.random())
+    }
+
+    @Test func claimsRoundTripAndLeaveSwtpmsBlob() throws {
+        let claim = SourceClaim(vmID: Self.vm, generation: 3, checkpoint: 17)
+        let original = try Self.blob()
+        let claimed = try SourceClaim.attach(claim, to: original, blobType: 2, hostKey: Self.key)
+        #expect(claimed.count == original.count + 6 + SourceClaim.valueSize)
+        let (stripped, found) = try SourceClaim.detach(from: claimed, blobType: 2, hostKey: Self.key)
+        #expect(found == claim && stripped == original)
+        #expect(
+            try MigrationBlob.decode(claimed, stateFlagEncrypted: false, stateKey: nil, migrationKey: nil) == Self.plain
+        )
+        // A blob without a claim is foreign.
+        let (same, none) = try SourceClaim.detach(from: original, blobType: 2, hostKey: Self.key)
+        #expect(none == nil && same == original)
+    }
+
+    @Test func everyByteOfAClaimedBlobIsCovered() throws {
+        let claimed = try SourceClaim.attach(
+            SourceClaim(vmID: Self.vm, generation: 1, checkpoint: 2),
+            to: try Self.blob(),
+            blobType: 1,
+            hostKey: Self.key
+        )
+        // Any single-bit flip (beyond the total-length field, which the container checks) is refused.
+        for index in stride(from: 4, to: claimed.count, by: 5) where !(6..<10).contains(index) {
+            var damaged = claimed
+            damaged[index] ^= 0x01
+            #expect(throws: StateStoreError.self, "flip at \(index)") {
+                let (_, claim) = try SourceClaim.detach(from: damaged, blobType: 1, hostKey: Self.key)
+                Issue.record("flip at \(index) accepted, claim \(String(describing: claim))")
+            }
+        }
+        #expect(throws: StateStoreError(.integrity, "")) {
+            try SourceClaim.detach(from: claimed, blobType: 1, hostKey: Self.otherKey)
+        }
+        #expect(throws: StateStoreError(.integrity, "")) {
+            try SourceClaim.detach(from: claimed, blobType: 2, hostKey: Self.key)
+        }
+        #expect(throws: StateStoreError.self) {
+            try SourceClaim.detach(from: Array(claimed.dropLast(3)), blobType: 1, hostKey: Self.key)
+        }
+    }
+}
