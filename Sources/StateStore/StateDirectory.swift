@@ -64,6 +64,8 @@ public final class StateDirectory {
     private var writeGeneration: UInt64 = 0
     /// The instance marker is known to be on disk.
     private var instanceMarkerPresent = false
+    /// The identity a newly manufactured TPM gets in its marker (`--vm-id`, generation 0).
+    public var identityForNewTPM: InstanceIdentity? = nil
     /// The plain permanent state as last loaded or stored.
     public private(set) var permanentState: [UInt8]? = nil
     /// The last failure, for the log line that reports a failed INIT.
@@ -180,13 +182,44 @@ public final class StateDirectory {
         // The marker is looked for once per process (a store happens on every NV write).
         if blob == "permall", self.storage.keepsInstanceMarker, !self.instanceMarkerPresent {
             if try !self.exists(Self.instanceName) {
-                try self.put(Self.instanceName, InstanceMarker.encode(createdBy: "vtpmd"))
+                let identity = self.identityForNewTPM ?? InstanceIdentity(vmID: nil, generation: 0)
+                try self.put(Self.instanceName, InstanceMarker.encode(identity))
             }
             // Staged writes may still be discarded: only a write that reached the disk counts.
             self.instanceMarkerPresent = self.staging == nil
         }
         try self.put(blob, contents)
         if blob == "permall" { self.permanentState = plain }
+    }
+
+    /// The identity recorded in the marker (staged writes included), or nil where there is no
+    /// marker (no TPM yet, a directory written by swtpm, a linear file).
+    public func identity() throws(StateStoreError) -> InstanceIdentity? {
+        try self.lock()
+        guard self.storage.keepsInstanceMarker else { return nil }
+        let stored: [UInt8]?
+        if let staged = self.staging?.last(where: { $0.name == Self.instanceName }) {
+            stored = staged.contents
+        } else {
+            stored = try self.storage.read(Self.instanceName)
+        }
+        guard let stored else { return nil }
+        do {
+            return try InstanceMarker.decode(stored)
+        } catch {
+            throw StateStoreError(error.code, "\(self.storage.describe(Self.instanceName)): \(error.message)")
+        }
+    }
+
+    /// Records the directory's identity (staged during INIT, like every write).
+    /// - Throws: for a linear file, which has no room for it.
+    public func recordIdentity(_ identity: InstanceIdentity) throws(StateStoreError) {
+        try self.lock()
+        guard self.storage.keepsInstanceMarker else {
+            throw StateStoreError(.io, "\(self.path): a linear state file cannot record an identity")
+        }
+        try self.put(Self.instanceName, InstanceMarker.encode(identity))
+        if self.staging == nil { self.instanceMarkerPresent = true }
     }
 
     /// Deletes a libtpms blob; returns whether it existed.
