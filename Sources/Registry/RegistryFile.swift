@@ -1,0 +1,86 @@
+import Foundation
+
+/// Creating and vetting the registry file before SQLite opens it.
+///
+/// SQLite creates a missing database file with mode 0644 (less the umask), and the call that could create
+/// it with 0600 directly, `open(2)` with a mode, is C with pointers, which this module does not use. So a
+/// missing file is made in a fresh private directory (0700) beside it, with mode 0600, and then
+/// hard-linked into place: `link(2)` fails if the name exists, so a concurrent creator is never
+/// overwritten, and nobody can open the file in between. SQLite gives its journal the database file's mode.
+enum RegistryFile {
+    /// Makes sure `path` names a usable registry file, creating an empty one (0600) if it is missing.
+    /// - Returns: Whether this call created the file.
+    static func prepare(path: String) throws -> Bool {
+        let fileManager = FileManager.default
+        if let attributes = try self.attributes(path) {
+            try self.vet(path: path, attributes: attributes)
+            return false
+        }
+        let url = URL(fileURLWithPath: path)
+        let directory = url.deletingLastPathComponent().path
+        do {
+            if !fileManager.fileExists(atPath: directory) {
+                try fileManager.createDirectory(
+                    atPath: directory,
+                    withIntermediateDirectories: true,
+                    attributes: [.posixPermissions: 0o700]
+                )
+            }
+            let token = String(UInt64.random(in: 0...UInt64.max), radix: 16)
+            let privateDirectory = directory + "/.\(url.lastPathComponent).new-\(token)"
+            try fileManager.createDirectory(
+                atPath: privateDirectory,
+                withIntermediateDirectories: false,
+                attributes: [.posixPermissions: 0o700]
+            )
+            defer { try? fileManager.removeItem(atPath: privateDirectory) }
+            let fresh = privateDirectory + "/registry"
+            guard fileManager.createFile(atPath: fresh, contents: Data(), attributes: [.posixPermissions: 0o600])
+            else {
+                throw RegistryError(.io, "cannot create \(fresh)")
+            }
+            try fileManager.setAttributes([.posixPermissions: 0o600], ofItemAtPath: fresh)
+            do {
+                try fileManager.linkItem(atPath: fresh, toPath: path)
+            } catch {
+                // Another process created it first: use theirs, after the same checks.
+                guard let attributes = try self.attributes(path) else { throw error }
+                try self.vet(path: path, attributes: attributes)
+                return false
+            }
+            return true
+        } catch let error as RegistryError {
+            throw error
+        } catch {
+            throw RegistryError(.io, "cannot create the registry \(path): \(error)")
+        }
+    }
+
+    /// The attributes of `path` itself (a symlink is not followed), or nil if nothing is there.
+    private static func attributes(_ path: String) throws -> [FileAttributeKey: Any]? {
+        do {
+            return try FileManager.default.attributesOfItem(atPath: path)
+        } catch let error as CocoaError where error.code == .fileReadNoSuchFile || error.code == .fileNoSuchFile {
+            return nil
+        } catch {
+            throw RegistryError(.io, "cannot examine the registry \(path): \(error)")
+        }
+    }
+
+    /// Refuses a symlink, a non-regular file, and a file that group or others may write.
+    private static func vet(path: String, attributes: [FileAttributeKey: Any]) throws {
+        let type = attributes[.type] as? FileAttributeType
+        if type == .typeSymbolicLink {
+            throw RegistryError(.hostileFile, "the registry \(path) is a symbolic link; refusing to follow it")
+        }
+        guard type == .typeRegular else {
+            throw RegistryError(.hostileFile, "the registry \(path) is not a regular file")
+        }
+        if let mode = (attributes[.posixPermissions] as? NSNumber)?.intValue, mode & 0o022 != 0 {
+            throw RegistryError(
+                .hostileFile,
+                "the registry \(path) is writable by group or others (mode \(String(mode, radix: 8)))"
+            )
+        }
+    }
+}
