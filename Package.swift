@@ -20,6 +20,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.0"),
         .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
+        .package(url: "https://github.com/apple/swift-certificates", from: "1.21.0"),
+        .package(url: "https://github.com/apple/swift-asn1", from: "1.7.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
     ],
     targets: [
         .systemLibrary(
@@ -42,9 +45,18 @@ let package = Package(
             swiftSettings: settings
         ),
         .target(
+            name: "CloneRekey",
+            dependencies: [
+                "TPMEngine", "TPMWire", "StateStore",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: settings
+        ),
+        .target(
             name: "VTPMServer",
             dependencies: [
-                "_VTPMPosix", "TPMWire", "TPMEngine", "StateStore",
+                "_VTPMPosix", "TPMWire", "TPMEngine", "StateStore", "CloneRekey", "EndorsementCA", "Registry",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: settings
@@ -69,8 +81,47 @@ let package = Package(
             path: "Tests/TestSupport",
             swiftSettings: settings
         ),
+        .target(
+            name: "Registry",
+            dependencies: [.product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: settings
+        ),
+        .testTarget(
+            name: "RegistryTests",
+            dependencies: ["Registry", "TestSupport", .product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: settings
+        ),
         .testTarget(name: "TPMWireTests", dependencies: ["TPMWire"], swiftSettings: settings),
+        .testTarget(
+            name: "CloneRekeyTests",
+            dependencies: [
+                "CloneRekey", "TPMEngine", "TPMWire",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: settings
+        ),
         .testTarget(name: "StateStoreTests", dependencies: ["StateStore", "TestSupport"], swiftSettings: settings),
+        .target(
+            name: "EndorsementCA",
+            dependencies: [
+                "TPMWire", "_VTPMPosix",
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ],
+            exclude: ["README.md"],
+            swiftSettings: settings
+        ),
+        .testTarget(
+            name: "EndorsementCATests",
+            dependencies: [
+                "EndorsementCA", "TestSupport",
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: settings
+        ),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["TestSupport", "TPMWire", "StateStore"],

@@ -1,3 +1,4 @@
+import Registry
 import StateStore
 import _VTPMPosix
 
@@ -22,6 +23,13 @@ public struct CommandLineOptions: Sendable {
     /// `chardev --fd N` / `socket --fd N`: an inherited connected data stream.
     public var fd: Int?
     public var environment: [String: String] = [:]
+    /// Clone-rekey (issue 3): `--vm-id UUID` turns it on.
+    public var vmID: String?
+    public var ca: String?
+    public var registry: String?
+    public var hostKey: String?
+    public var onRollback: String?
+    public var foreignState: String?
 
     public init() {}
 
@@ -222,6 +230,36 @@ public struct CommandLineOptions: Sendable {
             )
             c.migrationKey = try Self.parseKey(migrationKey, option: "--migration-key", strictAllowed: true)
             if try o.bool("strict") == true { c.migrationPolicy = .strict }
+        }
+        if let vmID {
+            guard let vm = VMID(vmID) else {
+                throw OptionError("--vm-id: '\(vmID)' is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")
+            }
+            guard let ca else { throw OptionError("--vm-id needs --ca DIR (the host CA that certifies the EKs)") }
+            var identity = IdentityConfiguration(
+                vmID: vm,
+                caDirectory: ca,
+                registryPath: self.registry ?? IdentityConfiguration.defaultRegistryPath,
+                hostKeyPath: self.hostKey ?? IdentityConfiguration.defaultHostKeyPath
+            )
+            if let onRollback {
+                guard let policy = RollbackPolicy(rawValue: onRollback) else {
+                    throw OptionError("--on-rollback: must be rekey or keep, not '\(onRollback)'")
+                }
+                identity.onRollback = policy
+            }
+            if let foreignState {
+                guard let policy = ForeignStatePolicy(rawValue: foreignState) else {
+                    throw OptionError("--foreign-state: must be adopt or rekey, not '\(foreignState)'")
+                }
+                identity.foreignState = policy
+            }
+            guard c.stateDirectory != nil, case .directory = c.stateLocation else {
+                throw OptionError("--vm-id needs a --tpmstate dir= (the identity is recorded in the directory)")
+            }
+            c.identity = identity
+        } else if ca != nil || registry != nil || hostKey != nil || onRollback != nil || foreignState != nil {
+            throw OptionError("--ca, --registry, --host-key, --on-rollback and --foreign-state need --vm-id")
         }
         // --seccomp: vtpmd installs no seccomp profile; only swtpm's spellings are accepted.
         if let seccomp {

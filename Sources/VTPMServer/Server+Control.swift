@@ -168,9 +168,11 @@ extension Server {
             return ControlReply.result(0)
         case .hashStart:
             guard running else { return ControlReply.result(ControlResult.badOrdinal) }
+            self.identity?.stateWillChange()
             return ControlReply.result(self.engine.hashStart())
         case .hashEnd:
             guard running else { return ControlReply.result(ControlResult.badOrdinal) }
+            self.identity?.stateWillChange()
             return ControlReply.result(self.engine.hashEnd())
         case .cancelTPMCommand:
             guard running else { return ControlReply.result(ControlResult.badOrdinal) }
@@ -189,6 +191,7 @@ extension Server {
             }
         case .resetTPMEstablished(let locality):
             guard running else { return ControlReply.result(ControlResult.badOrdinal) }
+            self.identity?.stateWillChange()
             guard locality <= 4 else { return ControlReply.result(ControlResult.badLocality) }
             return ControlReply.result(self.engine.resetEstablished(locality: locality))
         case .getStateBlob(let flags, let type, let offset):
@@ -238,7 +241,7 @@ extension Server {
         guard let blobType = StateBlobType(rawValue: type) else {
             return self.errorReply(.getStateBlob, ControlResult.badParameter)
         }
-        let blob: [UInt8]
+        var blob: [UInt8]
         let replyFlags: UInt32
         if offset > 0, let cached = self.blobCache[type] {
             (blob, replyFlags) = cached
@@ -272,6 +275,14 @@ extension Server {
                 return self.errorReply(.getStateBlob, ControlResult.encryptError)
             }
             replyFlags = keepLayer ? StateBlobFlags.encrypted : 0
+            if let identity = self.identity {
+                do {
+                    blob = try identity.claim(blob, type: type)
+                } catch {
+                    self.logger.error("GET_STATEBLOB \(blobType.name): cannot add the source claim: \(error)")
+                    return self.errorReply(.getStateBlob, ControlResult.fail)
+                }
+            }
             self.blobCache[type] = (blob, replyFlags)
         }
         guard Int(offset) <= blob.count else { return self.errorReply(.getStateBlob, ControlResult.badParameter) }
@@ -299,13 +310,22 @@ extension Server {
             }
         }
         if blob.isEmpty {
+            if let identity = self.identity {
+                identity.incoming[type] = nil
+                return 0
+            }
             do { try self.engine.setState(kind, []) } catch { return error.result }
             return 0
         }
         let plain: [UInt8]
+        var claim: SourceClaim? = nil
+        var unclaimed = blob
         do {
+            if let identity = self.identity {
+                (unclaimed, claim) = try SourceClaim.detach(from: blob, blobType: type, hostKey: identity.hostKey)
+            }
             plain = try MigrationBlob.decode(
-                blob,
+                unclaimed,
                 stateFlagEncrypted: flags & StateBlobFlags.encrypted != 0,
                 stateKey: self.configuration.stateOptions.stateKey,
                 migrationKey: self.configuration.migrationKey,
@@ -320,6 +340,11 @@ extension Server {
             case .unsupportedVersion: return ControlResult.badVersion
             default: return ControlResult.badParameter
             }
+        }
+        if let identity = self.identity {
+            // Kept here, not in libtpms' cache, until CMD_INIT has decided what to do with it.
+            identity.incoming[type] = IncomingBlob(plain: plain, claim: claim)
+            return 0
         }
         do {
             try self.engine.setState(kind, plain)
@@ -336,6 +361,7 @@ extension Server {
         let fd = self.controlConnection
         let running = self.engine.isRunning
         var result: UInt32 = running ? 0 : ControlResult.badOrdinal
+        if running { self.identity?.stateWillChange() }
         var pending = firstBytes
         var received = firstBytes.count
         let deadline = ProcessControl.monotonicNanoseconds() + Self.bodyDeadlineNanoseconds

@@ -118,6 +118,7 @@ extension Server {
     /// Runs the size-checked command at the start of the read buffer, in place.
     func execute(frameOf size: Int) -> [UInt8] {
         guard self.engine.isRunning else { return TPMFrame.errorResponse(TPMFrame.rcFailure) }
+        self.identity?.stateWillChange()
         let code = self.readBuffer.readBigEndianUInt32(at: 6)
         if code == TPMFrame.swtpmSetLocalityOrdinal {
             return self.inBandSetLocality(Array(self.readBuffer[0..<size]))
@@ -128,6 +129,7 @@ extension Server {
     /// Runs a complete, size-checked command.
     func execute(_ command: inout [UInt8]) -> [UInt8] {
         guard self.engine.isRunning else { return TPMFrame.errorResponse(TPMFrame.rcFailure) }
+        self.identity?.stateWillChange()
         let code = command.readBigEndianUInt32(at: 6)
         if code == TPMFrame.swtpmSetLocalityOrdinal {
             return self.inBandSetLocality(command)

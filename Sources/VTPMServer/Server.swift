@@ -17,6 +17,8 @@ public final class Server {
     let store: StateDirectory?
     let engine: Engine
     let storage: EngineStorageAdapter
+    /// Clone-rekey state, when `--vm-id` is given.
+    let identity: IdentityService?
 
     var controlListener: Int32 = -1
     var controlConnection: Int32 = -1
@@ -49,6 +51,15 @@ public final class Server {
             self.store = nil
         }
         self.storage = EngineStorageAdapter(store: self.store, logger: logger)
+        if let identityConfiguration = configuration.identity {
+            self.identity = try IdentityService(configuration: identityConfiguration, logger: logger)
+            self.store?.identityForNewTPM = InstanceIdentity(
+                vmID: identityConfiguration.vmID,
+                generation: self.identity?.generation ?? 0
+            )
+        } else {
+            self.identity = nil
+        }
         self.engine = try Engine(storage: self.storage)
         self.bufferSize = Engine.setBufferSize(0).size
         self.readBuffer = [UInt8](repeating: 0, count: Int(Engine.setBufferSize(0).maximum) + 16)
@@ -255,6 +266,12 @@ public final class Server {
         guard let store = self.store else {
             self.logger.error("no state directory: give --tpmstate dir=... or set TPM_PATH")
             return ControlResult.fail
+        }
+        if let identity = self.identity {
+            identity.stateWillChange()
+            if !identity.incoming.isEmpty {
+                return self.initializeIncoming(identity: identity, store: store, flags: flags)
+            }
         }
         store.beginStaging()
         self.storage.lastFailure = nil

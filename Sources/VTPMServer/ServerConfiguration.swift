@@ -55,6 +55,9 @@ public struct ServerConfiguration: Sendable {
     /// Largest control-channel message body (SET_STATEBLOB), bytes.
     public var maximumBlobSize = BlobContainer.maximumSize
 
+    /// Clone-rekey (`--vm-id` and friends); nil: plain swtpm behaviour.
+    public var identity: IdentityConfiguration? = nil
+
     public init() {}
 
     /// Descriptors named on the command line (they must survive daemonizing).

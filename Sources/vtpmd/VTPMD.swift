@@ -51,6 +51,18 @@ struct SwtpmOptions: ParsableArguments {
     var seccomp: String?
     @Option(name: [.customShort("r"), .customLong("runas")], help: "Switch to this user after creating the sockets.")
     var runas: String?
+    @Option(name: .customLong("vm-id"), help: "This VM's UUID: turns clone-rekey on (needs --ca).")
+    var vmID: String?
+    @Option(help: "The host CA directory (created on first use) that issues the EK certificates.")
+    var ca: String?
+    @Option(help: "The registry of identities and generations (SQLite; default /var/lib/vtpm/registry.sqlite).")
+    var registry: String?
+    @Option(name: .customLong("host-key"), help: "The key that MACs state blobs (default /var/lib/vtpm/host.key).")
+    var hostKey: String?
+    @Option(name: .customLong("on-rollback"), help: "rekey (default) or keep: what a rolled-back state gets.")
+    var onRollback: String?
+    @Option(name: .customLong("foreign-state"), help: "adopt (default) or rekey: state without a source claim.")
+    var foreignState: String?
     @Flag(name: .customLong("print-capabilities"), help: "Print the supported features as JSON and exit.")
     var printCapabilities = false
     @Flag(name: .customLong("print-states"), help: "Print the state blobs present in --tpmstate as JSON and exit.")
@@ -74,6 +86,12 @@ struct SwtpmOptions: ParsableArguments {
         o.migrationKey = self.migrationKey
         o.seccomp = self.seccomp
         o.runas = self.runas
+        o.vmID = self.vmID
+        o.ca = self.ca
+        o.registry = self.registry
+        o.hostKey = self.hostKey
+        o.onRollback = self.onRollback
+        o.foreignState = self.foreignState
         for name in ["TPM_PATH", "TPM_PORT"] {
             if let value = ProcessControl.environment(name) { o.environment[name] = value }
         }
@@ -209,7 +227,7 @@ enum Launcher {
             }
             prefix = settings.prefix
             switch settings.level {
-            case ...1: level = .error
+            case ...1: level = .notice
             case 2: level = .info
             case 3...4: level = .debug
             default: level = .trace

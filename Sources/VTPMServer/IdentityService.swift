@@ -1,0 +1,166 @@
+import CloneRekey
+import Crypto
+import EndorsementCA
+import Logging
+public import Registry
+public import StateStore
+import TPMEngine
+import TPMWire
+import _VTPMPosix
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// Clone-rekey settings (`--vm-id`, `--ca`, `--registry`, `--host-key`, `--on-rollback`,
+/// `--foreign-state`). The whole feature is on when `--vm-id` is given.
+public struct IdentityConfiguration: Sendable {
+    public var vmID: VMID
+    public var caDirectory: String
+    public var registryPath: String
+    public var hostKeyPath: String
+    public var onRollback: RollbackPolicy = .rekey
+    public var foreignState: ForeignStatePolicy = .adopt
+
+    public static let defaultRegistryPath = "/var/lib/vtpm/registry.sqlite"
+    public static let defaultHostKeyPath = "/var/lib/vtpm/host.key"
+
+    public init(vmID: VMID, caDirectory: String, registryPath: String, hostKeyPath: String) {
+        self.vmID = vmID
+        self.caDirectory = caDirectory
+        self.registryPath = registryPath
+        self.hostKeyPath = hostKeyPath
+    }
+}
+
+/// A state blob received by SET_STATEBLOB while the identity feature is on: the plain libtpms
+/// bytes and the verified source claim (nil for a blob without one).
+struct IncomingBlob {
+    var plain: [UInt8]
+    var claim: SourceClaim?
+}
+
+/// The VM's identity at run time: its generation, the checkpoints it hands out with state blobs,
+/// and the decision on incoming state (ARCHITECTURE.md, "Decision: move, clone or rollback").
+final class IdentityService {
+    let configuration: IdentityConfiguration
+    let registry: SQLiteRegistry
+    let hostKey: HostKey
+    let ca: HostCA
+    let logger: Logger
+    var generation: UInt64 = 0
+    /// A checkpoint was handed out and the TPM has not changed since: the next state change must
+    /// be recorded (one registry write, then this is false again).
+    var checkpointOutstanding = false
+    var incoming: [UInt32: IncomingBlob] = [:]
+    var lastDecision: String = "none"
+
+    var vmID: String { self.configuration.vmID.description }
+
+    init(configuration: IdentityConfiguration, logger: Logger) throws {
+        self.configuration = configuration
+        self.logger = logger
+        self.registry = try SQLiteRegistry(path: configuration.registryPath)
+        self.hostKey = try HostKey.loadOrCreate(path: configuration.hostKeyPath)
+        self.ca = try HostCA.loadOrCreate(at: configuration.caDirectory)
+        try self.registry.ensureIdentity(vmID: self.vmID)
+        if let current = try self.registry.currentGeneration(vmID: self.vmID) {
+            self.generation = current.generation
+        } else {
+            self.generation = try self.registry.beginGeneration(
+                vmID: self.vmID,
+                reason: .manufacture,
+                parent: nil,
+                event: LineageEventDraft(kind: .manufacture)
+            ).generation
+        }
+    }
+
+    /// The state is about to change (a TPM command, INIT, hashing): record that it ran after the
+    /// last checkpoint handed out, once.
+    func stateWillChange() {
+        guard self.checkpointOutstanding else { return }
+        self.checkpointOutstanding = false
+        do {
+            _ = try self.registry.markRan(vmID: self.vmID, generation: self.generation)
+        } catch {
+            self.logger.error("registry: cannot record that the TPM ran after its checkpoint: \(error)")
+        }
+    }
+
+    /// Adds the source claim to a GET_STATEBLOB blob.
+    func claim(_ blob: [UInt8], type: UInt32) throws -> [UInt8] {
+        let checkpoint = try self.registry.recordCheckpoint(vmID: self.vmID, generation: self.generation)
+        self.checkpointOutstanding = true
+        let claim = SourceClaim(vmID: self.configuration.vmID, generation: self.generation, checkpoint: checkpoint)
+        return try SourceClaim.attach(claim, to: blob, blobType: type, hostKey: self.hostKey)
+    }
+
+    /// The decision for the blobs received since the last INIT.
+    func decide(_ incoming: [UInt32: IncomingBlob]) throws -> (Decision, StateOrigin?) {
+        let claims = Set(incoming.values.map { $0.claim })
+        guard claims.count == 1, let claim = claims.first else {
+            let names = incoming.keys.sorted().map { "\($0): \(incoming[$0]?.claim.map { "\($0)" } ?? "none")" }
+            return (
+                .reject(reason: "the blobs name different sources (\(names.joined(separator: ", ")))"),
+                nil
+            )
+        }
+        guard let claim else {
+            return (
+                try self.registry.decide(
+                    ownVMID: self.vmID,
+                    incoming: .unwrapped,
+                    policy: self.policy
+                ), nil
+            )
+        }
+        let origin = StateOrigin(
+            vmID: claim.vmID.description,
+            generation: claim.generation,
+            checkpoint: claim.checkpoint
+        )
+        return (try self.registry.decide(ownVMID: self.vmID, incoming: .claimed(origin), policy: self.policy), origin)
+    }
+
+    var policy: DecisionPolicy {
+        DecisionPolicy(onRollback: self.configuration.onRollback, foreignState: self.configuration.foreignState)
+    }
+
+    /// Issues the EK certificates for a new generation.
+    func certificates(
+        rsaEKPublic: [UInt8],
+        eccEKPublic: [UInt8],
+        generation: UInt64,
+        parent: StateOrigin?
+    ) throws -> (rsaCertDER: [UInt8], eccCertDER: [UInt8]) {
+        guard let vm = UUID(uuidString: self.vmID) else { throw ServerError.startup("bad vmID \(self.vmID)") }
+        let parentUUID = parent.flatMap { UUID(uuidString: $0.vmID) }
+        func issue(_ tpm2bPublic: [UInt8]) throws -> [UInt8] {
+            let key = try EKPublicKey(tpm2bPublic: tpm2bPublic)
+            return try self.ca.issueEKCertificate(
+                EKCertificateRequest(
+                    publicKey: key,
+                    vmID: vm,
+                    generation: generation,
+                    parentVMID: parentUUID,
+                    parentGeneration: parentUUID == nil ? nil : parent?.generation
+                )
+            )
+        }
+        return (try issue(rsaEKPublic), try issue(eccEKPublic))
+    }
+
+    /// What the history index is extended with: SHA-256 over the event.
+    func historyEvent(_ decision: Decision, source: StateOrigin?, newGeneration: UInt64) -> [UInt8] {
+        var w = ByteWriter(capacity: 128)
+        w.write(bytes: Array("vtpm-event".utf8))
+        w.writeSized16(Array(decision.name.utf8))
+        w.writeSized16(Array((source?.description ?? "").utf8))
+        w.writeSized16(Array(self.vmID.utf8))
+        w.write(newGeneration)
+        return Array(SHA256.hash(data: w.bytes))
+    }
+}

@@ -1,0 +1,217 @@
+import EndorsementCA
+import Foundation
+import StateStore
+import TPMWire
+import TestSupport
+import Testing
+
+/// Clone-rekey over the control channel, the way QEMU drives it (GET_STATEBLOB on the source,
+/// STOP + SET_STATEBLOB + INIT on the destination), with real vtpmd processes, tpm2-tools and openssl.
+@Suite(.serialized)
+struct CloneRekeyWireTests {
+    /// A vtpmd with clone-rekey on, TCP data and control (so tpm2-tools' swtpm TCTI works).
+    final class Node {
+        let vmID: String
+        let state: String
+        let port: UInt16
+        let daemon: Daemon
+        let log: String
+
+        init(_ host: String, vmID: String, name: String, extra: [String] = []) throws {
+            self.vmID = vmID
+            self.state = "\(host)/\(name)"
+            self.log = "\(host)/\(name).log"
+            try FileManager.default.createDirectory(atPath: self.state, withIntermediateDirectories: true)
+            self.port = try freePortPair()
+            self.daemon = try Daemon(
+                Binaries.vtpmd,
+                [
+                    "socket", "--tpm2", "--tpmstate", "dir=\(self.state)", "--server", "type=tcp,port=\(self.port)",
+                    "--ctrl", "type=tcp,port=\(self.port + 1)", "--vm-id", vmID, "--ca", "\(host)/ca",
+                    "--registry", "\(host)/registry.sqlite", "--host-key", "\(host)/host.key",
+                    "--log", "file=\(self.log),level=2",
+                ] + extra,
+                waitForPort: self.port
+            )
+        }
+
+        func control() throws -> ControlClient { try ControlClient(tcpPort: self.port + 1) }
+        var env: [String: String] { ["TPM2TOOLS_TCTI": "swtpm:host=127.0.0.1,port=\(self.port)"] }
+        var logText: String { (try? String(contentsOfFile: self.log, encoding: .utf8)) ?? "" }
+
+        func tool(_ name: String, _ args: [String]) throws -> CommandResult {
+            let r = try runCommand(name, args, environment: self.env)
+            #expect(r.status == 0, "\(name) \(args): \(r.output)")
+            return r
+        }
+
+        /// The RSA EK's public area, as tpm2_createek writes it.
+        func ekPublic(_ work: String) throws -> [UInt8] {
+            _ = try self.tool("tpm2_createek", ["-c", "\(work)/ek.ctx", "-G", "rsa", "-u", "\(work)/ek.pub"])
+            _ = try self.tool("tpm2_flushcontext", ["-t"])
+            return fileBytes("\(work)/ek.pub") ?? []
+        }
+
+        func nv(_ index: String, _ work: String) throws -> [UInt8] {
+            let r = try runCommand("tpm2_nvread", [index, "-o", "\(work)/nv.bin"], environment: self.env)
+            guard r.status == 0 else { return [] }
+            return fileBytes("\(work)/nv.bin") ?? []
+        }
+
+        func start() throws {
+            let c = try self.control()
+            try #require(try c.result(.initialize(flags: 0)) == 0)
+            let d = try DataClient(tcpPort: self.port)
+            #expect(TPMFrame.responseCode(try d.transmit(TPMCommands.startup())) == 0)
+        }
+
+        func blobs() throws -> [[UInt8]] {
+            let c = try self.control()
+            return try [1, 2].map { (type: UInt32) in
+                let reply = try c.exchange(
+                    ControlRequest.getStateBlob(flags: 1, type: type, offset: 0).encoded,
+                    replySize: 600_000,
+                    timeout: 500
+                )
+                try #require(reply.count > 16 && reply.readBigEndianUInt32(at: 0) == 0)
+                return Array(reply[16...])
+            }
+        }
+
+        /// loadvm: STOP, SET_STATEBLOB ×2, INIT(delete volatile). Returns the INIT result (or the SET error).
+        func load(_ blobs: [[UInt8]]) throws -> UInt32 {
+            let c = try self.control()
+            #expect(try c.result(.stop) == 0)
+            for (i, blob) in blobs.enumerated() {
+                var w = ByteWriter()
+                w.write(ControlCode.setStateBlob.rawValue)
+                w.write(UInt32(0))
+                w.write(UInt32(i + 1))
+                w.write(UInt32(blob.count))
+                w.write(bytes: blob)
+                let rc = try c.exchange(w.bytes, replySize: 4).readBigEndianUInt32(at: 0)
+                if rc != 0 { return rc }
+            }
+            return try c.result(.initialize(flags: 1))
+        }
+    }
+
+    @Test func cloneGetsANewCertifiedEKAndKeepsTheStorageHierarchy() throws {
+        try withTemporaryDirectory { host in
+            let a = try Node(host, vmID: "0a0a0a0a-0000-4000-8000-00000000000a", name: "a")
+            try a.start()
+            let ekA = try a.ekPublic(host)
+            _ = try a.tool("tpm2_createprimary", ["-C", "o", "-c", "\(host)/srk.ctx", "-Q"])
+            try Data("sealed under A".utf8).write(to: URL(fileURLWithPath: "\(host)/secret"))
+            _ = try a.tool(
+                "tpm2_create",
+                ["-C", "\(host)/srk.ctx", "-u", "\(host)/k.pub", "-r", "\(host)/k.priv", "-i", "\(host)/secret", "-Q"]
+            )
+            _ = try a.tool("tpm2_flushcontext", ["-t"])
+            let blobs = try a.blobs()
+
+            let b = try Node(host, vmID: "0b0b0b0b-0000-4000-8000-00000000000b", name: "b")
+            try b.start()
+            // (STOP itself writes: the automatic TPM2_Shutdown.)
+            #expect(try b.control().result(.stop) == 0)
+            let stateBefore = try BadStateTests.snapshot(b.state)
+            // Tampered, truncated and foreign-key blobs are refused before anything happens.
+            var flipped = blobs[0]
+            flipped[flipped.count / 2] ^= 0x40
+            #expect(try b.load([flipped, blobs[1]]) == ControlResult.decryptError)
+            #expect(try b.load([Array(blobs[0].dropLast(20)), blobs[1]]) != 0)
+            #expect(try BadStateTests.snapshot(b.state) == stateBefore)
+
+            let started = ContinuousClock.now
+            #expect(try b.load(blobs) == 0)
+            let rekeyTime = ContinuousClock.now - started
+            print("CloneRekeyWireTests: loadvm with rekey took \(rekeyTime)")
+            #expect(b.logText.contains("decision=clone"), "\(b.logText)")
+            let ekB = try b.ekPublic(host)
+            #expect(!ekB.isEmpty && ekB != ekA)
+            // The storage hierarchy is A's: the object sealed on A unseals on B.
+            _ = try b.tool("tpm2_createprimary", ["-C", "o", "-c", "\(host)/srk.ctx", "-Q"])
+            _ = try b.tool(
+                "tpm2_load",
+                ["-C", "\(host)/srk.ctx", "-u", "\(host)/k.pub", "-r", "\(host)/k.priv", "-c", "\(host)/k.ctx", "-Q"]
+            )
+            _ = try b.tool("tpm2_flushcontext", ["-t"])
+            #expect(try b.tool("tpm2_unseal", ["-c", "\(host)/k.ctx"]).stdout == "sealed under A")
+            _ = try b.tool("tpm2_flushcontext", ["-t"])
+            // The EK certificate names B, its parent A, holds B's EK and chains to the CA.
+            let certificate = try b.nv("0x1c00002", host)
+            let info = try EKCertificateInfo(der: certificate)
+            #expect(info.vmID?.uuidString.lowercased() == b.vmID && info.generation == 1)
+            #expect(info.parentVMID?.uuidString.lowercased() == a.vmID)
+            #expect(try info.publicKey == EKPublicKey(tpm2bPublic: ekB))
+            try Data(certificate).write(to: URL(fileURLWithPath: "\(host)/ek.der"))
+            _ = try runCommand(
+                "openssl",
+                ["x509", "-inform", "der", "-in", "\(host)/ek.der", "-out", "\(host)/ek.pem"]
+            )
+            let verify = try runCommand("openssl", ["verify", "-CAfile", "\(host)/ca/ca.pem", "\(host)/ek.pem"])
+            #expect(verify.stdout.contains("OK"), "\(verify.output)")
+            // The guest-readable counter went up and the history index exists.
+            let counter = try b.nv("0x1400001", host)
+            #expect(counter.count == 8 && counter.last ?? 0 >= 1)
+            #expect(try b.nv("0x1400002", host).count == 32)
+            // The state directory records B's new generation and its parent.
+            let marker = try #require(fileBytes("\(b.state)/\(StateDirectory.instanceName)"))
+            #expect(!marker.isEmpty)
+
+            // A itself is untouched: same EK.
+            #expect(try a.ekPublic(host) == ekA)
+        }
+    }
+
+    @Test func migrationKeepsTheIdentityAndRollbackRekeys() throws {
+        try withTemporaryDirectory { host in
+            let vm = "0c0c0c0c-0000-4000-8000-00000000000c"
+            let a = try Node(host, vmID: vm, name: "a")
+            try a.start()
+            let ek = try a.ekPublic(host)
+            // Migration: the blobs go to a fresh vtpmd with the same vm-id, nothing ran since.
+            let outgoing = try a.blobs()
+            let a2 = try Node(host, vmID: vm, name: "a2")
+            #expect(try a2.load(outgoing) == 0)
+            #expect(a2.logText.contains("decision=move"), "\(a2.logText)")
+            #expect(try a2.ekPublic(host) == ek)
+            // Rollback: a snapshot, the TPM runs on, the snapshot is loaded again.
+            let snapshot = try a2.blobs()
+            _ = try a2.tool("tpm2_getrandom", ["8"])
+            #expect(try a2.load(snapshot) == 0)
+            #expect(a2.logText.contains("decision=rollback"), "\(a2.logText)")
+            #expect(try a2.ekPublic(host) != ek)
+        }
+    }
+
+    @Test func rollbackKeepPolicyKeepsTheEK() throws {
+        try withTemporaryDirectory { host in
+            let a = try Node(
+                host,
+                vmID: "0d0d0d0d-0000-4000-8000-00000000000d",
+                name: "a",
+                extra: ["--on-rollback", "keep"]
+            )
+            try a.start()
+            let ek = try a.ekPublic(host)
+            let snapshot = try a.blobs()
+            _ = try a.tool("tpm2_getrandom", ["8"])
+            #expect(try a.load(snapshot) == 0)
+            #expect(a.logText.contains("decision=rollback"))
+            #expect(try a.ekPublic(host) == ek)
+        }
+    }
+
+    @Test func blobsFromAnotherHostKeyAreRefused() throws {
+        try withTemporaryDirectory { host in
+            let a = try Node(host, vmID: "0e0e0e0e-0000-4000-8000-00000000000e", name: "a")
+            try a.start()
+            let blobs = try a.blobs()
+            try FileManager.default.createDirectory(atPath: "\(host)/other", withIntermediateDirectories: true)
+            let b = try Node("\(host)/other", vmID: "0f0f0f0f-0000-4000-8000-00000000000f", name: "b")
+            #expect(try b.load(blobs) == ControlResult.decryptError)
+            #expect(b.logText.contains("another host key"), "\(b.logText)")
+        }
+    }
+}
