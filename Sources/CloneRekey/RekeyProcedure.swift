@@ -91,7 +91,9 @@ public struct RekeyProcedure: Sendable {
     /// - Parameters:
     ///   - engine: the process's engine; its storage must be in staging mode.
     ///   - permanentState: the plain libtpms permanent blob P0 (as SET_STATEBLOB delivers it).
-    ///   - volatileState: the plain libtpms volatile blob V0 taken from the running TPM with P0.
+    ///   - volatileState: the plain libtpms volatile blob V0 taken from the running TPM with P0; nil
+    ///     for a state at rest (cold phase only, ending with TPM2_Shutdown(CLEAR); the engine is left
+    ///     terminated and ``RekeyResult/volatileState`` is empty).
     ///   - historyEvent: the data extended into the history index (a digest of the event, at most 1024 bytes).
     ///   - issueCertificates: called once in the cold phase with the new EK public areas.
     /// - Returns: the new blobs, the EK public areas, the counter and history values, and timings.
@@ -99,7 +101,7 @@ public struct RekeyProcedure: Sendable {
     public func run(
         on engine: Engine,
         permanentState: [UInt8],
-        volatileState: [UInt8],
+        volatileState: [UInt8]?,
         historyEvent: [UInt8],
         issueCertificates: CertificateIssuer
     ) throws -> RekeyResult {
@@ -124,7 +126,7 @@ public struct RekeyProcedure: Sendable {
     private func perform(
         on engine: Engine,
         permanentState p0: [UInt8],
-        volatileState v0: [UInt8],
+        volatileState v0: [UInt8]?,
         historyEvent: [UInt8],
         issueCertificates: CertificateIssuer
     ) throws -> RekeyResult {
@@ -134,7 +136,7 @@ public struct RekeyProcedure: Sendable {
         let tpm = EngineCommandRunner(engine: engine)
 
         // Refuse a volatile blob we could not patch before doing any work.
-        let seeds = try SeedPatch.locateSeeds(inVolatile: v0, oldPermanent: p0)
+        let seeds = try v0.map { try SeedPatch.locateSeeds(inVolatile: $0, oldPermanent: p0) }
 
         // 1. Cold phase.
         do {
@@ -207,6 +209,33 @@ public struct RekeyProcedure: Sendable {
             TPM2Responses.parseNVRead
         )
         timings.nvWrites = clock.now - mark
+
+        guard let v0, let seeds else {
+            // Cold phase only (a state at rest: a copied directory at startup, or a TPM just
+            // manufactured): an orderly TPM2_Shutdown(CLEAR), P1, and the TPM stays off.
+            try tpm.run(TPM2Commands.shutdown(.clear))
+            let p1: [UInt8]
+            do {
+                p1 = try engine.state(.permanent)
+            } catch {
+                throw CloneRekeyError.engine(error, during: "cold phase")
+            }
+            engine.terminate()
+            timings.cold = clock.now - start
+            timings.total = timings.cold
+            return RekeyResult(
+                permanentState: p1,
+                volatileState: [],
+                rsaEKPublic: rsaEK.outPublic,
+                eccEKPublic: eccEK.outPublic,
+                previousCounter: previousCounter,
+                counter: counter,
+                history: history,
+                replacedIndices: replaced,
+                flushedHandles: [],
+                timings: timings
+            )
+        }
 
         // No TPM2_Shutdown: P1 must record a running TPM, as P0 does.
         let coldPermanent: [UInt8]

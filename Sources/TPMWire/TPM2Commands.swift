@@ -124,6 +124,13 @@ public enum TPM2Commands {
         return TPMFrame.command(code: TPM2CommandCode.startup, body: body.bytes)
     }
 
+    /// TPM2_Shutdown of `type` (CLEAR or STATE).
+    public static func shutdown(_ type: StartupType) -> [UInt8] {
+        var body = ByteWriter(capacity: 2)
+        body.write(type.rawValue)
+        return TPMFrame.command(code: 0x145, body: body.bytes)
+    }
+
     /// TPM2_ChangeEPS under platform authorization.
     public static func changeEPS(platformAuth: TPM2PasswordAuthorization = .empty) -> [UInt8] {
         self.authorized(TPM2CommandCode.changeEPS, handles: [TPM2Handle.platform], auths: [platformAuth])

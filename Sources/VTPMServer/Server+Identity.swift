@@ -78,6 +78,31 @@ extension Server {
             self.logger.error("clone-rekey: a \(decision.name) needs both the permanent and the volatile blob")
             return self.refuseIncoming()
         }
+        return self.rekey(
+            identity: identity,
+            store: store,
+            decision: decision,
+            origin: origin,
+            permanent: permanent,
+            volatile: volatile,
+            flags: flags,
+            started: started
+        )
+    }
+
+    /// Runs the rekey procedure on `permanent` (+ `volatile`: warm phase, the TPM keeps running;
+    /// nil: cold phase only, the TPM is left off) and commits state, identity and registry only when
+    /// all of it succeeded.
+    func rekey(
+        identity: IdentityService,
+        store: StateDirectory,
+        decision: Decision,
+        origin: StateOrigin?,
+        permanent: [UInt8],
+        volatile: [UInt8]?,
+        flags: UInt32,
+        started: UInt64
+    ) -> UInt32 {
         let nextGeneration: UInt64
         do {
             nextGeneration = (try identity.registry.currentGeneration(vmID: identity.vmID)?.generation ?? 0) + 1
@@ -132,8 +157,12 @@ extension Server {
                 )
             )
             try store.store("permall", result.permanentState)
+            // Twice: the durable commit keeps the previous version in a spare file, which must not
+            // hold a state with the old endorsement seed.
+            try store.store("permall", result.permanentState)
+            if volatile == nil { try store.delete("volatilestate") }
             try store.commitStaged()
-            if flags & ControlRequest.initFlagDeleteVolatile != 0 { try store.delete("volatilestate") }
+            if volatile != nil, flags & ControlRequest.initFlagDeleteVolatile != 0 { try store.delete("volatilestate") }
             identity.generation = generation.generation
             store.identityForNewTPM = nil
             self.logDecision(decision, origin: origin, generation: generation.generation, started: started)
@@ -144,6 +173,137 @@ extension Server {
             self.logger.error("clone-rekey: \(decision.name) failed, nothing changed: \(error)")
             return TPMFrame.rcFailure
         }
+    }
+
+    /// Returned by `initializeFromDisk` when nothing special is needed.
+    static let continueNormalInit: UInt32 = 0xFFFF_FFFF
+
+    /// First CMD_INIT (or start with not-need-init) with clone-rekey on: compares the identity the
+    /// state directory records with `--vm-id`.
+    /// - no TPM yet: manufacture, then provision it (EKs, their certificates, the identity indices);
+    /// - another VM's directory (a copy): clone — rekey the state at rest (and a stored volatile
+    ///   state, if any), the source directory is not touched;
+    /// - no recorded identity (swtpm's directory): `--foreign-state adopt` records ours, `rekey` rekeys;
+    /// - our own: nothing to do.
+    func initializeFromDisk(identity: IdentityService, store: StateDirectory, flags: UInt32) -> UInt32 {
+        let started = ProcessControl.monotonicNanoseconds()
+        let recorded: InstanceIdentity?
+        let present: [String]
+        do {
+            recorded = try store.identity()
+            present = try store.presentStates().map(\.name)
+        } catch {
+            self.logger.error("CMD_INIT failed: \(error.message)")
+            return error.code == .locked ? ControlResult.fail : TPMFrame.rcFailure
+        }
+        if !present.contains("permall") {
+            // Manufacture (refused by the storage if there are traces of an earlier TPM), then provision.
+            return self.provisionNewTPM(identity: identity, store: store, started: started)
+        }
+        let origin: StateOrigin?
+        let decision: Decision
+        if let recorded, let recordedVM = recorded.vmID {
+            if recordedVM == identity.configuration.vmID {
+                self.identityChecked = true
+                return Self.continueNormalInit
+            }
+            origin = StateOrigin(vmID: recordedVM.description, generation: recorded.generation, checkpoint: nil)
+            decision = .clone(parent: origin!)
+        } else {
+            origin = nil
+            decision = identity.configuration.foreignState == .rekey ? .rekeyForeign : .adopt
+        }
+        identity.lastDecision = decision.name
+        if decision == .adopt {
+            store.beginStaging()
+            do {
+                try store.recordIdentity(
+                    InstanceIdentity(vmID: identity.configuration.vmID, generation: identity.generation)
+                )
+                try store.commitStaged()
+                _ = try identity.registry.appendEvent(
+                    vmID: identity.vmID,
+                    generation: identity.generation,
+                    LineageEventDraft(kind: .adopt, detail: "state directory without an identity")
+                )
+            } catch {
+                store.discardStaged()
+                self.logger.error("clone-rekey: adopting the state directory failed: \(error)")
+                return TPMFrame.rcFailure
+            }
+            self.identityChecked = true
+            self.logDecision(decision, origin: nil, generation: identity.generation, started: started)
+            return Self.continueNormalInit
+        }
+        let permanent: [UInt8]
+        let volatile: [UInt8]?
+        do {
+            guard let p = try store.load("permall") else { return TPMFrame.rcFailure }
+            permanent = p
+            volatile = present.contains("volatilestate") ? try store.load("volatilestate") : nil
+        } catch {
+            self.logger.error("CMD_INIT failed: \(error.message)")
+            return TPMFrame.rcFailure
+        }
+        let rc = self.rekey(
+            identity: identity,
+            store: store,
+            decision: decision,
+            origin: origin,
+            permanent: permanent,
+            volatile: volatile,
+            flags: flags,
+            started: started
+        )
+        if rc == 0 { self.identityChecked = true }
+        if rc == 0 && volatile == nil { return Self.continueNormalInit }
+        return rc
+    }
+
+    /// A new TPM for this VM: libtpms manufactures it (staged), then the cold phase gives it EKs,
+    /// certificates and the identity indices; generation as the registry says (0 for a new VM).
+    func provisionNewTPM(identity: IdentityService, store: StateDirectory, started: UInt64) -> UInt32 {
+        store.identityForNewTPM = InstanceIdentity(vmID: identity.configuration.vmID, generation: identity.generation)
+        store.beginStaging()
+        self.storage.lastFailure = nil
+        do {
+            try self.engine.initialize()
+            let fresh = try self.engine.state(.permanent)
+            self.engine.terminate()
+            let result = try RekeyProcedure().run(
+                on: self.engine,
+                permanentState: fresh,
+                volatileState: nil,
+                historyEvent: identity.historyEvent(.adopt, source: nil, newGeneration: identity.generation),
+                issueCertificates: { rsa, ecc in
+                    try identity.certificates(
+                        rsaEKPublic: rsa,
+                        eccEKPublic: ecc,
+                        generation: identity.generation,
+                        parent: nil
+                    )
+                }
+            )
+            try store.store("permall", result.permanentState)
+            try store.commitStaged()
+        } catch {
+            store.discardStaged()
+            self.engine.terminate()
+            self.logger.error(
+                "CMD_INIT: manufacturing a provisioned TPM failed: \(self.storage.lastFailure?.message ?? "\(error)")"
+            )
+            return TPMFrame.rcFailure
+        }
+        self.identityChecked = true
+        let micros = (ProcessControl.monotonicNanoseconds() - started) / 1000
+        self.logger.notice(
+            "clone-rekey decision",
+            metadata: [
+                "decision": "manufacture", "target_vm": "\(identity.vmID)",
+                "target_generation": "\(identity.generation)", "duration_ms": "\(Double(micros) / 1000)",
+            ]
+        )
+        return Self.continueNormalInit
     }
 
     /// A refused INIT: the blobs were never handed to libtpms, the TPM stays stopped.

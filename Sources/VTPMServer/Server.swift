@@ -19,6 +19,8 @@ public final class Server {
     let storage: EngineStorageAdapter
     /// Clone-rekey state, when `--vm-id` is given.
     let identity: IdentityService?
+    /// The state directory's recorded identity was compared with `--vm-id` (first INIT).
+    var identityChecked = false
 
     var controlListener: Int32 = -1
     var controlConnection: Int32 = -1
@@ -271,6 +273,10 @@ public final class Server {
             identity.stateWillChange()
             if !identity.incoming.isEmpty {
                 return self.initializeIncoming(identity: identity, store: store, flags: flags)
+            }
+            if !self.identityChecked {
+                let rc = self.initializeFromDisk(identity: identity, store: store, flags: flags)
+                if rc != Self.continueNormalInit { return rc }
             }
         }
         store.beginStaging()

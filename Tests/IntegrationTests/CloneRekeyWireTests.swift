@@ -203,6 +203,41 @@ struct CloneRekeyWireTests {
         }
     }
 
+    @Test func aNewTPMIsProvisionedAndACopiedDirectoryIsRekeyedAtStartup() throws {
+        try withTemporaryDirectory { host in
+            let a = try Node(host, vmID: "01010101-0000-4000-8000-000000000001", name: "a")
+            try a.start()
+            #expect(a.logText.contains("decision=manufacture"), "\(a.logText)")
+            let ekA = try a.ekPublic(host)
+            let certA = try EKCertificateInfo(der: try a.nv("0x1c00002", host))
+            #expect(certA.vmID?.uuidString.lowercased() == a.vmID && certA.generation == 0)
+            #expect(try certA.publicKey == EKPublicKey(tpm2bPublic: ekA))
+            #expect(try !a.nv("0x1c0000a", host).isEmpty)
+            let counterA = try a.nv("0x1400001", host)
+            #expect(counterA.count == 8)
+            #expect(try runCommand("swtpm_ioctl", ["--tcp", "127.0.0.1:\(a.port + 1)", "-s"]).status == 0)
+            _ = a.daemon.waitForExit()
+
+            // virt-clone / cp -a of the state directory, started with another vm-id.
+            let copy = "\(host)/b"
+            #expect(try runCommand("cp", ["-a", a.state, copy]).status == 0)
+            let sourceBefore = try BadStateTests.snapshot(a.state)
+            let b = try Node(host, vmID: "02020202-0000-4000-8000-000000000002", name: "b")
+            try b.start()
+            #expect(b.logText.contains("decision=clone"), "\(b.logText)")
+            let ekB = try b.ekPublic(host)
+            #expect(ekB != ekA)
+            let certB = try EKCertificateInfo(der: try b.nv("0x1c00002", host))
+            #expect(
+                certB.vmID?.uuidString.lowercased() == b.vmID && certB.parentVMID?.uuidString.lowercased() == a.vmID
+            )
+            #expect(try certB.publicKey == EKPublicKey(tpm2bPublic: ekB))
+            let counterB = try b.nv("0x1400001", host)
+            #expect(counterB.count == 8 && counterB.hexString > counterA.hexString)
+            #expect(try BadStateTests.snapshot(a.state) == sourceBefore)
+        }
+    }
+
     @Test func blobsFromAnotherHostKeyAreRefused() throws {
         try withTemporaryDirectory { host in
             let a = try Node(host, vmID: "0e0e0e0e-0000-4000-8000-00000000000e", name: "a")
