@@ -1,0 +1,163 @@
+import EndorsementCA
+import Foundation
+import TPMWire
+import TestSupport
+import Testing
+
+/// Issue 3's guest-visible acceptance: VM A builds an identity (EK, AK persisted under the EK, a
+/// sealed object persisted under the SRK), `savevm s1`; clone B starts from a copy of A's disk with
+/// `-loadvm s1`, its own vtpmd and vm-id. B gets a new certified EK, loses the AK, keeps the sealed
+/// data, sees the counter one higher and another history value; A, restarted, is unchanged.
+@Suite(.serialized, .enabled(if: GuestImage.hostCanRunGuests))
+struct GuestCloneTests {
+    static let vmA = "aaaaaaaa-1111-4111-8111-aaaaaaaaaaaa"
+    static let vmB = "bbbbbbbb-2222-4222-8222-bbbbbbbbbbbb"
+
+    static func identityArguments(_ host: String, vm: String) -> [String] {
+        [
+            "--vm-id", vm, "--ca", "\(host)/ca", "--registry", "\(host)/registry.sqlite", "--host-key",
+            "\(host)/host.key",
+        ]
+    }
+
+    /// Hex bytes printed by `od` in the guest, back to bytes.
+    static func bytes(fromOD text: String) -> [UInt8] {
+        [UInt8](hexString: text.filter { $0.isHexDigit }) ?? []
+    }
+
+    @Test(.timeLimit(.minutes(10)))
+    func cloneFromASnapshotGetsItsOwnIdentity() throws {
+        let host = "/tmp/vtpm-clone-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: "\(host)/a", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: "\(host)/b", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: host) }
+        let image = try GuestImage.locate()
+        let diskA = "\(host)/a/disk.qcow2"
+        try QEMUGuest.createDisk(at: diskA)
+
+        // VM A.
+        let backendA = try TPMBackendProcess(
+            directory: "\(host)/a",
+            extraArguments: Self.identityArguments(host, vm: Self.vmA)
+        )
+        let a = try QEMUGuest.launch(
+            .init(directory: "\(host)/a", image: image, tpmSocket: backendA.controlSocket, disk: diskA)
+        )
+        try a.waitForReady()
+        try a.check("cd /data && tpm2_createek -c ek.ctx -G rsa -u ek.pub -Q && tpm2_flushcontext -t")
+        let ekA = try a.check("sha256sum /data/ek.pub | cut -c1-64")
+        try a.check(
+            "cd /data && tpm2_createak -C ek.ctx -c ak.ctx -G rsa -g sha256 -s rsassa -u ak.pub -n ak.name -Q"
+                + " && tpm2_evictcontrol -C o -c ak.ctx 0x81010002 -Q && tpm2_flushcontext -t",
+            timeout: .seconds(120)
+        )
+        try a.check(
+            "cd /data && printf 'A secret' > secret && tpm2_createprimary -C o -c srk.ctx -Q"
+                + " && tpm2_evictcontrol -C o -c srk.ctx 0x81000001 -Q && tpm2_flushcontext -t"
+                + " && tpm2_create -C 0x81000001 -i secret -u seal.pub -r seal.priv -Q"
+                + " && tpm2_load -C 0x81000001 -u seal.pub -r seal.priv -c seal.ctx -Q"
+                + " && tpm2_evictcontrol -C o -c seal.ctx 0x81000010 -Q && tpm2_flushcontext -t",
+            timeout: .seconds(120)
+        )
+        #expect(try a.check("tpm2_unseal -c 0x81000010") == "A secret")
+        let counterA = Self.bytes(fromOD: try a.check("tpm2_nvread 0x1400001 -s 8 | od -An -tx1"))
+        let historyA = try a.check("tpm2_nvread 0x1400002 -s 32 | od -An -tx1")
+        #expect(counterA.count == 8)
+        try a.check("sync")
+        try a.savevm("s1")
+        #expect(try a.quit() == 0)
+        #expect(try backendA.waitForExit() == 0)
+
+        // Clone B: a copy of A's disk, -loadvm s1, its own vtpmd and vm-id.
+        let diskB = "\(host)/b/disk.qcow2"
+        try FileManager.default.copyItem(atPath: diskA, toPath: diskB)
+        let backendB = try TPMBackendProcess(
+            directory: "\(host)/b",
+            extraArguments: Self.identityArguments(host, vm: Self.vmB)
+        )
+        let b = try QEMUGuest.launch(
+            .init(
+                directory: "\(host)/b",
+                image: image,
+                tpmSocket: backendB.controlSocket,
+                disk: diskB,
+                extraArguments: ["-loadvm", "s1"]
+            )
+        )
+        try b.waitForShell()
+        #expect(backendB.log.contains("decision=clone"), "\(backendB.log)")
+        // The storage hierarchy came along: the sealed object unseals.
+        #expect(try b.check("tpm2_unseal -c 0x81000010") == "A secret")
+        // The AK under A's EK is gone.
+        #expect(try b.run("tpm2_readpublic -c 0x81010002 -Q").status != 0)
+        // A new EK, and its certificate names B (parent A), holds B's EK and chains to the CA.
+        try b.check("cd /data && tpm2_createek -c ekb.ctx -G rsa -u ekb.pub -Q && tpm2_flushcontext -t")
+        let ekB = try b.check("sha256sum /data/ekb.pub | cut -c1-64")
+        #expect(ekB != ekA)
+        // The counter is A's + 1 and the history changed.
+        let counterB = Self.bytes(fromOD: try b.check("tpm2_nvread 0x1400001 -s 8 | od -An -tx1"))
+        #expect(counterB.count == 8)
+        #expect(counterB.readBigEndianUInt32(at: 4) == counterA.readBigEndianUInt32(at: 4) + 1)
+        #expect(try b.check("tpm2_nvread 0x1400002 -s 32 | od -An -tx1") != historyA)
+        #expect(try b.quit() == 0)
+        #expect(try backendB.waitForExit() == 0)
+        // B's certificate, read on the host from B's state (the serial console is not a reliable
+        // channel for a kilobyte of hex): it names B (parent A), holds B's EK and chains to the CA.
+        let port = try freePortPair()
+        let hostSide = try Daemon(
+            Binaries.vtpmd,
+            [
+                "socket", "--tpm2", "--tpmstate", "dir=\(backendB.stateDirectory)", "--server", "type=tcp,port=\(port)",
+                "--ctrl", "type=tcp,port=\(port + 1)", "--flags", "not-need-init,startup-clear",
+            ] + Self.identityArguments(host, vm: Self.vmB),
+            waitForPort: port
+        )
+        let env = ["TPM2TOOLS_TCTI": "swtpm:host=127.0.0.1,port=\(port)"]
+        #expect(try runCommand("tpm2_nvread", ["0x1c00002", "-o", "\(host)/b/ek.der"], environment: env).status == 0)
+        #expect(
+            try runCommand(
+                "tpm2_createek",
+                ["-c", "\(host)/b/ek.ctx", "-G", "rsa", "-u", "\(host)/b/ek.pub"],
+                environment: env
+            )
+            .status == 0
+        )
+        _ = try runCommand("swtpm_ioctl", ["--tcp", "127.0.0.1:\(port + 1)", "-s"])
+        _ = hostSide.waitForExit()
+        let ekBPublic = try #require(fileBytes("\(host)/b/ek.pub"))
+        let hostHash = try runCommand("sha256sum", ["\(host)/b/ek.pub"]).stdout.prefix(64)
+        #expect(String(hostHash) == ekB.trimmingCharacters(in: .whitespacesAndNewlines))
+        let info = try EKCertificateInfo(der: try #require(fileBytes("\(host)/b/ek.der")))
+        #expect(info.vmID?.uuidString.lowercased() == Self.vmB)
+        #expect(info.parentVMID?.uuidString.lowercased() == Self.vmA)
+        #expect(try info.publicKey == EKPublicKey(tpm2bPublic: ekBPublic))
+        _ = try runCommand(
+            "openssl",
+            ["x509", "-inform", "der", "-in", "\(host)/b/ek.der", "-out", "\(host)/b/ek.pem"]
+        )
+        #expect(
+            try runCommand("openssl", ["verify", "-CAfile", "\(host)/ca/ca.pem", "\(host)/b/ek.pem"]).stdout.contains(
+                "OK"
+            )
+        )
+
+        // A, restarted on its own state: EK and AK unchanged and working.
+        let backendA2 = try TPMBackendProcess(
+            directory: "\(host)/a",
+            stateDirectory: backendA.stateDirectory,
+            extraArguments: Self.identityArguments(host, vm: Self.vmA)
+        )
+        let a2 = try QEMUGuest.launch(
+            .init(directory: "\(host)/a", image: image, tpmSocket: backendA2.controlSocket, disk: diskA)
+        )
+        try a2.waitForReady()
+        try a2.check("cd /data && tpm2_createek -c ek2.ctx -G rsa -u ek2.pub -Q && tpm2_flushcontext -t")
+        #expect(try a2.check("sha256sum /data/ek2.pub | cut -c1-64") == ekA)
+        try a2.check(
+            "cd /data && echo hello > msg && tpm2_sign -c 0x81010002 -g sha256 -s rsassa -o sig msg"
+                + " && tpm2_verifysignature -c 0x81010002 -g sha256 -m msg -s sig",
+            timeout: .seconds(120)
+        )
+        #expect(try a2.quit() == 0)
+    }
+}
