@@ -124,7 +124,7 @@ let package = Package(
         ),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["TestSupport", "TPMWire", "StateStore"],
+            dependencies: ["TestSupport", "TPMWire", "StateStore", "EndorsementCA", "Registry"],
             swiftSettings: settings
         ),
     ]

@@ -1,5 +1,6 @@
 import EndorsementCA
 import Foundation
+import Registry
 import StateStore
 import TPMWire
 import TestSupport
@@ -235,6 +236,35 @@ struct CloneRekeyWireTests {
             let counterB = try b.nv("0x1400001", host)
             #expect(counterB.count == 8 && counterB.hexString > counterA.hexString)
             #expect(try BadStateTests.snapshot(a.state) == sourceBefore)
+        }
+    }
+
+    @Test func cloneOfACloneAndTwoClonesOfOneSnapshotAreAllDistinct() throws {
+        try withTemporaryDirectory { host in
+            let a = try Node(host, vmID: "03030303-0000-4000-8000-000000000003", name: "a")
+            try a.start()
+            let ekA = try a.ekPublic(host)
+            let snapshot = try a.blobs()
+            let b = try Node(host, vmID: "04040404-0000-4000-8000-000000000004", name: "b")
+            let c = try Node(host, vmID: "05050505-0000-4000-8000-000000000005", name: "c")
+            #expect(try b.load(snapshot) == 0)
+            #expect(try c.load(snapshot) == 0)
+            let ekB = try b.ekPublic(host)
+            let ekC = try c.ekPublic(host)
+            // A clone of the clone B.
+            let d = try Node(host, vmID: "06060606-0000-4000-8000-000000000006", name: "d")
+            #expect(try d.load(try b.blobs()) == 0)
+            let ekD = try d.ekPublic(host)
+            #expect(Set([ekA, ekB, ekC, ekD]).count == 4)
+            // The registry knows the parents.
+            let registry = try SQLiteRegistry(path: "\(host)/registry.sqlite")
+            defer { try? registry.close() }
+            func parent(_ node: Node) throws -> String? {
+                try registry.currentGeneration(vmID: node.vmID)?.parent?.vmID
+            }
+            #expect(try parent(b) == a.vmID && parent(c) == a.vmID && parent(d) == b.vmID)
+            let tree = try registry.lineageTree().renderText()
+            for node in [a, b, c, d] { #expect(tree.contains(node.vmID), "\(tree)") }
         }
     }
 

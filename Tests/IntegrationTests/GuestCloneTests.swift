@@ -160,4 +160,86 @@ struct GuestCloneTests {
         )
         #expect(try a2.quit() == 0)
     }
+
+    @Test(.timeLimit(.minutes(5)), arguments: ["rekey", "keep"])
+    func rollbackWithLoadvm(policy: String) throws {
+        let host = "/tmp/vtpm-rollback-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: "\(host)/a", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: host) }
+        let disk = "\(host)/a/disk.qcow2"
+        try QEMUGuest.createDisk(at: disk)
+        let backend = try TPMBackendProcess(
+            directory: "\(host)/a",
+            extraArguments: Self.identityArguments(host, vm: Self.vmA) + ["--on-rollback", policy]
+        )
+        let a = try QEMUGuest.launch(
+            .init(directory: "\(host)/a", image: try GuestImage.locate(), tpmSocket: backend.controlSocket, disk: disk)
+        )
+        try a.waitForReady()
+        let ekCommand =
+            "tpm2_createek -c /tmp/ek.ctx -G rsa -u /tmp/ek.pub -Q && tpm2_flushcontext -t && sha256sum /tmp/ek.pub | cut -c1-64"
+        let before = try a.check(ekCommand)
+        try a.savevm("s1")
+        // A runs on after the snapshot...
+        try a.check("tpm2_pcrextend 16:sha256=\(String(repeating: "42", count: 32))")
+        // ...and is rolled back to it.
+        try a.loadvm("s1")
+        try a.waitForShell()
+        #expect(backend.log.contains("decision=rollback"), "\(backend.log)")
+        let after = try a.check(ekCommand)
+        if policy == "rekey" {
+            #expect(after != before)
+        } else {
+            #expect(after == before)
+        }
+        #expect(try a.quit() == 0)
+    }
+
+    @Test(.timeLimit(.minutes(5)))
+    func liveMigrationKeepsTheIdentity() throws {
+        let host = "/tmp/vtpm-migrate-\(UInt32.random(in: 0...UInt32.max))"
+        for dir in ["a", "dest"] {
+            try FileManager.default.createDirectory(atPath: "\(host)/\(dir)", withIntermediateDirectories: true)
+        }
+        defer { try? FileManager.default.removeItem(atPath: host) }
+        let image = try GuestImage.locate()
+        let source = try TPMBackendProcess(
+            directory: "\(host)/a",
+            extraArguments: Self.identityArguments(host, vm: Self.vmA)
+        )
+        let a = try QEMUGuest.launch(.init(directory: "\(host)/a", image: image, tpmSocket: source.controlSocket))
+        try a.waitForReady()
+        let ekCommand =
+            "tpm2_createek -c /tmp/ek.ctx -G rsa -u /tmp/ek.pub -Q && tpm2_flushcontext -t && sha256sum /tmp/ek.pub | cut -c1-64"
+        let ek = try a.check(ekCommand)
+        try a.check(
+            "cd /tmp && tpm2_createak -C ek.ctx -c ak.ctx -G rsa -g sha256 -s rsassa -u ak.pub -n ak.name -Q"
+                + " && tpm2_evictcontrol -C o -c ak.ctx 0x81010002 -Q && tpm2_flushcontext -t",
+            timeout: .seconds(120)
+        )
+        let destination = try TPMBackendProcess(
+            directory: "\(host)/dest",
+            extraArguments: Self.identityArguments(host, vm: Self.vmA)
+        )
+        let target = try QEMUGuest.launch(
+            .init(
+                directory: "\(host)/dest",
+                image: image,
+                tpmSocket: destination.controlSocket,
+                extraArguments: ["-incoming", "unix:\(host)/migrate.sock"]
+            )
+        )
+        try a.migrate(to: "unix:\(host)/migrate.sock")
+        try target.waitForRunState("running")
+        try target.waitForShell()
+        #expect(destination.log.contains("decision=move"), "\(destination.log)")
+        #expect(try target.check(ekCommand) == ek)
+        try target.check(
+            "cd /tmp && echo hello > msg && tpm2_sign -c 0x81010002 -g sha256 -s rsassa -o sig msg"
+                + " && tpm2_verifysignature -c 0x81010002 -g sha256 -m msg -s sig",
+            timeout: .seconds(120)
+        )
+        try a.quit()
+        try target.quit()
+    }
 }
