@@ -60,6 +60,15 @@ struct GuestCloneTests {
             timeout: .seconds(120)
         )
         #expect(try a.check("tpm2_unseal -c 0x81000010") == "A secret")
+        // A signing key whose policy is PolicyNV(counter == its value now).
+        try a.check(
+            "cd /data && tpm2_nvread 0x1400001 -s 8 -o cnt0.bin && tpm2_startauthsession -S t.ctx"
+                + " && tpm2_policynv -S t.ctx -i cnt0.bin -L pnv.policy 0x1400001 eq -Q && tpm2_flushcontext t.ctx"
+                + " && tpm2_create -C 0x81000001 -G ecc -u pk.pub -r pk.priv -L pnv.policy"
+                + " -a 'fixedtpm|fixedparent|sensitivedataorigin|sign' -Q && tpm2_flushcontext -t && echo hello > msg",
+            timeout: .seconds(120)
+        )
+        #expect(try a.run(Self.policyNVSign, timeout: .seconds(120)).status == 0)
         let counterA = Self.bytes(fromOD: try a.check("tpm2_nvread 0x1400001 -s 8 | od -An -tx1"))
         let historyA = try a.check("tpm2_nvread 0x1400002 -s 32 | od -An -tx1")
         #expect(counterA.count == 8)
@@ -88,6 +97,17 @@ struct GuestCloneTests {
         #expect(backendB.log.contains("decision=clone"), "\(backendB.log)")
         // The storage hierarchy came along: the sealed object unseals.
         #expect(try b.check("tpm2_unseal -c 0x81000010") == "A secret")
+        // The key bound to A's counter value still loads (storage hierarchy) but cannot sign in the clone.
+        #expect(
+            try b.run(
+                "(cd /data && tpm2_load -C 0x81000001 -u pk.pub -r pk.priv -c pk.ctx -Q; rc=$?; tpm2_flushcontext -t; exit $rc)"
+            ).status == 0
+        )
+        let refused = try b.run(Self.policyNVSign, timeout: .seconds(120))
+        #expect(
+            refused.status != 0 && (refused.output.contains("policynv") || refused.output.contains("PolicyNV")),
+            "\(refused.output)"
+        )
         // The AK under A's EK is gone.
         #expect(try b.run("tpm2_readpublic -c 0x81010002 -Q").status != 0)
         // A new EK, and its certificate names B (parent A), holds B's EK and chains to the CA.
@@ -158,8 +178,17 @@ struct GuestCloneTests {
                 + " && tpm2_verifysignature -c 0x81010002 -g sha256 -m msg -s sig",
             timeout: .seconds(120)
         )
+        #expect(try a2.run(Self.policyNVSign, timeout: .seconds(120)).status == 0)
         #expect(try a2.quit() == 0)
     }
+
+    /// Signs /data/msg with the PolicyNV key (policy session: counter == the value saved at creation).
+    static let policyNVSign =
+        "(cd /data && tpm2_flushcontext -t; tpm2_load -C 0x81000001 -u pk.pub -r pk.priv -c pk.ctx -Q"
+        + " && tpm2_startauthsession --policy-session -S ps.ctx"
+        + " && tpm2_policynv -S ps.ctx -i cnt0.bin 0x1400001 eq -Q"
+        + " && tpm2_sign -c pk.ctx -p session:ps.ctx -g sha256 -o pnv.sig msg; rc=$?;"
+        + " tpm2_flushcontext ps.ctx 2>/dev/null; tpm2_flushcontext -t; exit $rc)"
 
     @Test(.timeLimit(.minutes(5)), arguments: ["rekey", "keep"])
     func rollbackWithLoadvm(policy: String) throws {
