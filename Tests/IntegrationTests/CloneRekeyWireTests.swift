@@ -268,6 +268,60 @@ struct CloneRekeyWireTests {
         }
     }
 
+    @Test(arguments: ["adopt", "rekey"])
+    func swtpmStateIsAdoptedOrRekeyed(policy: String) throws {
+        try withTemporaryDirectory { host in
+            let state = "\(host)/a"
+            try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
+            let setup = try runCommand(
+                "swtpm_setup",
+                ["--tpm2", "--tpmstate", state, "--create-ek-cert", "--overwrite"]
+            )
+            try #require(setup.status == 0, "\(setup.output)")
+            let port = try freePortPair()
+            let swtpm = try Daemon(
+                "swtpm",
+                [
+                    "socket", "--tpm2", "--tpmstate", "dir=\(state)", "--server", "type=tcp,port=\(port)",
+                    "--ctrl", "type=tcp,port=\(port + 1)", "--flags", "not-need-init,startup-clear",
+                ],
+                waitForPort: port
+            )
+            let env = ["TPM2TOOLS_TCTI": "swtpm:host=127.0.0.1,port=\(port)"]
+            #expect(
+                try runCommand(
+                    "tpm2_createek",
+                    ["-c", "\(host)/ek.ctx", "-G", "rsa", "-u", "\(host)/ek0.pub"],
+                    environment: env
+                )
+                .status == 0
+            )
+            _ = try runCommand("swtpm_ioctl", ["--tcp", "127.0.0.1:\(port + 1)", "-s"])
+            _ = swtpm.waitForExit()
+            let ekSwtpm = try #require(fileBytes("\(host)/ek0.pub"))
+
+            let node = try Node(
+                host,
+                vmID: "07070707-0000-4000-8000-000000000007",
+                name: "a",
+                extra: ["--foreign-state", policy]
+            )
+            try node.start()
+            #expect(
+                node.logText.contains("decision=\(policy == "adopt" ? "adopt" : "rekey-foreign")"),
+                "\(node.logText)"
+            )
+            let ek = try node.ekPublic(host)
+            if policy == "adopt" {
+                #expect(ek == ekSwtpm)
+            } else {
+                #expect(ek != ekSwtpm)
+                let info = try EKCertificateInfo(der: try node.nv("0x1c00002", host))
+                #expect(info.vmID?.uuidString.lowercased() == node.vmID)
+            }
+        }
+    }
+
     @Test func blobsFromAnotherHostKeyAreRefused() throws {
         try withTemporaryDirectory { host in
             let a = try Node(host, vmID: "0e0e0e0e-0000-4000-8000-00000000000e", name: "a")
