@@ -21,6 +21,10 @@ public struct ControlCode: RawRepresentable, Hashable, Sendable, CustomStringCon
     public static let setDataFD = ControlCode(rawValue: 0x10)
     public static let setBufferSize = ControlCode(rawValue: 0x11)
     public static let getInfo = ControlCode(rawValue: 0x12)
+    /// vtpmd vendor command: the VM identity as JSON (`Server+Vendor.swift`). Far outside swtpm's
+    /// 0x01–0x13, so no swtpm version can mean something else by it; swtpm answers it with a 4-byte
+    /// TPM_BAD_ORDINAL, QEMU never sends it, and GET_CAPABILITY does not advertise it.
+    public static let vtpmGetIdentity = ControlCode(rawValue: 0x7654_0001)
 
     public var description: String {
         switch self {
@@ -42,6 +46,7 @@ public struct ControlCode: RawRepresentable, Hashable, Sendable, CustomStringCon
         case .setDataFD: "SET_DATAFD"
         case .setBufferSize: "SET_BUFFERSIZE"
         case .getInfo: "GET_INFO"
+        case .vtpmGetIdentity: "VTPM_GET_IDENTITY"
         default: "0x" + String(self.rawValue, radix: 16)
         }
     }
@@ -64,7 +69,7 @@ public struct ControlCode: RawRepresentable, Hashable, Sendable, CustomStringCon
         case .getCapability, .setDataFD: .atLeast(0)
         case .initialize: .exactly(4)
         case .shutdown, .getTPMEstablished, .hashStart, .hashEnd, .cancelTPMCommand, .storeVolatile, .stop,
-            .getConfig:
+            .getConfig, .vtpmGetIdentity:
             .exactly(0)
         case .setLocality, .resetTPMEstablished: .atLeast(1)
         case .getStateBlob: .atLeast(12)

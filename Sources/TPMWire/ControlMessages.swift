@@ -17,6 +17,8 @@ public enum ControlRequest: Hashable, Sendable {
     case setDataFD
     case setBufferSize(UInt32)
     case getInfo(flags: UInt64, offset: UInt32)
+    /// vtpmd's vendor command (``ControlCode/vtpmGetIdentity``).
+    case vtpmGetIdentity
 
     /// `PTM_INIT_FLAG_DELETE_VOLATILE`.
     public static let initFlagDeleteVolatile: UInt32 = 1
@@ -46,6 +48,7 @@ public enum ControlRequest: Hashable, Sendable {
             let flags = try r.readUInt64()
             let offset = try r.readUInt32()
             self = .getInfo(flags: flags, offset: offset)
+        case .vtpmGetIdentity: self = .vtpmGetIdentity
         default:
             throw WireError(.unknownCommand, "unknown control command \(code)")
         }
@@ -87,6 +90,7 @@ public enum ControlRequest: Hashable, Sendable {
             w.write(flags)
             w.write(offset)
             w.write(UInt32(0))
+        case .vtpmGetIdentity: w.write(ControlCode.vtpmGetIdentity.rawValue)
         }
         return w.bytes
     }

@@ -232,6 +232,8 @@ extension Server {
             }
             let chunk = bytes[Int(offset)...].prefix(3072)
             return ControlReply.info(total: UInt32(bytes.count), chunk: chunk)
+        case .vtpmGetIdentity:
+            return self.vendorIdentityReply()
         }
     }
 
