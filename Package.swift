@@ -14,6 +14,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "vtpmd", targets: ["vtpmd"]),
+        .executable(name: "vtpmctl", targets: ["vtpmctl"]),
+        .executable(name: "vtpm-state", targets: ["vtpm-state"]),
         .library(name: "VTPM", targets: ["TPMWire", "StateStore", "TPMEngine", "VTPMServer"]),
     ],
     dependencies: [
@@ -65,6 +67,36 @@ let package = Package(
             name: "vtpmd",
             dependencies: [
                 "VTPMServer", "StateStore", "TPMWire",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: settings
+        ),
+        .target(
+            name: "StateTool",
+            dependencies: [
+                "TPMEngine", "TPMWire", "StateStore", "CloneRekey", "EndorsementCA", "Registry",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: settings
+        ),
+        .executableTarget(
+            name: "vtpm-state",
+            dependencies: [
+                "StateTool",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: settings
+        ),
+        .testTarget(
+            name: "StateToolTests",
+            dependencies: ["StateTool", "TestSupport", "StateStore", "EndorsementCA", "Registry", "TPMWire"],
+            swiftSettings: settings
+        ),
+        .executableTarget(
+            name: "vtpmctl",
+            dependencies: [
+                "TPMWire", "_VTPMPosix",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: settings

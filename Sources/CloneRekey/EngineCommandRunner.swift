@@ -1,12 +1,19 @@
-import TPMEngine
-import TPMWire
+public import TPMEngine
+public import TPMWire
 
 /// Sends TPM 2.0 commands to an ``Engine`` and maps every failure to ``CloneRekeyError``.
-struct EngineCommandRunner {
-    let engine: Engine
+/// Shared by the rekey procedure and `vtpm-state`'s read-only inspection.
+public struct EngineCommandRunner {
+    /// The engine the commands go to.
+    public let engine: Engine
+
+    /// A runner for `engine`.
+    /// - Parameter engine: the process's engine, initialized.
+    public init(engine: Engine) { self.engine = engine }
 
     /// Runs `command` and parses the response with `parse`.
-    func run<T>(_ command: [UInt8], _ parse: ([UInt8]) throws -> T) throws -> T {
+    /// - Throws: ``CloneRekeyError`` (`tpmCommand` with the TPM_RC, or `malformedResponse`).
+    public func run<T>(_ command: [UInt8], _ parse: ([UInt8]) throws -> T) throws -> T {
         let code = command.count >= TPMFrame.headerSize ? command.readBigEndianUInt32(at: 6) : 0
         var buffer = command
         guard let response = self.engine.process(&buffer) else {
@@ -22,18 +29,18 @@ struct EngineCommandRunner {
     }
 
     /// Runs a command whose response carries nothing needed; throws unless it succeeded.
-    func run(_ command: [UInt8]) throws {
+    public func run(_ command: [UInt8]) throws {
         let code = command.count >= TPMFrame.headerSize ? command.readBigEndianUInt32(at: 6) : 0
         try self.run(command) { response in try TPM2Responses.parseEmpty(response, command: code) }
     }
 
     /// The response code of `command` (0 on success), throwing only when the response is malformed.
-    func responseCode(_ command: [UInt8]) throws -> UInt32 {
+    public func responseCode(_ command: [UInt8]) throws -> UInt32 {
         try self.run(command) { response in try TPM2Responses.responseCode(response) }
     }
 
     /// TPM2_NV_ReadPublic, or nil when the index does not exist (TPM_RC_HANDLE).
-    func nvReadPublic(_ index: UInt32) throws -> NVPublic? {
+    public func nvReadPublic(_ index: UInt32) throws -> NVPublic? {
         try self.run(TPM2Commands.nvReadPublic(index: index)) { response in
             if try TPM2Responses.responseCode(response) == Self.rcHandle1 { return nil }
             return try TPM2Responses.parseNVReadPublic(response)

@@ -287,7 +287,11 @@ public struct RekeyProcedure: Sendable {
     /// platform- and owner-created indices (the owner's authValue belongs to the guest).
     /// - Returns: whether an index existed.
     private func writeCertificate(_ certificate: [UInt8], at index: UInt32, tpm: EngineCommandRunner) throws -> Bool {
-        guard !certificate.isEmpty, certificate.count <= Self.maximumCertificateSize else {
+        if certificate.isEmpty {
+            // No CA: no certificate, and none left behind that names the old EK.
+            return try self.undefineIfPresent(index, tpm: tpm) != nil
+        }
+        guard certificate.count <= Self.maximumCertificateSize else {
             throw CloneRekeyError(
                 .certificateTooLarge,
                 "certificate for NV index 0x\(String(index, radix: 16)) has \(certificate.count) bytes "

@@ -235,7 +235,6 @@ public struct CommandLineOptions: Sendable {
             guard let vm = VMID(vmID) else {
                 throw OptionError("--vm-id: '\(vmID)' is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")
             }
-            guard let ca else { throw OptionError("--vm-id needs --ca DIR (the host CA that certifies the EKs)") }
             var identity = IdentityConfiguration(
                 vmID: vm,
                 caDirectory: ca,

@@ -18,7 +18,9 @@ import Foundation
 /// `--foreign-state`). The whole feature is on when `--vm-id` is given.
 public struct IdentityConfiguration: Sendable {
     public var vmID: VMID
-    public var caDirectory: String
+    /// The host CA; nil: EKs are not certified (a rekey removes the old certificates, a new TPM is
+    /// manufactured blank, as swtpm does without swtpm_setup).
+    public var caDirectory: String?
     public var registryPath: String
     public var hostKeyPath: String
     public var onRollback: RollbackPolicy = .rekey
@@ -27,7 +29,7 @@ public struct IdentityConfiguration: Sendable {
     public static let defaultRegistryPath = "/var/lib/vtpm/registry.sqlite"
     public static let defaultHostKeyPath = "/var/lib/vtpm/host.key"
 
-    public init(vmID: VMID, caDirectory: String, registryPath: String, hostKeyPath: String) {
+    public init(vmID: VMID, caDirectory: String?, registryPath: String, hostKeyPath: String) {
         self.vmID = vmID
         self.caDirectory = caDirectory
         self.registryPath = registryPath
@@ -48,14 +50,18 @@ final class IdentityService {
     let configuration: IdentityConfiguration
     let registry: SQLiteRegistry
     let hostKey: HostKey
-    let ca: HostCA
+    let ca: HostCA?
     let logger: Logger
     var generation: UInt64 = 0
     /// A checkpoint was handed out and the TPM has not changed since: the next state change must
     /// be recorded (one registry write, then this is false again).
     var checkpointOutstanding = false
     var incoming: [UInt32: IncomingBlob] = [:]
-    var lastDecision: String = "none"
+    var lastDecision: String = "none" {
+        didSet { self.lastDecisionAt = .now() }
+    }
+    /// When `lastDecision` was last set (nil before the first decision).
+    var lastDecisionAt: Timestamp? = nil
 
     var vmID: String { self.configuration.vmID.description }
 
@@ -64,7 +70,7 @@ final class IdentityService {
         self.logger = logger
         self.registry = try SQLiteRegistry(path: configuration.registryPath)
         self.hostKey = try HostKey.loadOrCreate(path: configuration.hostKeyPath)
-        self.ca = try HostCA.loadOrCreate(at: configuration.caDirectory)
+        self.ca = try configuration.caDirectory.map { try HostCA.loadOrCreate(at: $0) }
         try self.registry.ensureIdentity(vmID: self.vmID)
         if let current = try self.registry.currentGeneration(vmID: self.vmID) {
             self.generation = current.generation
@@ -136,31 +142,26 @@ final class IdentityService {
         generation: UInt64,
         parent: StateOrigin?
     ) throws -> (rsaCertDER: [UInt8], eccCertDER: [UInt8]) {
+        guard let ca = self.ca else { return ([], []) }
         guard let vm = UUID(uuidString: self.vmID) else { throw ServerError.startup("bad vmID \(self.vmID)") }
         let parentUUID = parent.flatMap { UUID(uuidString: $0.vmID) }
-        func issue(_ tpm2bPublic: [UInt8]) throws -> [UInt8] {
-            let key = try EKPublicKey(tpm2bPublic: tpm2bPublic)
-            return try self.ca.issueEKCertificate(
-                EKCertificateRequest(
-                    publicKey: key,
-                    vmID: vm,
-                    generation: generation,
-                    parentVMID: parentUUID,
-                    parentGeneration: parentUUID == nil ? nil : parent?.generation
-                )
-            )
-        }
-        return (try issue(rsaEKPublic), try issue(eccEKPublic))
+        return try ca.issueEKCertificates(
+            rsaEKPublic: rsaEKPublic,
+            eccEKPublic: eccEKPublic,
+            vmID: vm,
+            generation: generation,
+            parentVMID: parentUUID,
+            parentGeneration: parentUUID == nil ? nil : parent?.generation
+        )
     }
 
     /// What the history index is extended with: SHA-256 over the event.
     func historyEvent(_ decision: Decision, source: StateOrigin?, newGeneration: UInt64) -> [UInt8] {
-        var w = ByteWriter(capacity: 128)
-        w.write(bytes: Array("vtpm-event".utf8))
-        w.writeSized16(Array(decision.name.utf8))
-        w.writeSized16(Array((source?.description ?? "").utf8))
-        w.writeSized16(Array(self.vmID.utf8))
-        w.write(newGeneration)
-        return Array(SHA256.hash(data: w.bytes))
+        RekeyProcedure.historyEvent(
+            kind: decision.name,
+            source: source?.description ?? "",
+            vmID: self.vmID,
+            generation: newGeneration
+        )
     }
 }

@@ -264,6 +264,11 @@ extension Server {
     /// certificates and the identity indices; generation as the registry says (0 for a new VM).
     func provisionNewTPM(identity: IdentityService, store: StateDirectory, started: UInt64) -> UInt32 {
         store.identityForNewTPM = InstanceIdentity(vmID: identity.configuration.vmID, generation: identity.generation)
+        guard identity.ca != nil else {
+            // No CA: a blank TPM, as swtpm makes one; the marker still records the identity.
+            self.identityChecked = true
+            return Self.continueNormalInit
+        }
         store.beginStaging()
         self.storage.lastFailure = nil
         do {

@@ -18,7 +18,7 @@ struct CloneRekeyWireTests {
         let daemon: Daemon
         let log: String
 
-        init(_ host: String, vmID: String, name: String, extra: [String] = []) throws {
+        init(_ host: String, vmID: String, name: String, extra: [String] = [], withCA: Bool = true) throws {
             self.vmID = vmID
             self.state = "\(host)/\(name)"
             self.log = "\(host)/\(name).log"
@@ -28,10 +28,10 @@ struct CloneRekeyWireTests {
                 Binaries.vtpmd,
                 [
                     "socket", "--tpm2", "--tpmstate", "dir=\(self.state)", "--server", "type=tcp,port=\(self.port)",
-                    "--ctrl", "type=tcp,port=\(self.port + 1)", "--vm-id", vmID, "--ca", "\(host)/ca",
+                    "--ctrl", "type=tcp,port=\(self.port + 1)", "--vm-id", vmID,
                     "--registry", "\(host)/registry.sqlite", "--host-key", "\(host)/host.key",
                     "--log", "file=\(self.log),level=2",
-                ] + extra,
+                ] + (withCA ? ["--ca", "\(host)/ca"] : []) + extra,
                 waitForPort: self.port
             )
         }
@@ -319,6 +319,22 @@ struct CloneRekeyWireTests {
                 let info = try EKCertificateInfo(der: try node.nv("0x1c00002", host))
                 #expect(info.vmID?.uuidString.lowercased() == node.vmID)
             }
+        }
+    }
+
+    @Test func withoutACATheTPMIsBlankAndARekeyLeavesNoStaleCertificate() throws {
+        try withTemporaryDirectory { host in
+            let a = try Node(host, vmID: "08080808-0000-4000-8000-000000000008", name: "a", withCA: false)
+            try a.start()
+            #expect(try a.nv("0x1c00002", host).isEmpty)
+            let ekA = try a.ekPublic(host)
+            let b = try Node(host, vmID: "09090909-0000-4000-8000-000000000009", name: "b", withCA: false)
+            #expect(try b.load(try a.blobs()) == 0)
+            #expect(b.logText.contains("decision=clone"))
+            #expect(try b.ekPublic(host) != ekA)
+            #expect(try b.nv("0x1c00002", host).isEmpty)
+            #expect(try b.nv("0x1400001", host).count == 8)
+            #expect(!FileManager.default.fileExists(atPath: "\(host)/ca"))
         }
     }
 

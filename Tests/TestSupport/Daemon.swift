@@ -9,6 +9,20 @@ public enum Binaries {
         let root = RepositoryRoot.find()?.path ?? FileManager.default.currentDirectoryPath
         return "\(root)/.build/debug/vtpmd"
     }
+
+    /// vtpmctl as built by `swift build` (override with the VTPMCTL environment variable).
+    public static var vtpmctl: String {
+        if let path = ProcessInfo.processInfo.environment["VTPMCTL"], !path.isEmpty { return path }
+        let root = RepositoryRoot.find()?.path ?? FileManager.default.currentDirectoryPath
+        return "\(root)/.build/debug/vtpmctl"
+    }
+
+    /// vtpm-state as built by `swift build` (override with the VTPM_STATE environment variable).
+    public static var vtpmState: String {
+        if let path = ProcessInfo.processInfo.environment["VTPM_STATE"], !path.isEmpty { return path }
+        let root = RepositoryRoot.find()?.path ?? FileManager.default.currentDirectoryPath
+        return "\(root)/.build/debug/vtpm-state"
+    }
 }
 
 /// The result of a program run to completion.

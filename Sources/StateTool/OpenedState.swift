@@ -1,0 +1,131 @@
+import Foundation
+import Logging
+import StateStore
+import TPMWire
+
+/// A state directory as `vtpm-state` reads it: locked first (a directory in use by vtpmd or swtpm is
+/// refused), then its identity and every state file decoded and checked. Nothing is written.
+final class OpenedState {
+    let path: String
+    let store: StateDirectory
+    /// The recorded identity, nil for a directory without a marker (swtpm's) or a damaged marker.
+    let identity: InstanceIdentity?
+    /// Every state file present, with its integrity verdict.
+    let files: [StateReport.File]
+    /// The plain libtpms permanent state, nil when it is damaged.
+    let permanentState: [UInt8]?
+
+    /// The file names `vtpm-state` looks at, in report order.
+    static let fileNames = [
+        StateDirectory.fileName("permall"), StateDirectory.fileName("volatilestate"),
+        StateDirectory.fileName("savestate"), StateDirectory.instanceName,
+    ]
+
+    static let silentLogger = Logger(label: "vtpm.statetool", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    /// Opens and locks `path`.
+    /// - Throws: ``StateToolError``: `notFound` for a missing directory or one without a TPM state,
+    ///   `locked` when a running vtpmd or swtpm holds it.
+    static func open(_ path: String) throws -> OpenedState {
+        guard Self.kind(path) == .typeDirectory else {
+            throw StateToolError(.notFound, "state directory \(path) does not exist")
+        }
+        // Checked before locking, which would create `.lock` in a directory that holds no TPM.
+        let present = self.fileNames.filter { name in
+            (try? FileManager.default.attributesOfItem(atPath: Self.join(path, name))) != nil
+        }
+        guard !present.isEmpty else {
+            throw StateToolError(.notFound, "\(path) holds no TPM state (no \(StateDirectory.fileName("permall")))")
+        }
+        let store = StateDirectory(path: path, options: StateDirectory.Options(), logger: Self.silentLogger)
+        do {
+            try store.lock()
+        } catch {
+            if error.code == .locked {
+                throw StateToolError(
+                    .locked,
+                    "state directory \(path) is locked: a running vtpmd or swtpm is using it; stop it first"
+                )
+            }
+            throw StateToolError(.notFound, "cannot open state directory \(path): \(error.message)")
+        }
+        var files: [StateReport.File] = []
+        var identity: InstanceIdentity? = nil
+        var permanent: [UInt8]? = nil
+        for name in present {
+            let full = Self.join(path, name)
+            let size = (try? FileManager.default.attributesOfItem(atPath: full)[.size] as? Int) ?? nil
+            var file = StateReport.File(name: name, size: size ?? 0, status: "ok")
+            do {
+                if name == StateDirectory.instanceName {
+                    identity = try store.identity()
+                    file.writer = "vtpmd"
+                } else {
+                    let blob = String(name.dropFirst("tpm2-00.".count))
+                    guard let plain = try store.load(blob) else { continue }
+                    if blob == "permall" { permanent = plain }
+                    if let raw = FileManager.default.contents(atPath: full),
+                        let info = try? StateFile.decode([UInt8](raw), key: nil).info
+                    {
+                        file.writer = info.generation == nil ? "swtpm" : "vtpmd"
+                        file.writeGeneration = info.generation
+                        file.encrypted = info.encrypted
+                    }
+                }
+            } catch {
+                file.status = "damaged"
+                file.error = error.message
+                if error.code == .keyMissing { file.encrypted = true }
+            }
+            files.append(file)
+        }
+        if !present.contains(StateDirectory.fileName("permall")) {
+            files.insert(
+                StateReport.File(
+                    name: StateDirectory.fileName("permall"),
+                    size: 0,
+                    status: "missing",
+                    error: "the permanent state is missing"
+                ),
+                at: 0
+            )
+        }
+        return OpenedState(path: path, store: store, identity: identity, files: files, permanentState: permanent)
+    }
+
+    private init(
+        path: String,
+        store: StateDirectory,
+        identity: InstanceIdentity?,
+        files: [StateReport.File],
+        permanentState: [UInt8]?
+    ) {
+        self.path = path
+        self.store = store
+        self.identity = identity
+        self.files = files
+        self.permanentState = permanentState
+    }
+
+    /// Whether every file decoded.
+    var isIntact: Bool { self.files.allSatisfy { $0.status == "ok" } }
+
+    /// The plain permanent state, or why there is none.
+    func requirePermanentState() throws -> [UInt8] {
+        guard let permanentState, self.isIntact else {
+            let bad = self.files.filter { $0.status != "ok" }
+                .map { "\($0.name): \($0.error ?? $0.status)" }
+            throw StateToolError(.damaged, "\(self.path) is damaged: \(bad.joined(separator: "; "))")
+        }
+        return permanentState
+    }
+
+    /// The file type at `path` (not following a final symlink), nil when nothing is there.
+    static func kind(_ path: String) -> FileAttributeType? {
+        (try? FileManager.default.attributesOfItem(atPath: path))?[.type] as? FileAttributeType
+    }
+
+    static func join(_ directory: String, _ name: String) -> String {
+        directory.hasSuffix("/") ? directory + name : directory + "/" + name
+    }
+}

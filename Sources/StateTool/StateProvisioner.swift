@@ -1,0 +1,362 @@
+import CloneRekey
+import EndorsementCA
+import Foundation
+import Registry
+import StateStore
+import TPMEngine
+
+/// `vtpm-state create`, `clone` and `rekey`: vtpmd's at-rest paths (a new provisioned TPM, a copied
+/// directory) done offline. The TPM runs on an in-memory copy; the directory is written only when
+/// everything succeeded (identity marker, then the permanent state twice, so that the spare file holds
+/// no state with the old endorsement seed), and the volatile and saved states, which hold the old seed,
+/// are removed.
+public enum StateProvisioner {
+    /// What was written.
+    public struct Outcome: Sendable, Hashable {
+        /// The directory written.
+        public var state: String
+        /// Its vm-id.
+        public var vmID: String
+        /// Its new generation.
+        public var generation: UInt64
+        /// For a clone: the source ("vm gen n").
+        public var parent: String?
+        /// "created", "cloned" or "rekeyed".
+        public var action: String
+
+        /// "created vm … generation 0 in DIR".
+        public var summary: String {
+            "\(self.action) vm \(self.vmID) generation \(self.generation)"
+                + (self.parent.map { " (parent \($0))" } ?? "") + " in \(self.state)"
+        }
+    }
+
+    /// Manufactures a provisioned TPM in `path`: EKs, their certificates from the CA, the identity indices,
+    /// generation 0 (or the registry's next for a known vm-id).
+    /// - Parameters:
+    ///   - path: The state directory (created 0700 if missing).
+    ///   - vmID: The VM's UUID.
+    ///   - caDirectory: The host CA (must exist: `vtpm-state ca init`).
+    ///   - registryPath: A registry to record the generation in, or nil.
+    ///   - overwrite: Replace an existing TPM.
+    /// - Returns: What was written.
+    /// - Throws: ``StateToolError``; on any error nothing is written.
+    public static func create(
+        path: String,
+        vmID: String,
+        caDirectory: String,
+        registryPath: String?,
+        overwrite: Bool
+    ) throws -> Outcome {
+        let vm = try self.parseVMID(vmID)
+        let ca = try self.loadCA(caDirectory)
+        let store = try self.openTarget(path, overwrite: overwrite)
+        let registry = try registryPath.map(self.openRegistry)
+        let generation = try self.nextGeneration(registry, vm, atLeast: 0)
+        let engine = try self.engine(InMemoryEngineStorage())
+        let fresh: [UInt8]
+        do {
+            try engine.initialize()
+            fresh = try engine.state(.permanent)
+            engine.terminate()
+        } catch {
+            throw StateToolError(.engine, "libtpms could not manufacture a TPM: \(error)")
+        }
+        let permanent = try self.rekey(
+            engine: engine,
+            permanent: fresh,
+            ca: ca,
+            vmID: vm,
+            generation: generation,
+            parent: nil,
+            kind: "manufacture"
+        )
+        let recorded = try self.record(registry, vmID: vm, generation: generation, reason: .manufacture, parent: nil)
+        let identity = InstanceIdentity(vmID: vm, generation: recorded, creator: "vtpm-state")
+        try self.commit(store, identity: identity, permanent)
+        return Outcome(state: path, vmID: vm.description, generation: recorded, parent: nil, action: "created")
+    }
+
+    /// Copies the TPM in `source` to `target` under a new identity, rekeyed (new EPS, EKs, certificates;
+    /// storage hierarchy kept). The source is only read.
+    /// - Parameters:
+    ///   - source: The source state directory.
+    ///   - target: The new directory: missing or without a TPM.
+    ///   - vmID: The clone's UUID (must differ from the source's).
+    ///   - caDirectory: The host CA.
+    ///   - registryPath: A registry to record the generation in, or nil.
+    /// - Returns: What was written.
+    /// - Throws: ``StateToolError``; on any error nothing is written.
+    public static func clone(
+        source: String,
+        target: String,
+        vmID: String,
+        caDirectory: String,
+        registryPath: String?
+    ) throws -> Outcome {
+        let vm = try self.parseVMID(vmID)
+        let ca = try self.loadCA(caDirectory)
+        let opened = try OpenedState.open(source)
+        let permanent = try opened.requirePermanentState()
+        if let sourceVM = opened.identity?.vmID, sourceVM == vm {
+            throw StateToolError(.invalidArgument, "the clone needs another vm-id than its source (\(vm))")
+        }
+        let store = try self.openTarget(target, overwrite: false)
+        let registry = try registryPath.map(self.openRegistry)
+        let parent = opened.identity.flatMap { identity in
+            identity.vmID.map { StateOrigin(vmID: $0.description, generation: identity.generation, checkpoint: nil) }
+        }
+        let generation = try self.nextGeneration(registry, vm, atLeast: 0)
+        let engine = try self.engine(InMemoryEngineStorage())
+        let rekeyed = try self.rekey(
+            engine: engine,
+            permanent: permanent,
+            ca: ca,
+            vmID: vm,
+            generation: generation,
+            parent: parent,
+            kind: "clone"
+        )
+        let recorded = try self.record(registry, vmID: vm, generation: generation, reason: .clone, parent: parent)
+        let identity = InstanceIdentity(
+            vmID: vm,
+            generation: recorded,
+            parent: opened.identity?.vmID,
+            creator: "vtpm-state"
+        )
+        try self.commit(store, identity: identity, rekeyed)
+        return Outcome(
+            state: target,
+            vmID: vm.description,
+            generation: recorded,
+            parent: parent.map { "\($0.vmID) gen \($0.generation)" },
+            action: "cloned"
+        )
+    }
+
+    /// Rekeys the TPM in `path` in place: next generation, same vm-id (template preparation). A directory
+    /// without an identity (swtpm's) needs `vmID`, which it is then adopted under.
+    /// - Parameters:
+    ///   - path: The state directory.
+    ///   - vmID: The VM's UUID; must match a recorded one.
+    ///   - caDirectory: The host CA.
+    ///   - registryPath: A registry to record the generation in, or nil.
+    /// - Returns: What was written.
+    /// - Throws: ``StateToolError``; on any error nothing is written.
+    public static func rekey(path: String, vmID: String?, caDirectory: String, registryPath: String?) throws -> Outcome
+    {
+        let given = try vmID.map(self.parseVMID)
+        let ca = try self.loadCA(caDirectory)
+        let opened = try OpenedState.open(path)
+        let permanent = try opened.requirePermanentState()
+        let recordedVM = opened.identity?.vmID
+        if let given, let recordedVM, given != recordedVM {
+            throw StateToolError(
+                .invalidArgument,
+                "\(path) belongs to vm \(recordedVM), not \(given); use clone to give a state another identity"
+            )
+        }
+        guard let vm = given ?? recordedVM else {
+            throw StateToolError(.invalidArgument, "\(path) has no recorded identity (swtpm's directory): give --vm-id")
+        }
+        let registry = try registryPath.map(self.openRegistry)
+        let floor = recordedVM == nil ? 0 : (opened.identity?.generation ?? 0) + 1
+        let generation = try self.nextGeneration(registry, vm, atLeast: floor)
+        // The previous generation is the parent, so the lineage tree links the two.
+        let previous = opened.identity.flatMap { identity in
+            identity.vmID.map { StateOrigin(vmID: $0.description, generation: identity.generation, checkpoint: nil) }
+        }
+        let engine = try self.engine(InMemoryEngineStorage())
+        let rekeyed = try self.rekey(
+            engine: engine,
+            permanent: permanent,
+            ca: ca,
+            vmID: vm,
+            generation: generation,
+            parent: previous,
+            kind: "rekey"
+        )
+        let recorded = try self.record(registry, vmID: vm, generation: generation, reason: .rekey, parent: previous)
+        var identity = opened.identity ?? InstanceIdentity(vmID: vm, generation: recorded, creator: "vtpm-state")
+        identity.vmID = vm
+        identity.generation = recorded
+        try self.commit(opened.store, identity: identity, rekeyed)
+        return Outcome(state: path, vmID: vm.description, generation: recorded, parent: nil, action: "rekeyed")
+    }
+
+    // MARK: steps
+
+    static func parseVMID(_ text: String) throws -> VMID {
+        guard let vm = VMID(text) else {
+            throw StateToolError(
+                .invalidArgument,
+                "vm-id '\(text)' is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"
+            )
+        }
+        return vm
+    }
+
+    static func loadCA(_ directory: String) throws -> HostCA {
+        do {
+            return try HostCA.load(from: directory)
+        } catch {
+            throw StateToolError(
+                .certificateAuthority,
+                "cannot load the CA in \(directory): \(error) (create one with `vtpm-state ca init --ca \(directory)`)"
+            )
+        }
+    }
+
+    static func openRegistry(_ path: String) throws -> SQLiteRegistry {
+        do { return try SQLiteRegistry(path: path) } catch {
+            throw StateToolError(.registry, "cannot open registry \(path): \(error)")
+        }
+    }
+
+    /// The registry's next generation for `vm` (never below `atLeast`); `atLeast` without a registry.
+    static func nextGeneration(_ registry: SQLiteRegistry?, _ vm: VMID, atLeast floor: UInt64) throws -> UInt64 {
+        guard let registry else { return floor }
+        do {
+            guard let current = try registry.currentGeneration(vmID: vm.description) else { return floor }
+            return max(floor, current.generation + 1)
+        } catch {
+            throw StateToolError(.registry, "cannot read registry \(registry.path): \(error)")
+        }
+    }
+
+    static func engine(_ storage: InMemoryEngineStorage) throws -> Engine {
+        do { return try Engine(storage: storage) } catch {
+            throw StateToolError(.engine, "cannot set up libtpms: \(error)")
+        }
+    }
+
+    /// A locked target directory: created (0700) when missing; one holding a TPM only with `overwrite`.
+    static func openTarget(_ path: String, overwrite: Bool) throws -> StateDirectory {
+        if let kind = OpenedState.kind(path) {
+            guard kind == .typeDirectory else { throw StateToolError(.invalidArgument, "\(path) is not a directory") }
+            let traces = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).filter { name in
+                name == StateDirectory.instanceName || name.hasPrefix("tpm2-00.") || name.hasPrefix(".spare.tpm2-00.")
+            }
+            if !traces.isEmpty && !overwrite {
+                throw StateToolError(
+                    .exists,
+                    "\(path) already holds a TPM (\(traces.sorted().joined(separator: ", "))); "
+                        + "refusing to replace it without --overwrite"
+                )
+            }
+        } else {
+            do {
+                try FileManager.default.createDirectory(
+                    atPath: path,
+                    withIntermediateDirectories: true,
+                    attributes: [.posixPermissions: 0o700]
+                )
+            } catch {
+                throw StateToolError(.notFound, "cannot create state directory \(path): \(error)")
+            }
+        }
+        let store = StateDirectory(path: path, options: StateDirectory.Options(), logger: OpenedState.silentLogger)
+        do { try store.lock() } catch {
+            if error.code == .locked {
+                throw StateToolError(
+                    .locked,
+                    "state directory \(path) is locked: a running vtpmd or swtpm is using it; stop it first"
+                )
+            }
+            throw StateToolError(.notFound, "cannot open state directory \(path): \(error.message)")
+        }
+        return store
+    }
+
+    /// The cold phase of the rekey procedure on `permanent`; returns the new permanent state.
+    static func rekey(
+        engine: Engine,
+        permanent: [UInt8],
+        ca: HostCA,
+        vmID: VMID,
+        generation: UInt64,
+        parent: StateOrigin?,
+        kind: String
+    ) throws -> [UInt8] {
+        guard let uuid = UUID(uuidString: vmID.description) else {
+            throw StateToolError(.invalidArgument, "vm-id \(vmID) is not a UUID")
+        }
+        let parentUUID = parent.flatMap { UUID(uuidString: $0.vmID) }
+        do {
+            let result = try RekeyProcedure().run(
+                on: engine,
+                permanentState: permanent,
+                volatileState: nil,
+                historyEvent: RekeyProcedure.historyEvent(
+                    kind: kind,
+                    source: parent?.description ?? "",
+                    vmID: vmID.description,
+                    generation: generation
+                ),
+                issueCertificates: { rsa, ecc in
+                    try ca.issueEKCertificates(
+                        rsaEKPublic: rsa,
+                        eccEKPublic: ecc,
+                        vmID: uuid,
+                        generation: generation,
+                        parentVMID: parentUUID,
+                        parentGeneration: parent?.generation
+                    )
+                }
+            )
+            return result.permanentState
+        } catch {
+            throw StateToolError(.engine, "rekey failed, nothing changed: \(error)")
+        }
+    }
+
+    /// Records the generation (and its event) in the registry; returns the generation the registry gave,
+    /// which must be the one the certificates name.
+    static func record(
+        _ registry: SQLiteRegistry?,
+        vmID: VMID,
+        generation: UInt64,
+        reason: Generation.Reason,
+        parent: StateOrigin?
+    ) throws -> UInt64 {
+        guard let registry else { return generation }
+        let recorded: Generation
+        do {
+            recorded = try registry.beginGeneration(
+                vmID: vmID.description,
+                reason: reason,
+                parent: parent,
+                event: LineageEventDraft(
+                    kind: LineageEvent.Kind(rawValue: reason.rawValue),
+                    source: parent,
+                    detail: "vtpm-state"
+                )
+            )
+        } catch {
+            throw StateToolError(.registry, "cannot record the generation in \(registry.path): \(error)")
+        }
+        guard recorded.generation == generation else {
+            throw StateToolError(
+                .registry,
+                "registry \(registry.path) gave generation \(recorded.generation), expected \(generation)"
+            )
+        }
+        return recorded.generation
+    }
+
+    /// Writes identity and permanent state, removes the volatile and saved states (old seed).
+    static func commit(_ store: StateDirectory, identity: InstanceIdentity, _ permanent: [UInt8]) throws {
+        store.beginStaging()
+        do {
+            try store.recordIdentity(identity)
+            try store.store("permall", permanent)
+            try store.store("permall", permanent)
+            try store.delete("volatilestate")
+            try store.delete("savestate")
+            try store.commitStaged()
+        } catch {
+            store.discardStaged()
+            throw StateToolError(.damaged, "writing \(store.path) failed: \(error)")
+        }
+    }
+}

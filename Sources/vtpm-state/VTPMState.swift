@@ -1,0 +1,213 @@
+import ArgumentParser
+import Foundation
+import StateTool
+
+/// `vtpm-state`: the offline state tool. Argument parsing only; the work is in `StateTool`.
+@main
+struct VTPMState: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vtpm-state",
+        abstract: "Inspect, verify, provision, clone and rekey vTPM state directories offline.",
+        discussion: "A directory in use by a running vtpmd or swtpm (locked) is refused.",
+        subcommands: [CA.self, Inspect.self, Verify.self, Lineage.self, Create.self, Clone.self, Rekey.self]
+    )
+}
+
+/// Runs `body`; a domain error goes to stderr and exits 1.
+func runTool(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let error as StateToolError {
+        printError("vtpm-state: \(error.message)")
+        throw ExitCode.failure
+    }
+}
+
+func printError(_ text: String) {
+    FileHandle.standardError.write(Data((text + "\n").utf8))
+}
+
+struct StateOption: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("The state directory (swtpm's layout).", valueName: "DIR"))
+    var state: String
+}
+
+struct CAOption: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("The host CA directory (ca.pem, ca-key.pem).", valueName: "DIR"))
+    var ca: String
+}
+
+struct RegistryOption: ParsableArguments {
+    @Option(help: ArgumentHelp("Record the new generation in this registry.", valueName: "PATH"))
+    var registry: String?
+}
+
+extension VTPMState {
+    struct CA: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "ca",
+            abstract: "Manage the host CA.",
+            subcommands: [Init.self]
+        )
+
+        struct Init: ParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Create the host CA (ECDSA P-384 key ca-key.pem 0600, certificate ca.pem)."
+            )
+            @OptionGroup var ca: CAOption
+            @Option(help: ArgumentHelp("The CA's subject, e.g. 'CN=host CA,O=example'.", valueName: "DN"))
+            var subject: String?
+
+            func run() throws {
+                try runTool {
+                    print(try CertificateAuthorityTool.initialize(directory: self.ca.ca, subject: self.subject))
+                }
+            }
+        }
+    }
+
+    struct Inspect: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show a state's identity, files, EKs, certificates, NV indices and PCR banks.",
+            discussion: "Exit status 1 when a file is damaged or the TPM does not load. Never prints secrets."
+        )
+        @OptionGroup var state: StateOption
+        @Flag(help: "Print JSON (format documented in README.md).") var json = false
+
+        func run() throws {
+            try runTool {
+                let report = try StateInspector.inspect(path: self.state.state)
+                print(self.json ? try report.renderJSON() : report.renderText(), terminator: "")
+                if !report.isIntact {
+                    printError("vtpm-state: \(self.state.state) is damaged or does not load")
+                    throw ExitCode.failure
+                }
+            }
+        }
+    }
+
+    struct Verify: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Check that the EK certificates certify this state's EKs, chain to the CA and name its identity."
+        )
+        @OptionGroup var state: StateOption
+        @OptionGroup var ca: CAOption
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            try runTool {
+                let result = try StateVerifier.verify(path: self.state.state, caDirectory: self.ca.ca)
+                print(self.json ? try result.renderJSON() : result.renderText(), terminator: "")
+                if !result.passed { throw ExitCode.failure }
+            }
+        }
+    }
+
+    struct Lineage: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show the clone/rollback tree from the registry.")
+        @Option(help: ArgumentHelp("The registry file.", valueName: "PATH"))
+        var registry = "/var/lib/vtpm/registry.sqlite"
+        @Option(name: .customLong("vm-id"), help: ArgumentHelp("Only this VM's tree.", valueName: "UUID"))
+        var vmID: String?
+        @Option(help: "tree, dot (Graphviz) or json.") var format = "tree"
+
+        func validate() throws {
+            guard LineageQuery.Format(rawValue: self.format) != nil else {
+                throw ValidationError("--format must be tree, dot or json, not '\(self.format)'")
+            }
+        }
+
+        func run() throws {
+            try runTool {
+                print(
+                    try LineageQuery.render(
+                        registryPath: self.registry,
+                        vmID: self.vmID,
+                        format: LineageQuery.Format(rawValue: self.format) ?? .tree
+                    ),
+                    terminator: ""
+                )
+            }
+        }
+    }
+
+    struct Create: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Manufacture a provisioned TPM: EKs, certificates, identity indices, generation 0."
+        )
+        @OptionGroup var state: StateOption
+        @Option(name: .customLong("vm-id"), help: ArgumentHelp("The VM's UUID.", valueName: "UUID"))
+        var vmID: String
+        @OptionGroup var ca: CAOption
+        @OptionGroup var registry: RegistryOption
+        @Flag(help: "Replace an existing TPM in the directory.") var overwrite = false
+
+        func run() throws {
+            try runTool {
+                let outcome = try StateProvisioner.create(
+                    path: self.state.state,
+                    vmID: self.vmID,
+                    caDirectory: self.ca.ca,
+                    registryPath: self.registry.registry,
+                    overwrite: self.overwrite
+                )
+                print(outcome.summary)
+            }
+        }
+    }
+
+    struct Clone: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Copy a TPM to a new directory under a new vm-id, rekeyed; the source is only read."
+        )
+        @Option(help: ArgumentHelp("The source state directory.", valueName: "DIR")) var from: String
+        @Option(help: ArgumentHelp("The new state directory (missing or empty).", valueName: "DIR")) var to: String
+        @Option(name: .customLong("vm-id"), help: ArgumentHelp("The clone's UUID.", valueName: "UUID"))
+        var vmID: String
+        @OptionGroup var ca: CAOption
+        @OptionGroup var registry: RegistryOption
+
+        func validate() throws {
+            if self.from == self.to { throw ValidationError("--from and --to must be different directories") }
+        }
+
+        func run() throws {
+            try runTool {
+                let outcome = try StateProvisioner.clone(
+                    source: self.from,
+                    target: self.to,
+                    vmID: self.vmID,
+                    caDirectory: self.ca.ca,
+                    registryPath: self.registry.registry
+                )
+                print(outcome.summary)
+            }
+        }
+    }
+
+    struct Rekey: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Give a TPM at rest a new endorsement identity in place (next generation)."
+        )
+        @OptionGroup var state: StateOption
+        @Option(
+            name: .customLong("vm-id"),
+            help: ArgumentHelp("The VM's UUID (needed for a directory without an identity).", valueName: "UUID")
+        )
+        var vmID: String?
+        @OptionGroup var ca: CAOption
+        @OptionGroup var registry: RegistryOption
+
+        func run() throws {
+            try runTool {
+                let outcome = try StateProvisioner.rekey(
+                    path: self.state.state,
+                    vmID: self.vmID,
+                    caDirectory: self.ca.ca,
+                    registryPath: self.registry.registry
+                )
+                print(outcome.summary)
+            }
+        }
+    }
+}
