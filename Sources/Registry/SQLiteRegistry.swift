@@ -6,8 +6,12 @@ internal import GRDB
 /// `--registry PATH`. A missing file is created with mode 0600 (and a missing directory with 0700);
 /// an existing one must be a regular file that group and others cannot write. Several vtpmd processes
 /// may use one file: every write is an IMMEDIATE transaction, and a busy database is retried for
-/// `busyTimeout` seconds. The journal is SQLite's default rollback journal with `synchronous=FULL`,
-/// so a committed checkpoint or generation survives a power loss.
+/// `busyTimeout` seconds. The journal is a write-ahead log. Generations (and everything in the same
+/// transaction as one) are committed with `synchronous=FULL`, so they survive a power loss. Checkpoints
+/// and "ran after" marks, written on every savevm and the first command after it, are committed with
+/// `synchronous=NORMAL`: one WAL append, no sync, so a snapshot costs about what swtpm's does. They
+/// survive a crash of vtpmd or QEMU; a power loss may drop the last few, and a rollback to a checkpoint
+/// the registry does not know is then taken for a move (``DecisionTable``: no rekey without evidence).
 public final class SQLiteRegistry: RegistryStore {
     /// The documented default location of the registry file.
     public static let defaultPath = "/var/lib/vtpm/registry.sqlite"
@@ -38,7 +42,8 @@ public final class SQLiteRegistry: RegistryStore {
         configuration.foreignKeysEnabled = true
         configuration.label = "vtpm.registry"
         configuration.prepareDatabase { db in
-            try db.execute(sql: "PRAGMA synchronous = FULL")
+            try db.execute(sql: "PRAGMA journal_mode = WAL")
+            try db.execute(sql: "PRAGMA synchronous = NORMAL")
         }
         self.queue = try Self.mapErrors("open", path: path) {
             try DatabaseQueue(path: path, configuration: configuration)
@@ -135,7 +140,7 @@ public final class SQLiteRegistry: RegistryStore {
         let vm = try VMIDText.canonical(vmID)
         let parent = try parent.map(Self.canonical(_:))
         let source = try event?.source.map(Self.canonical(_:))
-        return try self.write("begin a generation of \(vm)") { db in
+        return try self.durableWrite("begin a generation of \(vm)") { db in
             try self.ensureIdentity(db, vm)
             let current = try self.currentGenerationNumber(db, vm)
             var next: UInt64 = 0
@@ -535,6 +540,25 @@ extension SQLiteRegistry {
 
     private func write<T>(_ operation: String, _ body: (Database) throws -> T) throws -> T {
         try Self.mapErrors(operation, path: self.path) { try self.queue.write(body) }
+    }
+
+    /// A write committed with `synchronous=FULL` (the WAL is synced before it returns).
+    private func durableWrite<T>(_ operation: String, _ body: (Database) throws -> T) throws -> T {
+        try Self.mapErrors(operation, path: self.path) {
+            try self.queue.inDatabase { db in
+                try db.execute(sql: "PRAGMA synchronous = FULL")
+                defer { try? db.execute(sql: "PRAGMA synchronous = NORMAL") }
+                var result: T? = nil
+                try db.inTransaction(.immediate) {
+                    result = try body(db)
+                    return .commit
+                }
+                guard let result else {
+                    throw RegistryError(.conflict, "\(operation): the transaction produced no result")
+                }
+                return result
+            }
+        }
     }
 
     /// Runs `body`, turning GRDB's errors into ``RegistryError``s that name the operation and the file.
