@@ -28,6 +28,12 @@
 #                while an idle vCPU wakes up); another busy process, 30-60%.
 #   WAIT_IDLE    before each round wait up to this many seconds for a 1-s
 #                window with >= 90% CPU idle (other builds running) [0 = don't]
+#   Clone-rekey section (after the rounds; needs vtpmd, savevm also swtpm):
+#   REKEY        1 runs it, 0 skips it [1]
+#   REKEY_COUNT  clones loaded into one destination vtpmd [30]
+#   SAVEVM_COUNT savevm rounds (GET_STATEBLOB types 1, 2, 3) per server [100]
+#   SETUP_REPEAT timed swtpm_setup --create-ek-cert runs [10]
+#   SWTPM_SETUP  swtpm_setup binary [/usr/bin/swtpm_setup]; its row is skipped if missing
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -48,6 +54,15 @@ SPAWN_REPEAT=${SPAWN_REPEAT:-10}
 PIN=${PIN:-split}
 CLIENT_CPU=${CLIENT_CPU:-0}
 SERVER_CPU=${SERVER_CPU:-1}
+REKEY=${REKEY:-1}
+REKEY_COUNT=${REKEY_COUNT:-30}
+SAVEVM_COUNT=${SAVEVM_COUNT:-100}
+SETUP_REPEAT=${SETUP_REPEAT:-10}
+SWTPM_SETUP=${SWTPM_SETUP:-/usr/bin/swtpm_setup}
+# vm-ids of the clone-rekey section: source, destination, savevm
+VM_SRC=0a0a0a0a-0000-4000-8000-0000000000a1
+VM_DST=0b0b0b0b-0000-4000-8000-0000000000b2
+VM_SAVE=0c0c0c0c-0000-4000-8000-0000000000c3
 
 mkdir -p "$OUT"
 RESULTS=$OUT/results.txt
@@ -58,6 +73,11 @@ die() { echo "run.sh: $*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- build
 gcc -O2 -Wall -Wextra -o "$TB" "$HERE/tpmbench.c" || die "building tpmbench failed"
+
+# A release binary older than the sources measures old code.
+if [[ -x $VTPMD && -d $HERE/../Sources ]] && [[ -n $(find "$HERE/../Sources" -type f -newer "$VTPMD" -print -quit) ]]; then
+    echo "WARNING: $VTPMD is older than $(cd "$HERE/.." && pwd)/Sources - run 'make release' first" >&2
+fi
 
 # ---------------------------------------------------------------- servers to run
 ACTIVE=()
@@ -132,6 +152,17 @@ server_cmd() {
     vtpmd) CMD=("$VTPMD" socket --tpm2 --tpmstate "dir=$dir" --server "type=tcp,port=$port"
                 --ctrl "type=tcp,port=$((port + 1))" --flags not-need-init,startup-clear
                 ${VTPMD_EXTRA[@]+"${VTPMD_EXTRA[@]}"}) ;;
+    # clone-rekey on (issue 3): one host CA, registry and host key shared by all of
+    # them (same host); the decision log goes to $OUT/NAME.events.log
+    vtpmd-id-src | vtpmd-id-dst | vtpmd-id)
+        local vm=$VM_SAVE
+        [[ $name == vtpmd-id-src ]] && vm=$VM_SRC
+        [[ $name == vtpmd-id-dst ]] && vm=$VM_DST
+        CMD=("$VTPMD" socket --tpm2 --tpmstate "dir=$dir" --server "type=tcp,port=$port"
+                --ctrl "type=tcp,port=$((port + 1))" --flags not-need-init,startup-clear
+                --vm-id "$vm" --ca "$IDDIR/ca" --registry "$IDDIR/registry.sqlite" --host-key "$IDDIR/host.key"
+                --log "file=$OUT/$name.events.log,level=2"
+                ${VTPMD_EXTRA[@]+"${VTPMD_EXTRA[@]}"}) ;;
     # the same vtpmd with durable writes turned off (swtpm 0.7.1 never fsyncs)
     vtpmd-nofsync) CMD=("$VTPMD" socket --tpm2 --tpmstate "dir=$dir,fsync=off" --server "type=tcp,port=$port"
                 --ctrl "type=tcp,port=$((port + 1))" --flags not-need-init,startup-clear
@@ -151,8 +182,11 @@ start_server() {
     pid=$!
     PIDS+=("$pid")
     SPID[$name]=$pid SPORT[$name]=$port SDIR[$name]=$dir
+    # the data port, and for real servers the control port (P+1) too
+    local want=1 ports="sport = :$port"
+    [[ $name == floor ]] || { want=2; ports+=" or sport = :$((port + 1))"; }
     for _ in $(seq 1000); do
-        if [[ -n $(ss -Hltn "( sport = :$port )" 2>/dev/null) ]]; then return 0; fi
+        if (($(ss -Hltn "( $ports )" 2>/dev/null | wc -l) >= want)); then return 0; fi
         kill -0 "$pid" 2>/dev/null || die "$name exited at start-up (see $OUT/$name.log): ${CMD[*]}"
         sleep 0.01
     done
@@ -365,6 +399,116 @@ fmt() { if [[ $1 == "-" ]]; then echo "-"; else printf "%.${2:-0}f" "$1"; fi; }
         printf '%-44s %10s %10s %10s %12s %12s\n' "$label" "$(fmt "$f" "$prec")" "$(fmt "$w" "$prec")" \
             "$(fmt "$v" "$prec")" "$(ratio "$v" "$w")" "$(ratio "$v" "$f")"
     done
+} | tee -a "$RESULTS"
+
+# ---------------------------------------------------------------- clone-rekey and savevm
+# 1. savevm: GET_STATEBLOB types 1, 2, 3 after one TPM command, SAVEVM_COUNT rounds, swtpm
+#    vs vtpmd with clone-rekey on (source claim + registry checkpoint) and, to attribute
+#    the difference, vtpmd with it off.
+# 2. rekey: a source vtpmd hands out its blobs once; a destination vtpmd with another
+#    vm-id loads them REKEY_COUNT times (STOP + SET_STATEBLOB x2 + INIT(1)), every load a
+#    clone (the claim names the source, never the destination), timed in tpmbench from the
+#    first SET_STATEBLOB to the INIT reply; beside it swtpm_setup re-manufacturing a TPM
+#    (new EKs and EK certificates), the alternative without vtpmd.
+REKEY_LINE="" SETUP_MS=()
+if [[ $REKEY != 0 ]]; then
+    if [[ ! -x $VTPMD ]]; then
+        echo "vtpmd not found at $VTPMD - skipping the clone-rekey section" | tee -a "$RESULTS"
+    else
+        echo "clone-rekey section" >&2
+        IDDIR=$TMPROOT/identity
+        mkdir -p "$IDDIR"
+        for s in vtpmd-id-src vtpmd-id-dst vtpmd-id; do : > "$OUT/$s.events.log"; done
+
+        # savevm cost, each server fresh (first: the rekey runs below leave disk writeback behind)
+        SAVE_SERVERS=(vtpmd-id vtpmd)
+        [[ -x $SWTPM ]] && SAVE_SERVERS=(swtpm "${SAVE_SERVERS[@]}")
+        declare -A SAVE_V
+        for s in "${SAVE_SERVERS[@]}"; do
+            start_server "$s"
+            measure savevm --ctrl $((${SPORT[$s]} + 1)) --data "${SPORT[$s]}" --count "$SAVEVM_COUNT" ||
+                die "tpmbench savevm against $s failed"
+            SAVE_V[$s]=$LINE
+            stop_server "$s"
+            record 0 "$s" savevm "$LINE"
+            echo "  $s $LINE" >&2
+        done
+
+        start_server vtpmd-id-src
+        start_server vtpmd-id-dst
+        # the destination's start-up (decision=manufacture) is not counted below
+        # (not through measure: a repeated run would load more clones than counted)
+        REKEY_LINE=$(client rekey --src-ctrl $((${SPORT[vtpmd-id-src]} + 1)) --dst-ctrl $((${SPORT[vtpmd-id-dst]} + 1)) \
+            --dst-data "${SPORT[vtpmd-id-dst]}" --count "$REKEY_COUNT") || die "tpmbench rekey failed"
+        stop_server vtpmd-id-dst
+        stop_server vtpmd-id-src
+        record 0 vtpmd rekey "$REKEY_LINE"
+        echo "  vtpmd $REKEY_LINE" >&2
+        CLONES=$(grep -c 'clone-rekey decision decision=clone ' "$OUT/vtpmd-id-dst.events.log" || true)
+        ((CLONES == REKEY_COUNT)) ||
+            die "the destination logged $CLONES decision=clone lines, expected $REKEY_COUNT (see $OUT/vtpmd-id-dst.events.log)"
+        SERVER_MS=$(median $(sed -n 's/.*decision=clone duration_ms=\([0-9.]*\).*/\1/p' "$OUT/vtpmd-id-dst.events.log"))
+
+        # re-manufacturing with swtpm_setup (same server CPU as vtpmd)
+        if [[ -x $SWTPM_SETUP ]]; then
+            sdir=$TMPROOT/swtpm-setup-state
+            mkdir -p "$sdir"
+            : > "$OUT/swtpm_setup.log"
+            for ((i = 1; i <= SETUP_REPEAT; i++)); do
+                t0=$(date +%s%N)
+                ${SV_PIN[@]+"${SV_PIN[@]}"} "$SWTPM_SETUP" --tpm2 --tpmstate "$sdir" --create-ek-cert --overwrite \
+                    >>"$OUT/swtpm_setup.log" 2>&1 || die "swtpm_setup failed (see $OUT/swtpm_setup.log)"
+                t1=$(date +%s%N)
+                SETUP_MS+=("$(awk -v d=$((t1 - t0)) 'BEGIN { printf "%.1f", d / 1e6 }')")
+            done
+            record 0 swtpm_setup remanufacture "runs_ms=$(IFS=,; echo "${SETUP_MS[*]}")"
+            echo "  swtpm_setup runs (ms): ${SETUP_MS[*]}" >&2
+        else
+            echo "swtpm_setup not found at $SWTPM_SETUP - skipping its row" >&2
+        fi
+    fi
+fi
+
+if [[ -n $REKEY_LINE ]]; then
+    {
+        echo
+        echo "Clone-rekey (vtpmd --vm-id/--ca/--registry/--host-key; REKEY=0 skips this section)"
+        rp50=$(field p50_ms "$REKEY_LINE")
+        sp50=-
+        ((${#SETUP_MS[@]} > 0)) && sp50=$(median "${SETUP_MS[@]}")
+        printf '%-46s %9s %9s %9s %8s\n' "" p50 p95 max runs
+        printf '%-46s %9s %9s %9s %8s   target p50 <= 100 ms: %s\n' "rekey (first SET_STATEBLOB -> INIT done), ms" \
+            "$rp50" "$(field p95_ms "$REKEY_LINE")" "$(field max_ms "$REKEY_LINE")" "$REKEY_COUNT" \
+            "$(awk -v a="$rp50" 'BEGIN { print (a <= 100 ? "met" : "MISSED") }')"
+        printf '%-46s %9s\n' "  of which SET_STATEBLOB x2, ms" "$(field set_p50_ms "$REKEY_LINE")"
+        printf '%-46s %9s\n' "  of which INIT(1), ms" "$(field init_p50_ms "$REKEY_LINE")"
+        printf '%-46s %9s\n' "  vtpmd's own duration_ms (decision log)" "$SERVER_MS"
+        if [[ $sp50 != "-" ]]; then
+            printf '%-46s %9s %9s %9s %8s   rekey/swtpm_setup: %s\n' "swtpm_setup --create-ek-cert --overwrite, ms" \
+                "$sp50" - "$(printf '%s\n' "${SETUP_MS[@]}" | sort -g | tail -1)" "${#SETUP_MS[@]}" "$(ratio "$rp50" "$sp50")"
+        fi
+        echo "decision=clone lines in the destination's log: $CLONES of $REKEY_COUNT; blobs: permanent $(field perm_bytes "$REKEY_LINE") B, volatile $(field vol_bytes "$REKEY_LINE") B"
+        echo
+        echo "savevm: GET_STATEBLOB types 1+2+3 after one PCR_Extend (us, $SAVEVM_COUNT rounds per server)"
+        printf '%-24s %9s %9s %9s %9s %9s %9s %12s\n' server p50 p95 type1 type2 type3 perm_B vs_swtpm
+        w=-
+        [[ -n ${SAVE_V[swtpm]+x} ]] && w=$(field p50_us "${SAVE_V[swtpm]}")
+        for s in swtpm vtpmd-id vtpmd; do
+            [[ -n ${SAVE_V[$s]+x} ]] || continue
+            l=${SAVE_V[$s]}
+            case $s in vtpmd-id) label="vtpmd, clone-rekey on" ;; vtpmd) label="vtpmd, clone-rekey off" ;; *) label=$s ;; esac
+            printf '%-24s %9s %9s %9s %9s %9s %9s %12s\n' "$label" "$(field p50_us "$l")" "$(field p95_us "$l")" \
+                "$(field perm_p50_us "$l")" "$(field vol_p50_us "$l")" "$(field save_p50_us "$l")" \
+                "$(field perm_bytes "$l")" "$(ratio "$(field p50_us "$l")" "$w")"
+        done
+        if [[ $w != "-" && -n ${SAVE_V[vtpmd-id]+x} ]]; then
+            r=$(ratio "$(field p50_us "${SAVE_V[vtpmd-id]}")" "$w")
+            echo "savevm ratio vtpmd (clone-rekey on) / swtpm, p50: $r   target <= 1.2: $(awk -v a="$r" 'BEGIN { print (a <= 1.2 ? "met" : "MISSED") }')"
+        fi
+    } | tee -a "$RESULTS"
+fi
+
+{
     echo
     echo "per-run lines: $RAW"
 } | tee -a "$RESULTS"

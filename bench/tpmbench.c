@@ -27,6 +27,26 @@
  *          timed ones start from an existing state).  --server-cpu pins the
  *          spawned process to one CPU (set before the clock starts).
  *          Prints: op=spawn repeat=R fresh_state=0|1 p50_ms=.. min_ms=.. max_ms=..
+ *   rekey  --src-ctrl P --dst-ctrl Q --count N [--dst-data D]
+ *          Clone-rekey latency over the control channel (vtpmd with
+ *          --vm-id on both ends, same --ca/--registry/--host-key, different
+ *          vm-ids).  Takes the permanent and volatile blob from the source
+ *          once (GET_STATEBLOB flags=1, types 1 and 2), then N times on the
+ *          destination: STOP (untimed), then SET_STATEBLOB type 1,
+ *          SET_STATEBLOB type 2, INIT(flags=1), timed from before the first
+ *          SET to the INIT reply; every result must be 0.  With --dst-data,
+ *          a GetRandom on the destination's data port after each INIT
+ *          (untimed) checks that the rekeyed TPM answers.
+ *          Prints: op=rekey count=N p50_ms=.. p95_ms=.. max_ms=.. min_ms=..
+ *          set_p50_ms=.. init_p50_ms=.. perm_bytes=.. vol_bytes=..
+ *   savevm --ctrl P --data D --count N [--warmup W]
+ *          The control-channel part of a QEMU savevm: each round sends one
+ *          PCR_Extend on the data port (untimed; the TPM ran since the last
+ *          savevm), then times GET_STATEBLOB types 1, 2, 3 (flags=1,
+ *          offset 0); 1 and 2 must answer 0, 3 must answer 0 or 0x800
+ *          (TPM 2: no savestate blob).
+ *          Prints: op=savevm count=N p50_us=.. p95_us=.. max_us=..
+ *          perm_p50_us=.. vol_p50_us=.. save_p50_us=.. perm_bytes=.. vol_bytes=..
  *   floor-server --port P [--bind ADDR]
  *          Trivial single-threaded server: reads one TPM frame (framed by the
  *          size field), answers a canned success response.  Used to measure
@@ -933,6 +953,294 @@ static int spawn_main(int argc, char **argv)
 }
 
 /* ------------------------------------------------------------------ */
+/* control channel (swtpm's ptm commands, §2 of PROTOCOL.md)           */
+
+#define CTRL_INIT 0x02u
+#define CTRL_GET_STATEBLOB 0x0cu
+#define CTRL_SET_STATEBLOB 0x0du
+#define CTRL_STOP 0x0eu
+#define CTRL_RES_RETRY 0x800u
+
+#define BLOB_PERMANENT 1u
+#define BLOB_VOLATILE 2u
+#define BLOB_SAVESTATE 3u
+
+/* Control connections get a receive timeout so that a server that never
+ * answers fails the run instead of hanging it (an INIT that rekeys takes
+ * well under a second). */
+static int ctrl_connect(int port)
+{
+    int fd = connect_or_die(g_host, port);
+    struct timeval tv = { 30, 0 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+static void read_exact(int fd, uint8_t *p, size_t n, const char *what)
+{
+    while (n > 0) {
+        ssize_t r = read(fd, p, n);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            die("%s: reading the reply: %s", what, strerror(errno));
+        }
+        if (r == 0)
+            die("%s: the server closed the control connection", what);
+        p += r;
+        n -= (size_t)r;
+    }
+}
+
+/* Sends one control command (a single write: swtpm 0.7.1 does not keep
+ * bytes of a command across reads) and returns the 4-byte result. */
+static uint32_t ctrl_result(int fd, const uint8_t *req, size_t n, const char *what)
+{
+    write_all(fd, req, n);
+    uint8_t r[4];
+    read_exact(fd, r, 4, what);
+    return get32(r);
+}
+
+static uint32_t ctrl_stop(int fd)
+{
+    uint8_t req[4];
+    put32(req, CTRL_STOP);
+    return ctrl_result(fd, req, sizeof req, "STOP");
+}
+
+static uint32_t ctrl_init(int fd, uint32_t flags)
+{
+    uint8_t req[8];
+    put32(req, CTRL_INIT);
+    put32(req + 4, flags);
+    return ctrl_result(fd, req, sizeof req, "INIT");
+}
+
+typedef struct {
+    uint8_t *b;
+    size_t n, cap;
+} blob_t;
+
+/* GET_STATEBLOB(flags, type, offset 0).  Reply: result, flags, totlength,
+ * length (be32 each), then `length` bytes (also sent with an error when the
+ * TPM is running).  Returns the result; the data lands in *out. */
+static uint32_t ctrl_get_blob(int fd, uint32_t flags, uint32_t type, blob_t *out)
+{
+    uint8_t req[16], hdr[16];
+    put32(req, CTRL_GET_STATEBLOB);
+    put32(req + 4, flags);
+    put32(req + 8, type);
+    put32(req + 12, 0);
+    write_all(fd, req, sizeof req);
+    read_exact(fd, hdr, 4, "GET_STATEBLOB");
+    uint32_t res = get32(hdr);
+    read_exact(fd, hdr + 4, 12, "GET_STATEBLOB");
+    uint32_t tot = get32(hdr + 8), len = get32(hdr + 12);
+    if (len != tot)
+        die("GET_STATEBLOB type %u: totlength %u != length %u", type, tot, len);
+    if (len > 64u << 20)
+        die("GET_STATEBLOB type %u: implausible length %u", type, len);
+    if (out->cap < len) {
+        free(out->b);
+        out->b = malloc(len);
+        if (!out->b)
+            die("out of memory");
+        out->cap = len;
+    }
+    read_exact(fd, out->b, len, "GET_STATEBLOB");
+    out->n = len;
+    return res;
+}
+
+/* SET_STATEBLOB request (state_flags 0), built once, sent with one write. */
+static blob_t build_set_blob(uint32_t type, const blob_t *data)
+{
+    blob_t r;
+    r.n = r.cap = 16 + data->n;
+    r.b = malloc(r.n);
+    if (!r.b)
+        die("out of memory");
+    put32(r.b, CTRL_SET_STATEBLOB);
+    put32(r.b + 4, 0);
+    put32(r.b + 8, type);
+    put32(r.b + 12, (uint32_t)data->n);
+    memcpy(r.b + 16, data->b, data->n);
+    return r;
+}
+
+static double pct_ms(const uint64_t *sorted, size_t n, double p) { return pct_us(sorted, n, p) / 1000.0; }
+
+/* ------------------------------------------------------------------ */
+/* rekey                                                               */
+
+static int rekey_main(int argc, char **argv)
+{
+    int src = -1, dst = -1, dst_data = -1;
+    long count = -1;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--src-ctrl") && i + 1 < argc)
+            src = (int)parse_long(argv[++i], "--src-ctrl");
+        else if (!strcmp(argv[i], "--dst-ctrl") && i + 1 < argc)
+            dst = (int)parse_long(argv[++i], "--dst-ctrl");
+        else if (!strcmp(argv[i], "--dst-data") && i + 1 < argc)
+            dst_data = (int)parse_long(argv[++i], "--dst-data");
+        else if (!strcmp(argv[i], "--host") && i + 1 < argc)
+            g_host = argv[++i];
+        else if (!strcmp(argv[i], "--count") && i + 1 < argc)
+            count = parse_long(argv[++i], "--count");
+        else
+            die("rekey: unknown argument '%s'", argv[i]);
+    }
+    if (src <= 0 || dst <= 0 || count <= 0)
+        die("usage: tpmbench rekey --src-ctrl P --dst-ctrl Q --count N [--dst-data D]");
+
+    /* The source's blobs, once (GET_STATEBLOB with DECRYPTED, as QEMU). */
+    blob_t perm = { 0 }, vol = { 0 };
+    int sfd = ctrl_connect(src);
+    uint32_t rc;
+    if ((rc = ctrl_get_blob(sfd, 1, BLOB_PERMANENT, &perm)) != 0 || perm.n == 0)
+        die("source GET_STATEBLOB permanent: result 0x%x, %zu bytes", rc, perm.n);
+    if ((rc = ctrl_get_blob(sfd, 1, BLOB_VOLATILE, &vol)) != 0 || vol.n == 0)
+        die("source GET_STATEBLOB volatile: result 0x%x, %zu bytes", rc, vol.n);
+    close(sfd);
+    blob_t set_perm = build_set_blob(BLOB_PERMANENT, &perm);
+    blob_t set_vol = build_set_blob(BLOB_VOLATILE, &vol);
+
+    static frames_t fr;
+    static conn_t dc;
+    build_all(&fr);
+    uint64_t *t = calloc((size_t)count, sizeof *t), *tset = calloc((size_t)count, sizeof *t),
+             *tinit = calloc((size_t)count, sizeof *t);
+    if (!t || !tset || !tinit)
+        die("out of memory");
+    int fd = ctrl_connect(dst);
+    for (long i = 0; i < count; i++) {
+        if ((rc = ctrl_stop(fd)) != 0)
+            die("clone %ld: STOP: result 0x%x", i + 1, rc);
+        uint64_t t0 = now_ns();
+        if ((rc = ctrl_result(fd, set_perm.b, set_perm.n, "SET_STATEBLOB")) != 0)
+            die("clone %ld: SET_STATEBLOB permanent: result 0x%x", i + 1, rc);
+        if ((rc = ctrl_result(fd, set_vol.b, set_vol.n, "SET_STATEBLOB")) != 0)
+            die("clone %ld: SET_STATEBLOB volatile: result 0x%x", i + 1, rc);
+        uint64_t t1 = now_ns();
+        if ((rc = ctrl_init(fd, 1)) != 0)
+            die("clone %ld: INIT(1): result 0x%x", i + 1, rc);
+        uint64_t t2 = now_ns();
+        t[i] = t2 - t0;
+        tset[i] = t1 - t0;
+        tinit[i] = t2 - t1;
+        if (dst_data > 0) { /* the rekeyed TPM answers (untimed) */
+            dc.fd = connect_or_die(g_host, dst_data);
+            do_getrandom(&dc, &fr);
+            close(dc.fd);
+        }
+    }
+    close(fd);
+    qsort(t, (size_t)count, sizeof *t, cmp_u64);
+    qsort(tset, (size_t)count, sizeof *t, cmp_u64);
+    qsort(tinit, (size_t)count, sizeof *t, cmp_u64);
+    size_t n = (size_t)count;
+    printf("op=rekey count=%ld p50_ms=%.2f p95_ms=%.2f max_ms=%.2f min_ms=%.2f set_p50_ms=%.2f "
+           "init_p50_ms=%.2f perm_bytes=%zu vol_bytes=%zu\n",
+           count, pct_ms(t, n, 50), pct_ms(t, n, 95), (double)t[n - 1] / 1e6, (double)t[0] / 1e6,
+           pct_ms(tset, n, 50), pct_ms(tinit, n, 50), perm.n, vol.n);
+    free(t);
+    free(tset);
+    free(tinit);
+    free(perm.b);
+    free(vol.b);
+    free(set_perm.b);
+    free(set_vol.b);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* savevm                                                              */
+
+static int savevm_main(int argc, char **argv)
+{
+    int ctrl = -1, data = -1;
+    long count = -1, warmup = 5;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--ctrl") && i + 1 < argc)
+            ctrl = (int)parse_long(argv[++i], "--ctrl");
+        else if (!strcmp(argv[i], "--data") && i + 1 < argc)
+            data = (int)parse_long(argv[++i], "--data");
+        else if (!strcmp(argv[i], "--host") && i + 1 < argc)
+            g_host = argv[++i];
+        else if (!strcmp(argv[i], "--count") && i + 1 < argc)
+            count = parse_long(argv[++i], "--count");
+        else if (!strcmp(argv[i], "--warmup") && i + 1 < argc)
+            warmup = parse_long(argv[++i], "--warmup");
+        else
+            die("savevm: unknown argument '%s'", argv[i]);
+    }
+    if (ctrl <= 0 || data <= 0 || count <= 0)
+        die("usage: tpmbench savevm --ctrl P --data D --count N [--warmup W]");
+
+    static frames_t fr;
+    static conn_t c;
+    build_all(&fr);
+    c.fd = connect_or_die(g_host, data);
+    uint32_t startup_rc = do_startup(&c, &fr);
+    /* Some state beyond a fresh TPM: an NV counter, a primary key created
+     * and flushed, PCR 16 extended. */
+    nv_define(&c, &fr);
+    transact_ok(&c, &fr.nvinc);
+    do_flush(&c, &fr, do_createprimary(&c, &fr));
+    int fd = ctrl_connect(ctrl);
+
+    uint64_t *t = calloc((size_t)count, sizeof *t), *tp = calloc((size_t)count, sizeof *t),
+             *tv = calloc((size_t)count, sizeof *t), *ts = calloc((size_t)count, sizeof *t);
+    if (!t || !tp || !tv || !ts)
+        die("out of memory");
+    blob_t perm = { 0 }, vol = { 0 }, save = { 0 };
+    uint32_t rc, save_rc = 0;
+    for (long i = 0; i < warmup + count; i++) {
+        transact_ok(&c, &fr.pcrextend); /* the guest ran since the last savevm */
+        uint64_t t0 = now_ns();
+        if ((rc = ctrl_get_blob(fd, 1, BLOB_PERMANENT, &perm)) != 0 || perm.n == 0)
+            die("round %ld: GET_STATEBLOB permanent: result 0x%x, %zu bytes", i + 1, rc, perm.n);
+        uint64_t t1 = now_ns();
+        if ((rc = ctrl_get_blob(fd, 1, BLOB_VOLATILE, &vol)) != 0 || vol.n == 0)
+            die("round %ld: GET_STATEBLOB volatile: result 0x%x, %zu bytes", i + 1, rc, vol.n);
+        uint64_t t2 = now_ns();
+        save_rc = ctrl_get_blob(fd, 1, BLOB_SAVESTATE, &save);
+        if ((save_rc != 0 && !(save_rc & CTRL_RES_RETRY)) || (save_rc != 0 && save.n != 0))
+            die("round %ld: GET_STATEBLOB savestate: result 0x%x, %zu bytes", i + 1, save_rc, save.n);
+        uint64_t t3 = now_ns();
+        if (i >= warmup) {
+            long k = i - warmup;
+            t[k] = t3 - t0;
+            tp[k] = t1 - t0;
+            tv[k] = t2 - t1;
+            ts[k] = t3 - t2;
+        }
+    }
+    close(fd);
+    transact_ok(&c, &fr.nvundef);
+    close(c.fd);
+    size_t n = (size_t)count;
+    qsort(t, n, sizeof *t, cmp_u64);
+    qsort(tp, n, sizeof *t, cmp_u64);
+    qsort(tv, n, sizeof *t, cmp_u64);
+    qsort(ts, n, sizeof *t, cmp_u64);
+    printf("op=savevm count=%ld p50_us=%.1f p95_us=%.1f max_us=%.1f perm_p50_us=%.1f vol_p50_us=%.1f "
+           "save_p50_us=%.1f perm_bytes=%zu vol_bytes=%zu save_rc=0x%x startup_rc=0x%03x\n",
+           count, pct_us(t, n, 50), pct_us(t, n, 95), (double)t[n - 1] / 1000.0, pct_us(tp, n, 50),
+           pct_us(tv, n, 50), pct_us(ts, n, 50), perm.n, vol.n, save_rc, startup_rc);
+    free(t);
+    free(tp);
+    free(tv);
+    free(ts);
+    free(perm.b);
+    free(vol.b);
+    free(save.b);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
 /* floor server                                                        */
 
 static int floor_main(int argc, char **argv)
@@ -1044,6 +1352,8 @@ static void usage(void)
             "  tpmbench cmd   --port P --op getrandom|pcrextend|createprimary|nvincrement --count N [--warmup W]\n"
             "  tpmbench rss   --port P [--count 10000]\n"
             "  tpmbench spawn --port P [--repeat R] [--fresh-state] [--server-cpu C] [--timeout-ms T] -- CMD ARGS... (@STATEDIR@ is substituted)\n"
+            "  tpmbench rekey  --src-ctrl P --dst-ctrl Q --count N [--dst-data D]\n"
+            "  tpmbench savevm --ctrl P --data D --count N [--warmup W]\n"
             "  tpmbench floor-server --port P [--bind 127.0.0.1]\n"
             "common: --host ADDR (default 127.0.0.1)\n");
     exit(2);
@@ -1062,6 +1372,10 @@ int main(int argc, char **argv)
         return rss_main(argc - 2, argv + 2);
     if (!strcmp(sub, "spawn"))
         return spawn_main(argc - 2, argv + 2);
+    if (!strcmp(sub, "rekey"))
+        return rekey_main(argc - 2, argv + 2);
+    if (!strcmp(sub, "savevm"))
+        return savevm_main(argc - 2, argv + 2);
     if (!strcmp(sub, "floor-server"))
         return floor_main(argc - 2, argv + 2);
     usage();
