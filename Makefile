@@ -19,6 +19,7 @@ RELEASE_FLAGS := -c release --static-swift-stdlib -Xswiftc -use-ld=lld -Xlinker 
 
 release: deps
 	$(SWIFT) build $(RELEASE_FLAGS) --product vtpmd
+	$(SWIFT) build $(RELEASE_FLAGS) --product vtpm-state
 
 guest: deps
 	./qemu/build-guest.sh $(GUEST_DIR)
@@ -35,7 +36,7 @@ demo: deps guest build
 	$(SWIFT) run vtpm-demo
 
 bench: deps release
-	VTPMD=$(CURDIR)/.build/release/vtpmd ./bench/run.sh
+	VTPMD=$(CURDIR)/.build/release/vtpmd VTPM_STATE=$(CURDIR)/.build/release/vtpm-state ./bench/run.sh
 
 # swtpm 0.7.1's own test scripts against vtpmd (needs a local copy of swtpm's tests/, see README).
 swtpm-compat: build

@@ -34,6 +34,11 @@
 #   SAVEVM_COUNT savevm rounds (GET_STATEBLOB types 1, 2, 3) per server [100]
 #   SETUP_REPEAT timed swtpm_setup --create-ek-cert runs [10]
 #   SWTPM_SETUP  swtpm_setup binary [/usr/bin/swtpm_setup]; its row is skipped if missing
+#   State tool section (after clone-rekey): vtpm-state create vs swtpm_setup --create-ek-cert,
+#   interleaved, on the server CPU:
+#   STATETOOL    1 runs it, 0 skips it [1]
+#   STATETOOL_REPEAT  timed runs of each [10]
+#   VTPM_STATE   vtpm-state binary [vtpm-state beside $VTPMD]; the section is skipped if missing
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -59,6 +64,9 @@ REKEY_COUNT=${REKEY_COUNT:-30}
 SAVEVM_COUNT=${SAVEVM_COUNT:-100}
 SETUP_REPEAT=${SETUP_REPEAT:-10}
 SWTPM_SETUP=${SWTPM_SETUP:-/usr/bin/swtpm_setup}
+STATETOOL=${STATETOOL:-1}
+STATETOOL_REPEAT=${STATETOOL_REPEAT:-10}
+VTPM_STATE=${VTPM_STATE:-$(dirname "$VTPMD")/vtpm-state}
 # vm-ids of the clone-rekey section: source, destination, savevm
 VM_SRC=0a0a0a0a-0000-4000-8000-0000000000a1
 VM_DST=0b0b0b0b-0000-4000-8000-0000000000b2
@@ -506,6 +514,66 @@ if [[ -n $REKEY_LINE ]]; then
             echo "savevm ratio vtpmd (clone-rekey on) / swtpm, p50: $r   target <= 1.2: $(awk -v a="$r" 'BEGIN { print (a <= 1.2 ? "met" : "MISSED") }')"
         fi
     } | tee -a "$RESULTS"
+fi
+
+# ---------------------------------------------------------------- state tool
+# vtpm-state create (new TPM, EKs, certificates from the host CA, identity indices) against
+# swtpm_setup --tpm2 --create-ek-cert --overwrite (swtpm_localca, Debian's active_pcr_banks = sha256),
+# one run of each in turn, every run a new process, wall time from spawn to exit. vtpm-state is timed
+# with its default banks (libtpms': all four) and with --pcr-banks sha256 (the same banks as swtpm_setup).
+if [[ $STATETOOL != 0 ]]; then
+    if [[ ! -x $VTPM_STATE ]]; then
+        echo "vtpm-state not found at $VTPM_STATE (make release) - skipping the state tool section" | tee -a "$RESULTS"
+    elif [[ ! -x $SWTPM_SETUP ]]; then
+        echo "swtpm_setup not found at $SWTPM_SETUP - skipping the state tool section" | tee -a "$RESULTS"
+    else
+        echo "state tool section" >&2
+        if [[ -n $(find "$HERE/../Sources" -type f -newer "$VTPM_STATE" -print -quit 2>/dev/null) ]]; then
+            echo "WARNING: $VTPM_STATE is older than the sources - run 'make release' first" >&2
+        fi
+        STDIR=$TMPROOT/statetool
+        mkdir -p "$STDIR/vtpm" "$STDIR/vtpm-sha256" "$STDIR/swtpm"
+        : > "$OUT/statetool.log"
+        "$VTPM_STATE" ca init --ca "$STDIR/ca" >>"$OUT/statetool.log" 2>&1 || die "vtpm-state ca init failed"
+        # timed NAME CMD... : runs CMD on the server CPU, appends its wall time (ms) to ST_MS[NAME]
+        declare -A ST_MS
+        timed() {
+            local name=$1 t0 t1
+            shift
+            t0=$(date +%s%N)
+            ${SV_PIN[@]+"${SV_PIN[@]}"} "$@" >>"$OUT/statetool.log" 2>&1 || die "$name failed (see $OUT/statetool.log): $*"
+            t1=$(date +%s%N)
+            ST_MS[$name]+=" $(awk -v d=$((t1 - t0)) 'BEGIN { printf "%.1f", d / 1e6 }')"
+        }
+        for ((i = 1; i <= STATETOOL_REPEAT; i++)); do
+            timed vtpm "$VTPM_STATE" create --state "$STDIR/vtpm" --vm-id "$VM_SRC" --ca "$STDIR/ca" --overwrite
+            timed vtpm-sha256 "$VTPM_STATE" create --state "$STDIR/vtpm-sha256" --vm-id "$VM_DST" --ca "$STDIR/ca" \
+                --pcr-banks sha256 --overwrite
+            timed swtpm "$SWTPM_SETUP" --tpm2 --tpmstate "$STDIR/swtpm" --create-ek-cert --overwrite
+        done
+        "$VTPM_STATE" verify --state "$STDIR/vtpm" --ca "$STDIR/ca" >>"$OUT/statetool.log" 2>&1 ||
+            die "the state vtpm-state created does not verify (see $OUT/statetool.log)"
+        for s in vtpm vtpm-sha256 swtpm; do record 0 "statetool-$s" create "runs_ms=$(tr ' ' , <<< "${ST_MS[$s]# }")"; done
+        {
+            echo
+            echo "State tool: vtpm-state create vs swtpm_setup (wall ms per run incl. process start, $STATETOOL_REPEAT runs each, interleaved; STATETOOL=0 skips)"
+            printf '%-58s %9s %9s %9s\n' "" p50 min max
+            w=$(median ${ST_MS[swtpm]})
+            for s in vtpm vtpm-sha256 swtpm; do
+                case $s in
+                vtpm) label="vtpm-state create --ca (libtpms' PCR banks)" ;;
+                vtpm-sha256) label="vtpm-state create --ca --pcr-banks sha256" ;;
+                swtpm) label="swtpm_setup --tpm2 --create-ek-cert --overwrite" ;;
+                esac
+                v=$(median ${ST_MS[$s]})
+                extra=""
+                [[ $s == swtpm ]] || extra="   /swtpm_setup: $(ratio "$v" "$w")   target <= 0.5: $(awk -v a="$(ratio "$v" "$w")" 'BEGIN { print (a <= 0.5 ? "met" : "MISSED") }')"
+                printf '%-58s %9s %9s %9s%s\n' "$label" "$v" "$(printf '%s\n' ${ST_MS[$s]} | sort -g | head -1)" \
+                    "$(printf '%s\n' ${ST_MS[$s]} | sort -g | tail -1)" "$extra"
+            done
+            echo "command: vtpm-state create --state DIR --vm-id UUID --ca DIR --overwrite [--pcr-banks sha256]; binary $VTPM_STATE"
+        } | tee -a "$RESULTS"
+    fi
 fi
 
 {

@@ -31,46 +31,55 @@ public enum StateProvisioner {
         }
     }
 
-    /// Manufactures a provisioned TPM in `path`: EKs, their certificates from the CA, the identity indices,
-    /// generation 0 (or the registry's next for a known vm-id).
+    /// Manufactures a TPM in `path`, generation 0 (or the registry's next for a known vm-id). With a CA:
+    /// the requested PCR banks, new EKs, certificates for the EKs in `options`, the identity indices (the
+    /// rekey procedure's cold phase on the fresh TPM). Without a CA, as vtpmd without `--ca`: a blank TPM
+    /// (only the PCR banks allocated) and the identity marker; no certificates, no identity indices.
     /// - Parameters:
     ///   - path: The state directory (created 0700 if missing).
     ///   - vmID: The VM's UUID.
-    ///   - caDirectory: The host CA (must exist: `vtpm-state ca init`).
+    ///   - caDirectory: The host CA (`vtpm-state ca init`), or nil.
     ///   - registryPath: A registry to record the generation in, or nil.
     ///   - overwrite: Replace an existing TPM.
+    ///   - options: PCR banks and certified EKs.
     /// - Returns: What was written.
-    /// - Throws: ``StateToolError``; on any error nothing is written.
+    /// - Throws: ``StateToolError``; on any error nothing is written (a missing directory is created only
+    ///   when the TPM is ready to be written).
     public static func create(
         path: String,
         vmID: String,
-        caDirectory: String,
+        caDirectory: String?,
         registryPath: String?,
-        overwrite: Bool
+        overwrite: Bool,
+        options: CreateOptions = CreateOptions()
     ) throws -> Outcome {
         let vm = try self.parseVMID(vmID)
-        let ca = try self.loadCA(caDirectory)
-        let store = try self.openTarget(path, overwrite: overwrite)
+        guard caDirectory != nil || options.endorsementKeys == [.rsa, .ecc] else {
+            throw StateToolError(.invalidArgument, "--ek needs --ca: without a CA no EK certificate is written")
+        }
+        guard !options.endorsementKeys.isEmpty else {
+            throw StateToolError(.invalidArgument, "--ek needs at least one of rsa, ecc")
+        }
+        let ca = try caDirectory.map(self.loadCA)
+        // Refused before any work; checked again once the directory is locked.
+        try self.refuseExistingTPM(path, overwrite: overwrite)
         let registry = try registryPath.map(self.openRegistry)
         let generation = try self.nextGeneration(registry, vm, atLeast: 0)
         let engine = try self.engine(InMemoryEngineStorage())
-        let fresh: [UInt8]
-        do {
-            try engine.initialize()
-            fresh = try engine.state(.permanent)
-            engine.terminate()
-        } catch {
-            throw StateToolError(.engine, "libtpms could not manufacture a TPM: \(error)")
+        var permanent = try self.manufacture(engine, pcrBanks: options.pcrBanks)
+        if let ca {
+            permanent = try self.rekey(
+                engine: engine,
+                permanent: permanent,
+                ca: ca,
+                vmID: vm,
+                generation: generation,
+                parent: nil,
+                kind: "manufacture",
+                certify: options.endorsementKeys
+            )
         }
-        let permanent = try self.rekey(
-            engine: engine,
-            permanent: fresh,
-            ca: ca,
-            vmID: vm,
-            generation: generation,
-            parent: nil,
-            kind: "manufacture"
-        )
+        let store = try self.openTarget(path, overwrite: overwrite)
         let recorded = try self.record(registry, vmID: vm, generation: generation, reason: .manufacture, parent: nil)
         let identity = InstanceIdentity(vmID: vm, generation: recorded, creator: "vtpm-state")
         try self.commit(store, identity: identity, permanent)
@@ -232,18 +241,8 @@ public enum StateProvisioner {
 
     /// A locked target directory: created (0700) when missing; one holding a TPM only with `overwrite`.
     static func openTarget(_ path: String, overwrite: Bool) throws -> StateDirectory {
-        if let kind = OpenedState.kind(path) {
-            guard kind == .typeDirectory else { throw StateToolError(.invalidArgument, "\(path) is not a directory") }
-            let traces = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).filter { name in
-                name == StateDirectory.instanceName || name.hasPrefix("tpm2-00.") || name.hasPrefix(".spare.tpm2-00.")
-            }
-            if !traces.isEmpty && !overwrite {
-                throw StateToolError(
-                    .exists,
-                    "\(path) already holds a TPM (\(traces.sorted().joined(separator: ", "))); "
-                        + "refusing to replace it without --overwrite"
-                )
-            }
+        if OpenedState.kind(path) != nil {
+            try self.refuseExistingTPM(path, overwrite: overwrite)
         } else {
             do {
                 try FileManager.default.createDirectory(
@@ -268,6 +267,22 @@ public enum StateProvisioner {
         return store
     }
 
+    /// Throws unless `path` is missing or a directory without a TPM (or `overwrite`). Changes nothing.
+    static func refuseExistingTPM(_ path: String, overwrite: Bool) throws {
+        guard let kind = OpenedState.kind(path) else { return }
+        guard kind == .typeDirectory else { throw StateToolError(.invalidArgument, "\(path) is not a directory") }
+        let traces = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).filter { name in
+            name == StateDirectory.instanceName || name.hasPrefix("tpm2-00.") || name.hasPrefix(".spare.tpm2-00.")
+        }
+        if !traces.isEmpty && !overwrite {
+            throw StateToolError(
+                .exists,
+                "\(path) already holds a TPM (\(traces.sorted().joined(separator: ", "))); "
+                    + "refusing to replace it without --overwrite"
+            )
+        }
+    }
+
     /// The cold phase of the rekey procedure on `permanent`; returns the new permanent state.
     static func rekey(
         engine: Engine,
@@ -276,7 +291,8 @@ public enum StateProvisioner {
         vmID: VMID,
         generation: UInt64,
         parent: StateOrigin?,
-        kind: String
+        kind: String,
+        certify: Set<EndorsementKeyName> = [.rsa, .ecc]
     ) throws -> [UInt8] {
         guard let uuid = UUID(uuidString: vmID.description) else {
             throw StateToolError(.invalidArgument, "vm-id \(vmID) is not a UUID")
@@ -294,14 +310,20 @@ public enum StateProvisioner {
                     generation: generation
                 ),
                 issueCertificates: { rsa, ecc in
-                    try ca.issueEKCertificates(
-                        rsaEKPublic: rsa,
-                        eccEKPublic: ecc,
-                        vmID: uuid,
-                        generation: generation,
-                        parentVMID: parentUUID,
-                        parentGeneration: parent?.generation
-                    )
+                    // An EK not to certify gets an empty certificate: no index is written for it.
+                    func issue(_ key: EndorsementKeyName, _ tpm2bPublic: [UInt8]) throws -> [UInt8] {
+                        guard certify.contains(key) else { return [] }
+                        return try ca.issueEKCertificate(
+                            EKCertificateRequest(
+                                publicKey: try EKPublicKey(tpm2bPublic: tpm2bPublic),
+                                vmID: uuid,
+                                generation: generation,
+                                parentVMID: parentUUID,
+                                parentGeneration: parentUUID == nil ? nil : parent?.generation
+                            )
+                        )
+                    }
+                    return (try issue(.rsa, rsa), try issue(.ecc, ecc))
                 }
             )
             return result.permanentState

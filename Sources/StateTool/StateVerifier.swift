@@ -4,7 +4,8 @@ import StateStore
 
 /// `vtpm-state verify`: the EK certificates in a state belong to it.
 public enum StateVerifier {
-    /// The outcome: one finding per EK; ``passed`` only when every check of every EK passed.
+    /// The outcome: one finding per EK; ``passed`` only when every check of every EK passed and at least one
+    /// EK has a certificate (an EK without one, as `create --ek` leaves it, passes with that reason).
     public struct Result: Codable, Hashable, Sendable {
         /// One EK's verdict.
         public struct Finding: Codable, Hashable, Sendable {
@@ -56,6 +57,14 @@ public enum StateVerifier {
                 self.check(name: name, key: keys[name], der: certificates[name], identity: opened.identity, ca: ca)
             )
         }
+        // An EK without a certificate (`create --ek rsa`) is no failure as long as another EK's certificate
+        // was checked; a state without any certificate fails.
+        if certificates.isEmpty {
+            findings = findings.map { finding in
+                guard finding.passed else { return finding }
+                return Result.Finding(type: finding.type, passed: false, reason: "no EK certificate in NV")
+            }
+        }
         return Result(state: path, passed: findings.allSatisfy(\.passed), findings: findings)
     }
 
@@ -68,7 +77,9 @@ public enum StateVerifier {
     ) -> Result.Finding {
         func fail(_ reason: String) -> Result.Finding { Result.Finding(type: name, passed: false, reason: reason) }
         guard let key else { return fail("the EK cannot be recomputed from the state") }
-        guard let der else { return fail("no EK certificate in NV") }
+        guard let der else {
+            return Result.Finding(type: name, passed: true, reason: "no EK certificate in NV (none provisioned)")
+        }
         let info: EKCertificateInfo
         do { info = try EKCertificateInfo(der: der) } catch { return fail("the certificate does not parse: \(error)") }
         guard info.publicKey == key else {

@@ -51,6 +51,7 @@ public enum TPM2CommandCode {
             case nvUndefineSpace: "TPM2_NV_UndefineSpace"
             case changeEPS: "TPM2_ChangeEPS"
             case hierarchyChangeAuth: "TPM2_HierarchyChangeAuth"
+            case pcrAllocate: "TPM2_PCR_Allocate"
             case nvDefineSpace: "TPM2_NV_DefineSpace"
             case createPrimary: "TPM2_CreatePrimary"
             case nvIncrement: "TPM2_NV_Increment"
@@ -80,6 +81,8 @@ public enum TPM2Algorithm {
     public static let aes: UInt16 = 0x0006
     public static let keyedHash: UInt16 = 0x0008
     public static let sha256: UInt16 = 0x000B
+    public static let sha384: UInt16 = 0x000C
+    public static let sha512: UInt16 = 0x000D
     public static let null: UInt16 = 0x0010
     public static let ecc: UInt16 = 0x0023
     public static let cfb: UInt16 = 0x0043

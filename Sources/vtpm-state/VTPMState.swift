@@ -133,23 +133,64 @@ extension VTPMState {
 
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Manufacture a provisioned TPM: EKs, certificates, identity indices, generation 0."
+            abstract: "Manufacture a TPM: PCR banks, EKs, certificates, identity indices, generation 0.",
+            discussion: """
+                Without --ca: a blank TPM (PCR banks only) and the identity marker, as vtpmd makes one \
+                without a CA: no EK certificates, no identity indices.
+                """
         )
         @OptionGroup var state: StateOption
         @Option(name: .customLong("vm-id"), help: ArgumentHelp("The VM's UUID.", valueName: "UUID"))
         var vmID: String
-        @OptionGroup var ca: CAOption
+        @Option(
+            help: ArgumentHelp("The host CA directory; without it no EK certificates are written.", valueName: "DIR")
+        )
+        var ca: String?
+        @Option(
+            name: .customLong("pcr-banks"),
+            help: ArgumentHelp(
+                "Active PCR banks: sha1, sha256, sha384, sha512 (default: libtpms' default, all four).",
+                valueName: "LIST"
+            )
+        )
+        var pcrBanks: String?
+        @Option(
+            name: .customLong("ek"),
+            help: ArgumentHelp("EKs that get a certificate: rsa, ecc (default: both; needs --ca).", valueName: "LIST")
+        )
+        var endorsementKeys: String?
         @OptionGroup var registry: RegistryOption
         @Flag(help: "Replace an existing TPM in the directory.") var overwrite = false
+
+        func validate() throws {
+            do {
+                _ = try self.options()
+            } catch let error as StateToolError {
+                throw ValidationError(error.message)
+            }
+            if self.endorsementKeys != nil && self.ca == nil {
+                throw ValidationError("--ek needs --ca: without a CA no EK certificate is written")
+            }
+        }
+
+        func options() throws -> StateProvisioner.CreateOptions {
+            var options = StateProvisioner.CreateOptions()
+            options.pcrBanks = try self.pcrBanks.map(StateProvisioner.PCRBankName.parseList)
+            if let endorsementKeys = self.endorsementKeys {
+                options.endorsementKeys = try StateProvisioner.EndorsementKeyName.parseList(endorsementKeys)
+            }
+            return options
+        }
 
         func run() throws {
             try runTool {
                 let outcome = try StateProvisioner.create(
                     path: self.state.state,
                     vmID: self.vmID,
-                    caDirectory: self.ca.ca,
+                    caDirectory: self.ca,
                     registryPath: self.registry.registry,
-                    overwrite: self.overwrite
+                    overwrite: self.overwrite,
+                    options: try self.options()
                 )
                 print(outcome.summary)
             }

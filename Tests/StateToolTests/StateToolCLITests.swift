@@ -267,6 +267,125 @@ struct StateToolCLITests {
         }
     }
 
+    /// The PCR banks with PCRs allocated, from `inspect --json`.
+    func activePCRBanks(_ report: [String: Any]) -> [String] {
+        ((report["pcrBanks"] as? [[String: Any]]) ?? []).compactMap { bank in
+            ((bank["pcrs"] as? [Any])?.isEmpty ?? true) ? nil : bank["algorithm"] as? String
+        }
+    }
+
+    func nvIndices(_ report: [String: Any]) -> [String] {
+        ((report["nvIndices"] as? [[String: Any]]) ?? []).compactMap { $0["index"] as? String }
+    }
+
+    @Test func createActivatesTheRequestedPCRBanksAndCertifiesOnlyTheRequestedEK() throws {
+        try withTemporaryDirectory { host in
+            try #require(try self.tool(["ca", "init", "--ca", "\(host)/ca"]).status == 0)
+            let created = try self.tool([
+                "create", "--state", "\(host)/a", "--vm-id", Self.vmA, "--ca", "\(host)/ca",
+                "--pcr-banks", "sha256,sha384", "--ek", "rsa",
+            ])
+            #expect(created.status == 0, "\(created.output)")
+            let report = try self.json(try self.tool(["inspect", "--state", "\(host)/a", "--json"]))
+            #expect(self.activePCRBanks(report) == ["sha256", "sha384"])
+            for bank in (report["pcrBanks"] as? [[String: Any]]) ?? [] where bank["algorithm"] as? String == "sha384" {
+                #expect((bank["pcrs"] as? [Int]) == Array(0..<24))
+            }
+            let indices = self.nvIndices(report)
+            #expect(indices.contains("0x01c00002"))
+            #expect(!indices.contains("0x01c0000a"), "an ECC EK certificate was written: \(indices)")
+            #expect(indices.contains("0x01400001") && indices.contains("0x01400002"))
+            let keys = try #require(report["endorsementKeys"] as? [[String: Any]])
+            #expect(keys.count == 2, "both EKs exist")
+            let ecc = try #require(keys.first { $0["type"] as? String == "ecc-nist-p256" })
+            #expect(ecc["certificate"] == nil)
+            // The certificate that is there verifies; the missing one is no failure.
+            let verified = try self.tool(["verify", "--state", "\(host)/a", "--ca", "\(host)/ca"])
+            #expect(verified.status == 0, "\(verified.output)")
+            #expect(verified.stdout.contains("ecc-nist-p256: ok: no EK certificate in NV"))
+
+            // sha256 only, like Debian's swtpm_setup.conf; the default keeps libtpms' banks.
+            let sha256 = try self.tool([
+                "create", "--state", "\(host)/b", "--vm-id", Self.vmB, "--ca", "\(host)/ca", "--pcr-banks", "sha256",
+            ])
+            #expect(sha256.status == 0, "\(sha256.output)")
+            let b = try self.json(try self.tool(["inspect", "--state", "\(host)/b", "--json"]))
+            #expect(self.activePCRBanks(b) == ["sha256"])
+            #expect(self.nvIndices(b).contains("0x01c0000a") && self.nvIndices(b).contains("0x01c00002"))
+            #expect(try self.tool(["verify", "--state", "\(host)/b", "--ca", "\(host)/ca"]).status == 0)
+            let defaults = try self.tool([
+                "create", "--state", "\(host)/b", "--vm-id", Self.vmB, "--ca", "\(host)/ca", "--overwrite",
+            ])
+            #expect(defaults.status == 0, "\(defaults.output)")
+            let d = try self.json(try self.tool(["inspect", "--state", "\(host)/b", "--json"]))
+            #expect(Set(self.activePCRBanks(d)).isSuperset(of: ["sha256", "sha384"]), "\(self.activePCRBanks(d))")
+        }
+    }
+
+    @Test func createWithoutACAMakesABlankTPMWithItsIdentity() throws {
+        try withTemporaryDirectory { host in
+            let created = try self.tool([
+                "create", "--state", "\(host)/a", "--vm-id", Self.vmA, "--pcr-banks", "sha256",
+            ])
+            #expect(created.status == 0, "\(created.output)")
+            let report = try self.json(try self.tool(["inspect", "--state", "\(host)/a", "--json"]))
+            let identity = try #require(report["identity"] as? [String: Any])
+            #expect(identity["recorded"] as? Bool == true)
+            #expect(identity["vmID"] as? String == Self.vmA)
+            #expect(identity["generation"] as? Int == 0)
+            #expect(self.activePCRBanks(report) == ["sha256"])
+            #expect(self.nvIndices(report).isEmpty, "\(self.nvIndices(report))")
+            let keys = try #require(report["endorsementKeys"] as? [[String: Any]])
+            #expect(keys.count == 2 && keys.allSatisfy { $0["certificate"] == nil })
+
+            // Without any certificate, verify fails with the reason.
+            try #require(try self.tool(["ca", "init", "--ca", "\(host)/ca"]).status == 0)
+            let verified = try self.tool(["verify", "--state", "\(host)/a", "--ca", "\(host)/ca"])
+            #expect(verified.status == 1)
+            #expect(verified.stdout.contains("rsa2048: FAILED: no EK certificate in NV"), "\(verified.output)")
+
+            // Provisioned later with the CA (--overwrite): verifies.
+            let before = self.snapshot("\(host)/a")
+            let refused = try self.tool(["create", "--state", "\(host)/a", "--vm-id", Self.vmA, "--ca", "\(host)/ca"])
+            #expect(refused.status == 1)
+            #expect(refused.stderr.contains("without --overwrite"))
+            #expect(self.snapshot("\(host)/a") == before)
+            let replaced = try self.tool([
+                "create", "--state", "\(host)/a", "--vm-id", Self.vmA, "--ca", "\(host)/ca", "--overwrite",
+            ])
+            #expect(replaced.status == 0, "\(replaced.output)")
+            #expect(try self.tool(["verify", "--state", "\(host)/a", "--ca", "\(host)/ca"]).status == 0)
+        }
+    }
+
+    @Test func createRefusesBadBanksAndEKListsWithoutTouchingTheDisk() throws {
+        try withTemporaryDirectory { host in
+            try #require(try self.tool(["ca", "init", "--ca", "\(host)/ca"]).status == 0)
+            let cases: [([String], String)] = [
+                (["--pcr-banks", "sha256,md5", "--ca", "\(host)/ca"], "unknown value 'md5'"),
+                (["--pcr-banks", "", "--ca", "\(host)/ca"], "--pcr-banks needs a comma-separated list"),
+                (["--pcr-banks", "sha256,", "--ca", "\(host)/ca"], "--pcr-banks needs a comma-separated list"),
+                (["--ek", "rsa,dsa", "--ca", "\(host)/ca"], "unknown value 'dsa'"),
+                (["--ek", "rsa"], "--ek needs --ca"),
+                (["--ca", "\(host)/no-ca"], "cannot load the CA"),
+            ]
+            for (arguments, message) in cases {
+                let result = try self.tool(["create", "--state", "\(host)/c", "--vm-id", Self.vmA] + arguments)
+                #expect(result.status != 0, "\(arguments)")
+                #expect(result.stderr.contains(message), "\(arguments): \(result.output)")
+                #expect(!FileManager.default.fileExists(atPath: "\(host)/c"), "\(arguments) created the directory")
+            }
+            // An existing TPM with a bad option: unchanged.
+            try #require(try self.tool(["create", "--state", "\(host)/a", "--vm-id", Self.vmA]).status == 0)
+            let before = self.snapshot("\(host)/a")
+            let bad = try self.tool([
+                "create", "--state", "\(host)/a", "--vm-id", Self.vmA, "--overwrite", "--pcr-banks", "sha3",
+            ])
+            #expect(bad.status != 0)
+            #expect(self.snapshot("\(host)/a") == before)
+        }
+    }
+
     // MARK: bad input
 
     @Test func refusesBadInputWithAClearErrorAndChangesNothing() throws {

@@ -134,6 +134,22 @@ struct TPM2CommandTests {
         )
     }
 
+    @Test func pcrAllocateListsEveryBankUnderPlatformAuthorization() {
+        let command = TPM2Commands.pcrAllocate([
+            TPM2Responses.PCRBank(hashAlgorithm: TPM2Algorithm.sha1, pcrs: []),
+            TPM2Responses.PCRBank(hashAlgorithm: TPM2Algorithm.sha256, pcrs: Array(0..<24)),
+            TPM2Responses.PCRBank(hashAlgorithm: TPM2Algorithm.sha384, pcrs: [0, 9, 23]),
+        ])
+        #expect(
+            command
+                == hex(
+                    "8002 00000031 0000012b 4000000c" + emptyPasswordArea
+                        + "00000003 0004 03 000000 000b 03 ffffff 000c 03 010280"
+                )
+        )
+        #expect(TPM2CommandCode.name(0x12B) == "TPM2_PCR_Allocate (0x12b)")
+    }
+
     @Test func pcrReadSelectsOneSHA256PCR() {
         #expect(TPM2Commands.pcrReadSHA256(pcr: 16) == hex("8001 00000014 0000017e 00000001 000b 03 000001"))
     }
@@ -192,6 +208,17 @@ struct TPM2ResponseTests {
         #expect(nvPublic.attributes.contains(.platformCreate))
         #expect(nvPublic.dataSize == 0x400)
         #expect(nvPublic.encoded() == hex("01c00002 000b 42072001 0000 0400"))
+    }
+
+    @Test func parsesPCRAllocate() throws {
+        let response = hex("8002 00000020 00000000 0000000d 01 00000018 00000200 00000400 0000 01 0000")
+        let result = try TPM2Responses.parsePCRAllocate(response)
+        #expect(result == .init(success: true, maxPCR: 24, sizeNeeded: 0x200, sizeAvailable: 0x400))
+        let refused = hex("8002 00000020 00000000 0000000d 00 00000018 00000800 00000400 0000 01 0000")
+        #expect(try TPM2Responses.parsePCRAllocate(refused).success == false)
+        #expect(throws: TPM2ResponseError(commandCode: 0x12B, responseCode: 0x9A2)) {
+            try TPM2Responses.parsePCRAllocate(hex("8001 0000000a 000009a2"))
+        }
     }
 
     @Test func parsesNVReadWithSessions() throws {
