@@ -161,6 +161,18 @@ struct GuestCloneTests {
             )
         )
 
+        // The offline tool agrees on states vtpmd wrote under QEMU: both verify against the CA, and
+        // the inspection names B's identity and its parent.
+        for state in [backendA.stateDirectory, backendB.stateDirectory] {
+            let verify = try runCommand(Binaries.vtpmState, ["verify", "--state", state, "--ca", "\(host)/ca"])
+            #expect(verify.status == 0, "vtpm-state verify \(state): \(verify.output)")
+        }
+        let inspect = try runCommand(Binaries.vtpmState, ["inspect", "--state", backendB.stateDirectory])
+        #expect(
+            inspect.status == 0 && inspect.stdout.contains(Self.vmB) && inspect.stdout.contains(Self.vmA),
+            "\(inspect.output)"
+        )
+
         // A, restarted on its own state: EK and AK unchanged and working.
         let backendA2 = try TPMBackendProcess(
             directory: "\(host)/a",
