@@ -248,7 +248,7 @@ public final class SQLiteRegistry: RegistryStore {
         let vm = origin.vmID
         let number = try Self.int64(origin.generation, "generation")
         let checkpoint = try origin.checkpoint.map { try Self.int64($0, "checkpoint") }
-        return try self.write("record the arrival of \(origin)") { db in
+        return try self.durableWrite("record the arrival of \(origin)") { db in
             var changed = false
             try self.ensureIdentity(db, vm)
             let current = try self.currentGenerationNumber(db, vm)

@@ -162,8 +162,14 @@ public struct HostKey: Sendable, CustomStringConvertible {
             }
             var generator = SystemRandomNumberGenerator()
             let bytes = (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
-            try dir.writeFileAtomically(name, contents: bytes, mode: 0o600, durable: true)
-            return try HostKey(bytes: bytes)
+            if try dir.createFileExclusively(name, contents: bytes, mode: 0o600) {
+                return try HostKey(bytes: bytes)
+            }
+            // Another process created it first: use that one.
+            guard let existing = try dir.readFile(name, maxSize: 4096) else {
+                throw StateStoreError(.io, "host key \(path) vanished while it was being created")
+            }
+            return try HostKey(bytes: existing)
         } catch let error as StateStoreError {
             throw error
         } catch let error as HostileFileError {

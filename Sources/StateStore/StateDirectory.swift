@@ -116,7 +116,19 @@ public final class StateDirectory {
     public func commitStaged() throws(StateStoreError) {
         guard let staged = self.staging else { return }
         self.staging = nil
-        let ordered = staged.filter { $0.name == Self.instanceName } + staged.filter { $0.name != Self.instanceName }
+        // libtpms rewrites permall on every NV change: of a name's staged versions only the last two
+        // are written (two, so that the spare file of the durable commit ends up holding the final
+        // version too; see `writeFileAtomically`), and deletions stay in place.
+        var seen: [String: Int] = [:]
+        var kept: [(name: String, contents: [UInt8]?)] = []
+        for entry in staged.reversed() {
+            let count = seen[entry.name, default: 0]
+            if entry.contents != nil && count >= 2 { continue }
+            seen[entry.name] = count + 1
+            kept.append(entry)
+        }
+        kept.reverse()
+        let ordered = kept.filter { $0.name == Self.instanceName } + kept.filter { $0.name != Self.instanceName }
         if ordered.isEmpty { return }
         try self.storage.apply(ordered)
         if ordered.contains(where: { $0.name == Self.instanceName && $0.contents != nil }) {

@@ -55,7 +55,9 @@ final class IdentityService {
     var generation: UInt64 = 0
     /// A checkpoint was handed out and the TPM has not changed since: the next state change must
     /// be recorded (one registry write, then this is false again).
-    var checkpointOutstanding = false
+    /// Armed at start too: the registry's latest checkpoint may be the state this process starts
+    /// from (a restart, a restore), and anything it does afterwards must count as "ran after".
+    var checkpointOutstanding = true
     var incoming: [UInt32: IncomingBlob] = [:]
     var lastDecision: String = "none" {
         didSet { self.lastDecisionAt = .now() }

@@ -49,7 +49,17 @@ extension Server {
             do {
                 switch decision {
                 case .move:
-                    if let origin { _ = try identity.registry.recordArrival(origin) }
+                    if let origin {
+                        _ = try identity.registry.recordArrival(origin)
+                        // The arriving state is this VM's: its generation is now ours, and a directory
+                        // that recorded another identity (migration into a reused directory) records ours.
+                        identity.generation = origin.generation
+                        if try store.identity()?.vmID != identity.configuration.vmID {
+                            try store.recordIdentity(
+                                InstanceIdentity(vmID: identity.configuration.vmID, generation: origin.generation)
+                            )
+                        }
+                    }
                 case .adopt:
                     _ = try identity.registry.appendEvent(
                         vmID: identity.vmID,
@@ -66,6 +76,8 @@ extension Server {
             } catch {
                 self.logger.error("registry: \(error)")
             }
+            self.identityChecked = true
+            identity.checkpointOutstanding = true
             self.logDecision(decision, origin: origin, generation: identity.generation, started: started)
             return 0
         default:
@@ -137,22 +149,10 @@ extension Server {
             default:
                 (reason, kind) = (.rekey, .rekey)
             }
-            let micros = Int64((ProcessControl.monotonicNanoseconds() - started) / 1000)
-            let generation = try identity.registry.beginGeneration(
-                vmID: identity.vmID,
-                reason: reason,
-                parent: origin,
-                event: LineageEventDraft(
-                    kind: kind,
-                    source: origin,
-                    durationMicros: micros,
-                    detail: decision.description
-                )
-            )
             try store.recordIdentity(
                 InstanceIdentity(
                     vmID: identity.configuration.vmID,
-                    generation: generation.generation,
+                    generation: nextGeneration,
                     parent: origin.flatMap { VMID($0.vmID) }
                 )
             )
@@ -160,12 +160,39 @@ extension Server {
             // Twice: the durable commit keeps the previous version in a spare file, which must not
             // hold a state with the old endorsement seed.
             try store.store("permall", result.permanentState)
-            if volatile == nil { try store.delete("volatilestate") }
+            if volatile == nil {
+                try store.delete("volatilestate")
+                try store.delete("savestate")
+            }
             try store.commitStaged()
             if volatile != nil, flags & ControlRequest.initFlagDeleteVolatile != 0 { try store.delete("volatilestate") }
-            identity.generation = generation.generation
+            // The disk first, then the registry: a state is never newer in the registry than on disk.
+            let micros = Int64((ProcessControl.monotonicNanoseconds() - started) / 1000)
+            do {
+                let generation = try identity.registry.beginGeneration(
+                    vmID: identity.vmID,
+                    reason: reason,
+                    parent: origin,
+                    event: LineageEventDraft(
+                        kind: kind,
+                        source: origin,
+                        durationMicros: micros,
+                        detail: decision.description
+                    )
+                )
+                if generation.generation != nextGeneration {
+                    self.logger.warning(
+                        "registry: generation \(generation.generation) recorded, \(nextGeneration) certified and stored"
+                    )
+                }
+            } catch {
+                // The state is committed; the registry learns the generation from the next claim.
+                self.logger.error("registry: the new generation \(nextGeneration) was not recorded: \(error)")
+            }
+            identity.generation = nextGeneration
+            identity.checkpointOutstanding = true
             store.identityForNewTPM = nil
-            self.logDecision(decision, origin: origin, generation: generation.generation, started: started)
+            self.logDecision(decision, origin: origin, generation: nextGeneration, started: started)
             return 0
         } catch {
             store.discardStaged()
@@ -240,7 +267,9 @@ extension Server {
         do {
             guard let p = try store.load("permall") else { return TPMFrame.rcFailure }
             permanent = p
-            volatile = present.contains("volatilestate") ? try store.load("volatilestate") : nil
+            // A stored volatile state belongs to the old seeds and may be older than the permanent
+            // state: a state at rest is rekeyed cold, and its volatile/save state files go.
+            volatile = nil
         } catch {
             self.logger.error("CMD_INIT failed: \(error.message)")
             return TPMFrame.rcFailure

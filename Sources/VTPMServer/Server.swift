@@ -270,10 +270,11 @@ public final class Server {
             return ControlResult.fail
         }
         if let identity = self.identity {
-            identity.stateWillChange()
             if !identity.incoming.isEmpty {
+                // Not a state change of the running TPM: the decision looks at the incoming claim.
                 return self.initializeIncoming(identity: identity, store: store, flags: flags)
             }
+            identity.stateWillChange()
             if !self.identityChecked {
                 let rc = self.initializeFromDisk(identity: identity, store: store, flags: flags)
                 if rc != Self.continueNormalInit { return rc }

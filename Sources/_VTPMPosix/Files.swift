@@ -156,6 +156,26 @@ package struct DirectoryHandle: Sendable {
         }
     }
 
+    /// Creates `name` with `contents` only if it does not exist yet, atomically and durably: a temp
+    /// file is written, fsync-ed and hard-linked to `name` (`linkat` never replaces), so concurrent
+    /// creators agree on one file. Returns false (and writes nothing) when `name` exists.
+    /// Wraps `linkat`.
+    package func createFileExclusively(_ name: String, contents: [UInt8], mode: UInt32) throws(PosixError) -> Bool {
+        let tempName = ".\(name).new-\(randomSuffix())"
+        let fd = try self.createExclusive(tempName, mode: mode)
+        defer { _ = unsafe unlinkat(self.fd, tempName, 0) }
+        try self.fill(fd, tempName, contents, truncate: false, sync: true)
+        if unsafe linkat(self.fd, tempName, self.fd, name, 0) != 0 {
+            let err = currentErrno()
+            if err == EEXIST { return false }
+            throw PosixError(errno: err, function: "linkat", object: self.describe(name))
+        }
+        if fsync(self.fd) != 0 {
+            throw PosixError(errno: currentErrno(), function: "fsync", object: self.path)
+        }
+        return true
+    }
+
     /// The name of the file `writeFileAtomically` stages `name` in: `.spare.<name>`, which keeps
     /// the original suffix (`swtpm_setup --overwrite` deletes files by their suffix).
     package static func spareName(for name: String) -> String { ".spare.\(name)" }
@@ -315,6 +335,8 @@ package func writeSmallFile(path: String, contents: [UInt8], mode: UInt32) throw
         unsafe Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode_t(mode))
     }
     defer { _ = Glibc.close(fd) }
+    // O_CREAT's mode applies to new files only: an existing file gets it too.
+    if fchmod(fd, mode_t(mode)) != 0 { throw PosixError(errno: currentErrno(), function: "fchmod", object: path) }
     try writeAll(fd: fd, contents, object: path)
 }
 

@@ -338,6 +338,70 @@ struct CloneRekeyWireTests {
         }
     }
 
+    @Test func reloadingAnUntouchedSnapshotIsAMoveAndGenerationsFollowTheState() throws {
+        try withTemporaryDirectory { host in
+            let vm = "10101010-0000-4000-8000-000000000010"
+            let a = try Node(host, vmID: vm, name: "a")
+            try a.start()
+            let ek0 = try a.ekPublic(host)
+            // Snapshot, nothing runs, revert: the same state, no rekey.
+            let untouched = try a.blobs()
+            #expect(try a.load(untouched) == 0)
+            #expect(a.logText.contains("decision=move") && !a.logText.contains("decision=rollback"), "\(a.logText)")
+            #expect(try a.ekPublic(host) == ek0)
+            // A rollback makes generation 1; the state then migrates to a fresh process, whose claims
+            // must say generation 1: reloading its own fresh snapshot is again a move.
+            let snapshot = try a.blobs()
+            _ = try a.tool("tpm2_getrandom", ["8"])
+            #expect(try a.load(snapshot) == 0)
+            #expect(a.logText.contains("decision=rollback"))
+            let ek1 = try a.ekPublic(host)
+            let a2 = try Node(host, vmID: vm, name: "a2")
+            #expect(try a2.load(try a.blobs()) == 0)
+            let own = try a2.blobs()
+            #expect(try a2.load(own) == 0)
+            #expect(!a2.logText.contains("decision=rollback"), "\(a2.logText)")
+            #expect(try a2.ekPublic(host) == ek1)
+        }
+    }
+
+    @Test func aRollbackAcrossProcessRestartsIsDetected() throws {
+        try withTemporaryDirectory { host in
+            let vm = "11111111-0000-4000-8000-000000000011"
+            let a = try Node(host, vmID: vm, name: "a")
+            try a.start()
+            let s1 = try a.blobs()
+            #expect(try runCommand("swtpm_ioctl", ["--tcp", "127.0.0.1:\(a.port + 1)", "-s"]).status == 0)
+            _ = a.daemon.waitForExit()
+            // Restored in a new process, the TPM runs, a new snapshot, then S1 again.
+            let b = try Node(host, vmID: vm, name: "b")
+            #expect(try b.load(s1) == 0)
+            _ = try b.tool("tpm2_getrandom", ["8"])
+            _ = try b.blobs()
+            #expect(try b.load(s1) == 0)
+            #expect(b.logText.contains("decision=rollback"), "\(b.logText)")
+        }
+    }
+
+    @Test func aCopiedDirectoryWithAStoredVolatileStateStillBoots() throws {
+        try withTemporaryDirectory { host in
+            let a = try Node(host, vmID: "12121212-0000-4000-8000-000000000012", name: "a")
+            try a.start()
+            #expect(try a.control().result(.storeVolatile) == 0)
+            a.daemon.stop()
+            #expect(try runCommand("cp", ["-a", a.state, "\(host)/b"]).status == 0)
+            let b = try Node(host, vmID: "13131313-0000-4000-8000-000000000013", name: "b")
+            let c = try b.control()
+            #expect(try c.result(.initialize(flags: 0)) == 0)
+            #expect(b.logText.contains("decision=clone"))
+            #expect(!FileManager.default.fileExists(atPath: "\(b.state)/tpm2-00.volatilestate"))
+            // A power cycle later the TPM still comes up.
+            #expect(try c.result(.initialize(flags: 0)) == 0)
+            let d = try DataClient(tcpPort: b.port)
+            #expect(TPMFrame.responseCode(try d.transmit(TPMCommands.startup())) == 0)
+        }
+    }
+
     @Test func blobsFromAnotherHostKeyAreRefused() throws {
         try withTemporaryDirectory { host in
             let a = try Node(host, vmID: "0e0e0e0e-0000-4000-8000-00000000000e", name: "a")

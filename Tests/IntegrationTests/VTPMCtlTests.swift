@@ -240,14 +240,17 @@ struct VTPMCtlTests {
             #expect(before.contains("vm-id:                  \(vmA)\n"), "\(before)")
             #expect(before.contains("generation:             0\n"))
             #expect(before.contains("last decision:          none\n"))
-            #expect(before.contains("checkpoint outstanding: no\n"))
+            // Armed at start: whatever the TPM does first counts as "ran after" the registry's latest checkpoint.
+            #expect(before.contains("checkpoint outstanding: yes\n"), "\(before)")
             let fresh = try Self.jsonObject(try a.ok("identity", "--json"))
             #expect(fresh["vm_id"] as? String == vmA && fresh["generation"] as? Int == 0)
             #expect(fresh["last_decision"] as? String == "none" && fresh["last_decision_at"] is NSNull)
-            #expect(fresh["checkpoint_outstanding"] as? Bool == false)
+            #expect(fresh["checkpoint_outstanding"] as? Bool == true)
 
             try a.ok("init")
             #expect(TPMFrame.responseCode(try a.data().transmit(TPMCommands.startup())) == 0)
+            // The TPM ran: nothing outstanding until blobs are handed out.
+            #expect(try Self.jsonObject(try a.ok("identity", "--json"))["checkpoint_outstanding"] as? Bool == false)
             try a.ok("save", "permanent", "\(dir)/p.blob")
             try a.ok("save", "volatile", "\(dir)/v.blob")
             // Handing out blobs leaves a checkpoint outstanding until the TPM runs again.
