@@ -68,8 +68,6 @@ public final class StateDirectory {
     public var identityForNewTPM: InstanceIdentity? = nil
     /// The plain permanent state as last loaded or stored.
     public private(set) var permanentState: [UInt8]? = nil
-    /// The last failure, for the log line that reports a failed INIT.
-    public private(set) var lastError: StateStoreError? = nil
 
     public init(location: StateLocation, options: Options, logger: Logger) {
         self.location = location
@@ -254,8 +252,6 @@ public final class StateDirectory {
         return try self.storage.presentStates()
     }
 
-    /// Records a failure for the INIT log line.
-    public func noteFailure(_ error: StateStoreError) { self.lastError = error }
 
     // MARK: entries
 

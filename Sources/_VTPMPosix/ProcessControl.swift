@@ -122,16 +122,12 @@ package enum ProcessControl {
         return (Int(tv.tv_sec), Int(tv.tv_usec))
     }
 
-    /// Whether `fd` is an open descriptor.
-    package static func isOpenDescriptor(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) >= 0 }
 
-    /// Marks `fd` close-on-exec.
-    package static func setCloseOnExec(_ fd: Int32) { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
 
     /// Exits immediately with `status` (no atexit handlers).
     package static func exitNow(_ status: Int32) -> Never { _exit(status) }
 
-    /// The current umask-free file-creation mask is left alone; this returns the process umask.
+    /// The value of environment variable `name`, or nil. Wraps `getenv`.
     package static func environment(_ name: String) -> String? {
         guard let value = unsafe getenv(name) else { return nil }
         return unsafe String(cString: value)

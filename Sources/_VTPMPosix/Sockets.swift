@@ -100,7 +100,7 @@ package enum Socket {
         return fd
     }
 
-    /// Accepts one connection; TCP connections get TCP_NODELAY. Wraps `accept4`.
+    /// Accepts one connection (close-on-exec); TCP connections get TCP_NODELAY. Wraps `accept`.
     package static func accept(_ listener: Int32) throws(PosixError) -> Int32 {
         let fd = try retryingEINTR("accept") { Glibc.accept(listener, nil, nil) }
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
@@ -287,8 +287,6 @@ package enum Socket {
         }
     }
 
-    /// Shuts a connection down in both directions so a peer blocked in read sees EOF.
-    package static func shutdownBoth(_ fd: Int32) { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
 
     /// The local TCP port a socket is bound to (tests bind port 0).
     package static func localPort(_ fd: Int32) -> UInt16? {
