@@ -252,7 +252,6 @@ public final class StateDirectory {
         return try self.storage.presentStates()
     }
 
-
     // MARK: entries
 
     private func put(_ name: String, _ contents: [UInt8]) throws(StateStoreError) {

@@ -122,8 +122,6 @@ package enum ProcessControl {
         return (Int(tv.tv_sec), Int(tv.tv_usec))
     }
 
-
-
     /// Exits immediately with `status` (no atexit handlers).
     package static func exitNow(_ status: Int32) -> Never { _exit(status) }
 

@@ -287,7 +287,6 @@ package enum Socket {
         }
     }
 
-
     /// The local TCP port a socket is bound to (tests bind port 0).
     package static func localPort(_ fd: Int32) -> UInt16? {
         var addr = sockaddr_in()
