@@ -75,6 +75,14 @@ public protocol RegistryStore: AnyObject, Sendable {
     /// - Throws: ``RegistryError`` (``RegistryError/Code/unknownGeneration`` when the generation has no record).
     func recordCheckpoint(vmID: String, generation: UInt64) throws -> UInt64
 
+    /// Records checkpoint `number`, chosen by the caller (vtpmd numbers the blobs it hands out itself
+    /// and records them after the reply), as the generation's latest if it is greater than the latest.
+    /// Idempotent: recording a number the registry already has, or a smaller one, changes nothing.
+    /// - Returns: whether the number was recorded.
+    /// - Throws: ``RegistryError`` (``RegistryError/Code/unknownGeneration``).
+    @discardableResult
+    func recordCheckpoint(vmID: String, generation: UInt64, number: UInt64) throws -> Bool
+
     /// Notes that the TPM changed state after the generation's latest checkpoint.
     ///
     /// Call it once, on the first state-changing operation after a checkpoint (a TPM command, but also

@@ -209,6 +209,28 @@ public final class SQLiteRegistry: RegistryStore {
     }
 
     @discardableResult
+    public func recordCheckpoint(vmID: String, generation: UInt64, number: UInt64) throws -> Bool {
+        let vm = try VMIDText.canonical(vmID)
+        let gen = try Self.int64(generation, "generation")
+        let wanted = try Self.int64(number, "checkpoint")
+        return try self.write("record checkpoint \(number) of \(vm) generation \(generation)") { db in
+            guard let latest = try self.latestCheckpointNumber(db, vm, gen) else {
+                throw RegistryError(.unknownGeneration, "\(vm) has no generation \(generation)")
+            }
+            guard wanted > latest else { return false }
+            try self.advanceLatestCheckpoint(db, vm, gen, from: latest, to: wanted)
+            try db.execute(
+                sql: """
+                    INSERT INTO checkpoint (vm_id, generation, checkpoint, created_at, ran_after)
+                    VALUES (?, ?, ?, ?, FALSE)
+                    """,
+                arguments: [vm, gen, wanted, self.clock().microsecondsSinceEpoch]
+            )
+            return true
+        }
+    }
+
+    @discardableResult
     public func markRan(vmID: String, generation: UInt64) throws -> Bool {
         let vm = try VMIDText.canonical(vmID)
         let number = try Self.int64(generation, "generation")

@@ -58,6 +58,16 @@ final class IdentityService {
     /// Armed at start too: the registry's latest checkpoint may be the state this process starts
     /// from (a restart, a restore), and anything it does afterwards must count as "ran after".
     var checkpointOutstanding = true
+    /// The generation's latest checkpoint number as far as this process knows (the registry's at
+    /// start and after a decision, then the numbers this process hands out).
+    var latestCheckpoint: UInt64 = 0
+    /// The checkpoint of the current TPM state, once handed out and until the TPM runs: more blobs
+    /// of the same state (the three of one savevm, two snapshots in a row) carry the same number.
+    var currentCheckpoint: UInt64? = nil
+    /// A checkpoint handed out but not yet in the registry. Blobs are numbered here and recorded
+    /// after the reply — before the next state change, the next decision, or exit — so a savevm
+    /// costs no registry write while QEMU waits.
+    var unsavedCheckpoint: UInt64? = nil
     var incoming: [UInt32: IncomingBlob] = [:]
     var lastDecision: String = "none" {
         didSet { self.lastDecisionAt = .now() }
@@ -84,6 +94,30 @@ final class IdentityService {
                 event: LineageEventDraft(kind: .manufacture)
             ).generation
         }
+        self.refreshCheckpoint()
+    }
+
+    /// Re-reads the latest checkpoint of the current generation (at start and after a decision).
+    func refreshCheckpoint() {
+        self.currentCheckpoint = nil
+        self.unsavedCheckpoint = nil
+        do {
+            self.latestCheckpoint =
+                try self.registry.latestCheckpoint(vmID: self.vmID, generation: self.generation)?.checkpoint ?? 0
+        } catch {
+            self.logger.error("registry: cannot read the latest checkpoint: \(error)")
+        }
+    }
+
+    /// Records a checkpoint handed out earlier (idempotent; a no-op when there is none).
+    func saveCheckpoint() {
+        guard let number = self.unsavedCheckpoint else { return }
+        self.unsavedCheckpoint = nil
+        do {
+            try self.registry.recordCheckpoint(vmID: self.vmID, generation: self.generation, number: number)
+        } catch {
+            self.logger.error("registry: cannot record checkpoint \(number): \(error)")
+        }
     }
 
     /// The state is about to change (a TPM command, INIT, hashing): record that it ran after the
@@ -91,6 +125,8 @@ final class IdentityService {
     func stateWillChange() {
         guard self.checkpointOutstanding else { return }
         self.checkpointOutstanding = false
+        self.saveCheckpoint()
+        self.currentCheckpoint = nil
         do {
             _ = try self.registry.markRan(vmID: self.vmID, generation: self.generation)
         } catch {
@@ -100,7 +136,15 @@ final class IdentityService {
 
     /// Adds the source claim to a GET_STATEBLOB blob.
     func claim(_ blob: [UInt8], type: UInt32) throws -> [UInt8] {
-        let checkpoint = try self.registry.recordCheckpoint(vmID: self.vmID, generation: self.generation)
+        let checkpoint: UInt64
+        if let current = self.currentCheckpoint {
+            checkpoint = current
+        } else {
+            self.latestCheckpoint += 1
+            checkpoint = self.latestCheckpoint
+            self.currentCheckpoint = checkpoint
+            self.unsavedCheckpoint = checkpoint
+        }
         self.checkpointOutstanding = true
         let claim = SourceClaim(vmID: self.configuration.vmID, generation: self.generation, checkpoint: checkpoint)
         return try SourceClaim.attach(claim, to: blob, blobType: type, hostKey: self.hostKey)

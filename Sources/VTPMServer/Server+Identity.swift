@@ -14,6 +14,7 @@ extension Server {
         let started = ProcessControl.monotonicNanoseconds()
         let incoming = identity.incoming
         identity.incoming = [:]
+        identity.saveCheckpoint()
         let decision: Decision
         let origin: StateOrigin?
         do {
@@ -54,6 +55,9 @@ extension Server {
                         // The arriving state is this VM's: its generation is now ours, and a directory
                         // that recorded another identity (migration into a reused directory) records ours.
                         identity.generation = origin.generation
+                        identity.refreshCheckpoint()
+                        // Until it runs, the TPM is in exactly the state of that checkpoint.
+                        if origin.vmID == identity.vmID { identity.currentCheckpoint = origin.checkpoint }
                         if try store.identity()?.vmID != identity.configuration.vmID {
                             try store.recordIdentity(
                                 InstanceIdentity(vmID: identity.configuration.vmID, generation: origin.generation)
@@ -73,6 +77,7 @@ extension Server {
                         LineageEventDraft(kind: .rollback, source: origin, detail: "--on-rollback keep")
                     )
                 }
+                if case .move = decision {} else { identity.refreshCheckpoint() }
             } catch {
                 self.logger.error("registry: \(error)")
             }
@@ -190,6 +195,7 @@ extension Server {
                 self.logger.error("registry: the new generation \(nextGeneration) was not recorded: \(error)")
             }
             identity.generation = nextGeneration
+            identity.refreshCheckpoint()
             identity.checkpointOutstanding = true
             store.identityForNewTPM = nil
             self.logDecision(decision, origin: origin, generation: nextGeneration, started: started)

@@ -184,6 +184,7 @@ public final class Server {
             }
         }
         self.shutdownTPM()
+        self.identity?.saveCheckpoint()
         self.cleanup()
         return self.exitStatus
     }

@@ -209,3 +209,26 @@ import Testing
         }
     }
 }
+
+@Suite
+struct CallerNumberedCheckpointTests {
+    @Test func checkpointsNumberedByTheCallerAreRecordedOnceAndOnlyForward() throws {
+        try withTemporaryDirectory { dir in
+            let registry = try SQLiteRegistry(path: "\(dir)/r.sqlite")
+            let vm = "6f1c1a52-3c1e-4a57-9d0e-4f3b2a1c0d9e"
+            let generation = try registry.beginGeneration(vmID: vm, reason: .manufacture, parent: nil, event: nil)
+            #expect(try registry.recordCheckpoint(vmID: vm, generation: generation.generation, number: 3))
+            #expect(try registry.latestCheckpoint(vmID: vm, generation: generation.generation)?.checkpoint == 3)
+            // The same number again, or an older one: nothing changes (a late flush after a migration).
+            #expect(try !registry.recordCheckpoint(vmID: vm, generation: generation.generation, number: 3))
+            #expect(try !registry.recordCheckpoint(vmID: vm, generation: generation.generation, number: 2))
+            #expect(try registry.latestCheckpoint(vmID: vm, generation: generation.generation)?.checkpoint == 3)
+            // It behaves like any other checkpoint for "ran after".
+            #expect(try registry.markRan(vmID: vm, generation: generation.generation))
+            #expect(try registry.latestCheckpoint(vmID: vm, generation: generation.generation)?.ranAfter == true)
+            #expect(throws: RegistryError.self) {
+                try registry.recordCheckpoint(vmID: vm, generation: 9, number: 1)
+            }
+        }
+    }
+}
