@@ -283,4 +283,55 @@ struct GuestCloneTests {
         try a.quit()
         try target.quit()
     }
+
+    @Test(.timeLimit(.minutes(5)))
+    func aTamperedSnapshotIsRefusedAndTouchesNothing() throws {
+        let host = "/tmp/vtpm-tamper-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: "\(host)/a", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: host) }
+        let image = try GuestImage.locate()
+        let disk = "\(host)/a/disk.qcow2"
+        try QEMUGuest.createDisk(at: disk)
+        let backend = try TPMBackendProcess(
+            directory: "\(host)/a",
+            extraArguments: Self.identityArguments(host, vm: Self.vmA)
+        )
+        let a = try QEMUGuest.launch(
+            .init(directory: "\(host)/a", image: image, tpmSocket: backend.controlSocket, disk: disk)
+        )
+        try a.waitForReady()
+        try a.check("tpm2_getrandom 8 --hex")
+        try a.savevm("s1")
+        #expect(try a.quit() == 0)
+        _ = try backend.waitForExit()
+
+        // Flip one byte of the source claim's MAC inside the snapshot stored in the qcow2 image.
+        var image2 = try #require(fileBytes(disk))
+        let magic: [UInt8] = Array("VTPB".utf8)
+        let at = try #require(
+            (0..<(image2.count - 80)).first { image2[$0] == magic[0] && Array(image2[$0..<($0 + 4)]) == magic }
+        )
+        image2[at + 4 + 2 + 16 + 8 + 8 + 5] ^= 0x01
+        try Data(image2).write(to: URL(fileURLWithPath: disk))
+
+        let backend2 = try TPMBackendProcess(
+            directory: "\(host)/a",
+            stateDirectory: backend.stateDirectory,
+            extraArguments: Self.identityArguments(host, vm: Self.vmA)
+        )
+        let guest = try QEMUGuest.launch(
+            .init(directory: "\(host)/a", image: image, tpmSocket: backend2.controlSocket, disk: disk)
+        )
+        try guest.waitForReady()
+        // (QEMU's loadvm resets the machine, STOP/INIT write the TPM's own state: the identity is
+        // what must not change.)
+        let marker = "\(backend.stateDirectory)/vtpm-instance.permall"
+        let before = fileBytes(marker)
+        let reply = try guest.hmp("loadvm s1")
+        #expect(!reply.isEmpty, "QEMU reported no error for a tampered TPM blob")
+        #expect(backend2.log.contains("does not verify"), "\(backend2.log)")
+        #expect(fileBytes(marker) == before)
+        #expect(!backend2.log.contains("decision=rollback") && !backend2.log.contains("decision=clone"))
+        guest.kill()
+    }
 }
