@@ -232,6 +232,26 @@ public final class StateDirectory {
         if self.staging == nil { self.instanceMarkerPresent = true }
     }
 
+    /// Stages the result of a rekey: the new identity and permanent state, and, for a state at rest,
+    /// the removal of the volatile and save states (they belong to the old seeds). The permanent
+    /// state is stored twice: the durable commit keeps the previous version in its spare file, which
+    /// must not be left holding a state with the old endorsement seed. Call between `beginStaging`
+    /// and `commitStaged`.
+    public func stageRekeyedState(
+        identity: InstanceIdentity,
+        permanentState: [UInt8],
+        dropVolatileState: Bool
+    ) throws(StateStoreError) {
+        precondition(self.staging != nil, "stageRekeyedState needs beginStaging")
+        try self.recordIdentity(identity)
+        try self.store("permall", permanentState)
+        try self.store("permall", permanentState)
+        if dropVolatileState {
+            try self.delete("volatilestate")
+            try self.delete("savestate")
+        }
+    }
+
     /// Deletes a libtpms blob; returns whether it existed.
     @discardableResult
     public func delete(_ blob: String) throws(StateStoreError) -> Bool {

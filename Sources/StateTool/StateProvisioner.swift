@@ -370,11 +370,7 @@ public enum StateProvisioner {
     static func commit(_ store: StateDirectory, identity: InstanceIdentity, _ permanent: [UInt8]) throws {
         store.beginStaging()
         do {
-            try store.recordIdentity(identity)
-            try store.store("permall", permanent)
-            try store.store("permall", permanent)
-            try store.delete("volatilestate")
-            try store.delete("savestate")
+            try store.stageRekeyedState(identity: identity, permanentState: permanent, dropVolatileState: true)
             try store.commitStaged()
         } catch {
             store.discardStaged()

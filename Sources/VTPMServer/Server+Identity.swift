@@ -154,21 +154,15 @@ extension Server {
             default:
                 (reason, kind) = (.rekey, .rekey)
             }
-            try store.recordIdentity(
-                InstanceIdentity(
+            try store.stageRekeyedState(
+                identity: InstanceIdentity(
                     vmID: identity.configuration.vmID,
                     generation: nextGeneration,
                     parent: origin.flatMap { VMID($0.vmID) }
-                )
+                ),
+                permanentState: result.permanentState,
+                dropVolatileState: volatile == nil
             )
-            try store.store("permall", result.permanentState)
-            // Twice: the durable commit keeps the previous version in a spare file, which must not
-            // hold a state with the old endorsement seed.
-            try store.store("permall", result.permanentState)
-            if volatile == nil {
-                try store.delete("volatilestate")
-                try store.delete("savestate")
-            }
             try store.commitStaged()
             if volatile != nil, flags & ControlRequest.initFlagDeleteVolatile != 0 { try store.delete("volatilestate") }
             // The disk first, then the registry: a state is never newer in the registry than on disk.
