@@ -278,13 +278,7 @@ package struct DirectoryHandle: Sendable {
         let fd = try retryingEINTR("openat", self.describe(name)) {
             unsafe openat(self.fd, name, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, mode_t(0o600))
         }
-        var fl = flock()
-        fl.l_type = Int16(F_WRLCK)
-        fl.l_whence = Int16(SEEK_SET)
-        fl.l_start = 0
-        fl.l_len = 0
-        fl.l_pid = 0
-        if unsafe fcntl(fd, fcntlOFDSetLock, &fl) != 0 {
+        if lockWholeFile(fd) != 0 {
             let err = currentErrno()
             _ = Glibc.close(fd)
             throw PosixError(errno: err, function: "fcntl(F_OFD_SETLK)", object: self.describe(name))

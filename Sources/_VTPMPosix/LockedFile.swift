@@ -93,13 +93,7 @@ package final class LockedFile {
         if created, fchmod(fd, mode_t(mode)) != 0 {
             throw PosixError(errno: currentErrno(), function: "fchmod", object: path)
         }
-        var fl = flock()
-        fl.l_type = Int16(F_WRLCK)
-        fl.l_whence = Int16(SEEK_SET)
-        fl.l_start = 0
-        fl.l_len = 0
-        fl.l_pid = 0
-        if unsafe fcntl(fd, fcntlOFDSetLock, &fl) != 0 {
+        if lockWholeFile(fd) != 0 {
             throw PosixError(errno: currentErrno(), function: "fcntl(F_OFD_SETLK)", object: path)
         }
         // Back to blocking I/O for reads and writes.

@@ -74,3 +74,15 @@ func rawPlainWrite(_ fd: Int32, _ bytes: [UInt8], _ offset: Int) -> Int {
 
 /// Linux `F_OFD_SETLK` (not exported by the Glibc module without _GNU_SOURCE).
 let fcntlOFDSetLock: Int32 = 37
+
+/// Takes a non-blocking, exclusive open-file-description lock on the whole of `fd`; returns the
+/// raw result (-1 with errno set when another process holds it). Wraps `fcntl(F_OFD_SETLK)`.
+func lockWholeFile(_ fd: Int32) -> Int32 {
+    var fl = flock()
+    fl.l_type = Int16(F_WRLCK)
+    fl.l_whence = Int16(SEEK_SET)
+    fl.l_start = 0
+    fl.l_len = 0
+    fl.l_pid = 0
+    return unsafe fcntl(fd, fcntlOFDSetLock, &fl)
+}
