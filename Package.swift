@@ -16,7 +16,7 @@ let package = Package(
         .executable(name: "vtpmd", targets: ["vtpmd"]),
         .executable(name: "vtpmctl", targets: ["vtpmctl"]),
         .executable(name: "vtpm-state", targets: ["vtpm-state"]),
-        .library(name: "VTPM", targets: ["TPMWire", "StateStore", "TPMEngine", "VTPMServer"]),
+        .library(name: "VTPM", targets: ["TPMWire", "VMIdentity", "StateStore", "TPMEngine", "VTPMServer"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.0"),
@@ -35,11 +35,12 @@ let package = Package(
         .target(name: "CVTPMShims"),
         .target(name: "_VTPMPosix", dependencies: ["CVTPMShims"], swiftSettings: settings),
         .target(name: "TPMWire", swiftSettings: settings),
+        .target(name: "VMIdentity", swiftSettings: settings),
         .target(name: "TPMEngine", dependencies: ["CLibTPMS"], swiftSettings: settings),
         .target(
             name: "StateStore",
             dependencies: [
-                "_VTPMPosix", "TPMWire",
+                "_VTPMPosix", "TPMWire", "VMIdentity",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -49,8 +50,9 @@ let package = Package(
         .target(
             name: "CloneRekey",
             dependencies: [
-                "TPMEngine", "TPMWire", "StateStore",
+                "TPMEngine", "TPMWire", "StateStore", "Registry", "EndorsementCA", "VMIdentity", "_VTPMPosix",
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: settings
         ),
@@ -58,6 +60,7 @@ let package = Package(
             name: "VTPMServer",
             dependencies: [
                 "_VTPMPosix", "TPMWire", "TPMEngine", "StateStore", "CloneRekey", "EndorsementCA", "Registry",
+                "VMIdentity",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -66,7 +69,7 @@ let package = Package(
         .executableTarget(
             name: "vtpmd",
             dependencies: [
-                "VTPMServer", "StateStore", "TPMWire",
+                "VTPMServer", "StateStore", "TPMWire", "CloneRekey",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: settings
@@ -74,7 +77,7 @@ let package = Package(
         .target(
             name: "StateTool",
             dependencies: [
-                "TPMEngine", "TPMWire", "StateStore", "CloneRekey", "EndorsementCA", "Registry",
+                "TPMEngine", "TPMWire", "StateStore", "CloneRekey", "EndorsementCA", "Registry", "VMIdentity",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -83,14 +86,16 @@ let package = Package(
         .executableTarget(
             name: "vtpm-state",
             dependencies: [
-                "StateTool",
+                "StateTool", "CloneRekey",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: settings
         ),
         .testTarget(
             name: "StateToolTests",
-            dependencies: ["StateTool", "TestSupport", "StateStore", "EndorsementCA", "Registry", "TPMWire"],
+            dependencies: [
+                "StateTool", "TestSupport", "StateStore", "EndorsementCA", "Registry", "TPMWire", "VMIdentity",
+            ],
             swiftSettings: settings
         ),
         .executableTarget(
@@ -115,28 +120,33 @@ let package = Package(
         ),
         .target(
             name: "Registry",
-            dependencies: [.product(name: "GRDB", package: "GRDB.swift")],
+            dependencies: ["VMIdentity", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: settings
         ),
         .testTarget(
             name: "RegistryTests",
-            dependencies: ["Registry", "TestSupport", .product(name: "GRDB", package: "GRDB.swift")],
+            dependencies: ["Registry", "VMIdentity", "TestSupport", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: settings
         ),
         .testTarget(name: "TPMWireTests", dependencies: ["TPMWire"], swiftSettings: settings),
+        .testTarget(name: "VMIdentityTests", dependencies: ["VMIdentity"], swiftSettings: settings),
         .testTarget(
             name: "CloneRekeyTests",
             dependencies: [
-                "CloneRekey", "TPMEngine", "TPMWire",
+                "CloneRekey", "TPMEngine", "TPMWire", "Registry", "VMIdentity", "StateStore", "TestSupport",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: settings
         ),
-        .testTarget(name: "StateStoreTests", dependencies: ["StateStore", "TestSupport"], swiftSettings: settings),
+        .testTarget(
+            name: "StateStoreTests",
+            dependencies: ["StateStore", "VMIdentity", "TestSupport"],
+            swiftSettings: settings
+        ),
         .target(
             name: "EndorsementCA",
             dependencies: [
-                "TPMWire", "_VTPMPosix",
+                "TPMWire", "_VTPMPosix", "VMIdentity",
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -148,7 +158,7 @@ let package = Package(
         .testTarget(
             name: "EndorsementCATests",
             dependencies: [
-                "EndorsementCA", "TestSupport",
+                "EndorsementCA", "VMIdentity", "TestSupport",
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
@@ -156,7 +166,7 @@ let package = Package(
         ),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["TestSupport", "TPMWire", "StateStore", "EndorsementCA", "Registry"],
+            dependencies: ["TestSupport", "TPMWire", "StateStore", "EndorsementCA", "Registry", "VMIdentity"],
             swiftSettings: settings
         ),
     ]

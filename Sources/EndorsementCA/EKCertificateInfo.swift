@@ -1,4 +1,5 @@
 public import Foundation
+public import VMIdentity
 import SwiftASN1
 import X509
 
@@ -11,11 +12,11 @@ public struct EKCertificateInfo: Hashable, Sendable {
     /// The certified endorsement key.
     public var publicKey: EKPublicKey
     /// The VM named by the VM-identity extension, or nil when the certificate has none.
-    public var vmID: UUID?
+    public var vmID: VMID?
     /// The VM's generation from the VM-identity extension, or nil.
     public var generation: UInt64?
     /// For a clone or rollback, the source VM, or nil.
-    public var parentVMID: UUID?
+    public var parentVMID: VMID?
     /// For a clone or rollback, the source's generation, or nil.
     public var parentGeneration: UInt64?
     /// The serial number, big-endian, as encoded (a leading zero byte is kept if present).

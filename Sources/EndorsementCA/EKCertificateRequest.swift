@@ -1,4 +1,5 @@
 public import Foundation
+public import VMIdentity
 
 /// Everything ``HostCA/issueEKCertificate(_:)`` puts into an EK certificate.
 ///
@@ -8,11 +9,11 @@ public struct EKCertificateRequest: Hashable, Sendable {
     /// The endorsement key being certified.
     public var publicKey: EKPublicKey
     /// The VM whose endorsement hierarchy this EK belongs to.
-    public var vmID: UUID
+    public var vmID: VMID
     /// The VM's generation: 0 at manufacture, +1 at each clone or rollback it receives.
     public var generation: UInt64
     /// For a clone or rollback: the VM the state came from. Set together with ``parentGeneration``.
-    public var parentVMID: UUID?
+    public var parentVMID: VMID?
     /// For a clone or rollback: the generation of ``parentVMID`` the state came from.
     public var parentGeneration: UInt64?
     /// TPM manufacturer, `id:XXXXXXXX` (libtpms: `id:00001014`).
@@ -71,9 +72,9 @@ public struct EKCertificateRequest: Hashable, Sendable {
     ///   - serialNumber: The serial; defaults to ``randomSerialNumber()``.
     public init(
         publicKey: EKPublicKey,
-        vmID: UUID,
+        vmID: VMID,
         generation: UInt64,
-        parentVMID: UUID? = nil,
+        parentVMID: VMID? = nil,
         parentGeneration: UInt64? = nil,
         tpmManufacturer: String = "id:00001014",
         tpmModel: String = "swtpm",

@@ -1,4 +1,5 @@
 import Foundation
+import VMIdentity
 import SwiftASN1
 import X509
 
@@ -10,7 +11,7 @@ extension HostCA {
     ///   clone or rollback (the CN stays within the 64-character bound; `description` has room for the parent);
     /// - subjectAltName (non-critical, as the subject is not empty): a directoryName with the TCG attributes
     ///   tpmManufacturer 2.23.133.2.1, tpmModel 2.23.133.2.2 and tpmVersion 2.23.133.2.3 (one RDN each,
-    ///   UTF8String, as swtpm_cert writes them), then the URI `urn:uuid:<vmID>` (RFC 4122);
+    ///   UTF8String, as swtpm_cert writes them), then, for a UUID vm-id, the URI `urn:uuid:<vmID>` (RFC 4122);
     /// - keyUsage (critical): keyEncipherment for an RSA EK, keyAgreement for an ECC EK;
     /// - basicConstraints (critical): CA:FALSE;
     /// - extendedKeyUsage (non-critical): tcg-kp-EKCertificate 2.23.133.8.1;
@@ -45,10 +46,12 @@ extension HostCA {
                     critical: false
                 ),
                 try Certificate.Extension(
-                    SubjectAlternativeNames([
-                        .directoryName(Self.tpmAttributes(request)),
-                        .uniformResourceIdentifier("urn:uuid:\(request.vmID.uuidString.lowercased())"),
-                    ]),
+                    SubjectAlternativeNames(
+                        [.directoryName(Self.tpmAttributes(request))]
+                            // A UUID vm-id is also named by its RFC 4122 URN; a name (Proxmox: "101") has no
+                            // registered URN form and is named by the subject CN and the identity extension.
+                            + (request.vmID.isUUID ? [.uniformResourceIdentifier("urn:uuid:\(request.vmID)")] : [])
+                    ),
                     critical: false
                 ),
             ]
@@ -99,7 +102,7 @@ extension HostCA {
             RelativeDistinguishedName(
                 .init(
                     type: OID.commonName,
-                    utf8String: "\(request.vmID.uuidString.lowercased()) gen \(request.generation)"
+                    utf8String: "\(request.vmID.description) gen \(request.generation)"
                 )
             ),
         ]
@@ -108,7 +111,7 @@ extension HostCA {
                 RelativeDistinguishedName(
                     .init(
                         type: OID.description,
-                        utf8String: "parent \(parentVMID.uuidString.lowercased()) gen \(parentGeneration)"
+                        utf8String: "parent \(parentVMID.description) gen \(parentGeneration)"
                     )
                 )
             )

@@ -1,4 +1,5 @@
 public import Foundation
+public import VMIdentity
 
 extension HostCA {
     /// Issues the two EK certificates of one generation (RSA 2048 and ECC P-256), as the rekey procedure's
@@ -15,9 +16,9 @@ extension HostCA {
     public func issueEKCertificates(
         rsaEKPublic: [UInt8],
         eccEKPublic: [UInt8],
-        vmID: UUID,
+        vmID: VMID,
         generation: UInt64,
-        parentVMID: UUID? = nil,
+        parentVMID: VMID? = nil,
         parentGeneration: UInt64? = nil
     ) throws -> (rsaCertDER: [UInt8], eccCertDER: [UInt8]) {
         func issue(_ tpm2bPublic: [UInt8]) throws -> [UInt8] {

@@ -1,7 +1,9 @@
+public import VMIdentity
+
 /// A checkpoint of one generation: a TPM state handed out by GET_STATEBLOB (savevm, migration source).
 public struct Checkpoint: Hashable, Sendable, Codable {
     /// The VM identity.
-    public var vmID: String
+    public var vmID: VMID
     /// The generation.
     public var generation: UInt64
     /// The checkpoint number, 1 for the first of a generation, then increasing.
@@ -18,7 +20,7 @@ public struct Checkpoint: Hashable, Sendable, Codable {
     ///   - checkpoint: The checkpoint number.
     ///   - createdAt: When it was taken.
     ///   - ranAfter: Whether the TPM ran after it.
-    public init(vmID: String, generation: UInt64, checkpoint: UInt64, createdAt: Timestamp, ranAfter: Bool) {
+    public init(vmID: VMID, generation: UInt64, checkpoint: UInt64, createdAt: Timestamp, ranAfter: Bool) {
         self.vmID = vmID
         self.generation = generation
         self.checkpoint = checkpoint

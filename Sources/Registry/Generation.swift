@@ -1,3 +1,5 @@
+public import VMIdentity
+
 /// One generation of a VM identity: the endorsement hierarchy is based on (vmID, generation).
 public struct Generation: Hashable, Sendable, Codable {
     /// Why a generation began. Stored as TEXT; new reasons may be added.
@@ -22,7 +24,7 @@ public struct Generation: Hashable, Sendable, Codable {
     }
 
     /// The VM identity.
-    public var vmID: String
+    public var vmID: VMID
     /// The generation number: 0 for the first, then increasing.
     public var generation: UInt64
     /// When the generation began.
@@ -31,6 +33,9 @@ public struct Generation: Hashable, Sendable, Codable {
     public var reason: Reason
     /// The state it was made from (another VM for a clone, this VM for a rollback), if any.
     public var parent: StateOrigin?
+    /// The newest write generation of the permanent state seen committed in this generation
+    /// (``RegistryStore/recordStateWrite(vmID:generation:write:)``), nil before the first.
+    public var stateWrite: UInt64?
 
     /// Creates a generation record.
     /// - Parameters:
@@ -39,11 +44,20 @@ public struct Generation: Hashable, Sendable, Codable {
     ///   - createdAt: When it began.
     ///   - reason: Why it began.
     ///   - parent: The state it was made from, if any.
-    public init(vmID: String, generation: UInt64, createdAt: Timestamp, reason: Reason, parent: StateOrigin?) {
+    ///   - stateWrite: The newest permanent-state write generation seen, if any.
+    public init(
+        vmID: VMID,
+        generation: UInt64,
+        createdAt: Timestamp,
+        reason: Reason,
+        parent: StateOrigin?,
+        stateWrite: UInt64? = nil
+    ) {
         self.vmID = vmID
         self.generation = generation
         self.createdAt = createdAt
         self.reason = reason
         self.parent = parent
+        self.stateWrite = stateWrite
     }
 }

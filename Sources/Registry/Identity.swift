@@ -1,7 +1,9 @@
+public import VMIdentity
+
 /// A VM identity known to the registry.
 public struct Identity: Hashable, Sendable, Codable {
     /// The VM identity, a UUID in lower-case 8-4-4-4-12 form.
-    public var vmID: String
+    public var vmID: VMID
     /// When the registry first saw this identity.
     public var createdAt: Timestamp
 
@@ -9,7 +11,7 @@ public struct Identity: Hashable, Sendable, Codable {
     /// - Parameters:
     ///   - vmID: The VM identity.
     ///   - createdAt: When the registry first saw it.
-    public init(vmID: String, createdAt: Timestamp) {
+    public init(vmID: VMID, createdAt: Timestamp) {
         self.vmID = vmID
         self.createdAt = createdAt
     }

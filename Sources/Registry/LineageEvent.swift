@@ -1,3 +1,5 @@
+public import VMIdentity
+
 /// One entry of a VM's history: a manufacture, clone, rollback, move, adoption or rekey.
 public struct LineageEvent: Hashable, Sendable, Codable {
     /// What happened. Stored as TEXT; new kinds may be added.
@@ -26,7 +28,7 @@ public struct LineageEvent: Hashable, Sendable, Codable {
     /// The event's number, increasing in the order events were appended.
     public var id: Int64
     /// The VM the event happened to.
-    public var vmID: String
+    public var vmID: VMID
     /// The VM's generation after the event.
     public var generation: UInt64
     /// What happened.
@@ -52,7 +54,7 @@ public struct LineageEvent: Hashable, Sendable, Codable {
     ///   - detail: Free text.
     public init(
         id: Int64,
-        vmID: String,
+        vmID: VMID,
         generation: UInt64,
         kind: Kind,
         source: StateOrigin?,

@@ -1,3 +1,5 @@
+public import VMIdentity
+
 /// The parent/child graph of generations across VMs, for `vtpm-state lineage --format tree|dot|json`.
 ///
 /// A node is one generation (vmID, generation). An edge goes from the state a generation was made from
@@ -10,7 +12,7 @@ public struct LineageTree: Hashable, Sendable, Codable {
         /// The state the child was made from.
         public var parent: StateOrigin
         /// The child's vmID.
-        public var childVMID: String
+        public var childVMID: VMID
         /// The child's generation.
         public var childGeneration: UInt64
         /// Why the child began.
@@ -20,7 +22,7 @@ public struct LineageTree: Hashable, Sendable, Codable {
     /// The identity of a node: (vmID, generation).
     public struct NodeID: Hashable, Sendable, Codable, CustomStringConvertible {
         /// The VM identity.
-        public var vmID: String
+        public var vmID: VMID
         /// The generation.
         public var generation: UInt64
         public var description: String { "\(self.vmID) gen \(self.generation)" }
@@ -60,12 +62,11 @@ public struct LineageTree: Hashable, Sendable, Codable {
     ///   - vmID: The parent's vmID.
     ///   - generation: The parent's generation.
     /// - Returns: The children.
-    public func children(of vmID: String, generation: UInt64) -> [Generation] {
-        let vm = VMIDText.comparable(vmID)
-        return self.generations.filter { g in
+    public func children(of vmID: VMID, generation: UInt64) -> [Generation] {
+        self.generations.filter { g in
             guard let parent = g.parent else { return false }
-            return VMIDText.comparable(parent.vmID) == vm && parent.generation == generation
-                && !(g.vmID == vm && g.generation == generation)
+            return parent.vmID == vmID && parent.generation == generation
+                && !(g.vmID == vmID && g.generation == generation)
         }.sorted { ($0.createdAt, $0.vmID, $0.generation) < ($1.createdAt, $1.vmID, $1.generation) }
     }
 
@@ -122,7 +123,7 @@ public struct LineageTree: Hashable, Sendable, Codable {
             }
             return out + "\""
         }
-        func node(_ vmID: String, _ generation: UInt64) -> String { quoted("\(vmID)/\(generation)") }
+        func node(_ vmID: VMID, _ generation: UInt64) -> String { quoted("\(vmID)/\(generation)") }
         var out = "digraph lineage {\n    rankdir=LR;\n    node [shape=box];\n"
         let known = self.known
         var external: Set<NodeID> = []

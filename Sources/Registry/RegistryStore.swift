@@ -1,3 +1,5 @@
+public import VMIdentity
+
 /// The registry's operations: identities, generations, checkpoints and lineage events.
 ///
 /// This protocol is the seam between vtpmd's decision logic and the storage: ``SQLiteRegistry`` is the
@@ -16,29 +18,29 @@ public protocol RegistryStore: AnyObject, Sendable {
     /// - Returns: The identity record, new or existing.
     /// - Throws: ``RegistryError``.
     @discardableResult
-    func ensureIdentity(vmID: String) throws -> Identity
+    func ensureIdentity(vmID: VMID) throws -> Identity
 
     /// The identity record of `vmID`, or nil.
     /// - Parameter vmID: The VM identity.
     /// - Throws: ``RegistryError``.
-    func identity(vmID: String) throws -> Identity?
+    func identity(vmID: VMID) throws -> Identity?
 
     /// The latest generation of `vmID`, or nil when it has none.
     /// - Parameter vmID: The VM identity.
     /// - Throws: ``RegistryError``.
-    func currentGeneration(vmID: String) throws -> Generation?
+    func currentGeneration(vmID: VMID) throws -> Generation?
 
     /// One generation record, or nil.
     /// - Parameters:
     ///   - vmID: The VM identity.
     ///   - generation: The generation number.
     /// - Throws: ``RegistryError``.
-    func generation(vmID: String, generation: UInt64) throws -> Generation?
+    func generation(vmID: VMID, generation: UInt64) throws -> Generation?
 
     /// Every generation record, of one VM or (with nil) of all, ordered by vmID and generation.
     /// - Parameter vmID: The VM identity, or nil for all.
     /// - Throws: ``RegistryError``.
-    func generations(vmID: String?) throws -> [Generation]
+    func generations(vmID: VMID?) throws -> [Generation]
 
     /// Starts the next generation of `vmID` (recording the identity if it is new).
     ///
@@ -55,7 +57,7 @@ public protocol RegistryStore: AnyObject, Sendable {
     /// - Throws: ``RegistryError`` (``RegistryError/Code/conflict`` when another writer advanced it first).
     @discardableResult
     func beginGeneration(
-        vmID: String,
+        vmID: VMID,
         reason: Generation.Reason,
         parent: StateOrigin?,
         event: LineageEventDraft?
@@ -73,7 +75,7 @@ public protocol RegistryStore: AnyObject, Sendable {
     ///   - generation: The generation the running TPM state belongs to.
     /// - Returns: The checkpoint number, 1 or more.
     /// - Throws: ``RegistryError`` (``RegistryError/Code/unknownGeneration`` when the generation has no record).
-    func recordCheckpoint(vmID: String, generation: UInt64) throws -> UInt64
+    func recordCheckpoint(vmID: VMID, generation: UInt64) throws -> UInt64
 
     /// Records checkpoint `number`, chosen by the caller (vtpmd numbers the blobs it hands out itself
     /// and records them after the reply), as the generation's latest if it is greater than the latest.
@@ -81,7 +83,7 @@ public protocol RegistryStore: AnyObject, Sendable {
     /// - Returns: whether the number was recorded.
     /// - Throws: ``RegistryError`` (``RegistryError/Code/unknownGeneration``).
     @discardableResult
-    func recordCheckpoint(vmID: String, generation: UInt64, number: UInt64) throws -> Bool
+    func recordCheckpoint(vmID: VMID, generation: UInt64, number: UInt64) throws -> Bool
 
     /// Notes that the TPM changed state after the generation's latest checkpoint.
     ///
@@ -93,14 +95,14 @@ public protocol RegistryStore: AnyObject, Sendable {
     /// - Returns: Whether a checkpoint changed (false when there is none, or it was already marked).
     /// - Throws: ``RegistryError``.
     @discardableResult
-    func markRan(vmID: String, generation: UInt64) throws -> Bool
+    func markRan(vmID: VMID, generation: UInt64) throws -> Bool
 
     /// The generation's latest checkpoint, or nil when it has none (or the generation is unknown).
     /// - Parameters:
     ///   - vmID: The VM identity.
     ///   - generation: The generation.
     /// - Throws: ``RegistryError``.
-    func latestCheckpoint(vmID: String, generation: UInt64) throws -> Checkpoint?
+    func latestCheckpoint(vmID: VMID, generation: UInt64) throws -> Checkpoint?
 
     /// Brings the registry up to a state that arrived with a valid claim and was accepted as a move.
     ///
@@ -115,6 +117,23 @@ public protocol RegistryStore: AnyObject, Sendable {
     @discardableResult
     func recordArrival(_ origin: StateOrigin) throws -> Bool
 
+    /// Records that the permanent state of (vmID, generation) was seen committed with integrity-record write
+    /// generation `write` (at a checkpoint, at a clean stop, after a decision at start-up). Only moves
+    /// forward: a smaller or equal number changes nothing, so a late or repeated call is harmless.
+    ///
+    /// The start-up decision compares the state found at rest with it: a state of the current generation
+    /// whose write generation is behind the recorded one went back in time (a restored backup, a storage
+    /// snapshot rolled back, a copy put back) and is a rollback. A crash leaves the disk ahead of the
+    /// registry, never behind.
+    /// - Parameters:
+    ///   - vmID: The VM identity.
+    ///   - generation: The generation.
+    ///   - write: The permanent state's write generation.
+    /// - Returns: Whether the recorded value moved forward.
+    /// - Throws: ``RegistryError`` (``RegistryError/Code/unknownGeneration`` when the generation has no record).
+    @discardableResult
+    func recordStateWrite(vmID: VMID, generation: UInt64, write: UInt64) throws -> Bool
+
     /// Appends a lineage event (the registry assigns the id and the time).
     /// - Parameters:
     ///   - vmID: The VM the event happened to (recorded as an identity if new).
@@ -123,12 +142,12 @@ public protocol RegistryStore: AnyObject, Sendable {
     /// - Returns: The stored event.
     /// - Throws: ``RegistryError``.
     @discardableResult
-    func appendEvent(vmID: String, generation: UInt64, _ draft: LineageEventDraft) throws -> LineageEvent
+    func appendEvent(vmID: VMID, generation: UInt64, _ draft: LineageEventDraft) throws -> LineageEvent
 
     /// Lineage events, of one VM (events that happened to it) or (with nil) of all, oldest first.
     /// - Parameter vmID: The VM identity, or nil for all.
     /// - Throws: ``RegistryError``.
-    func lineage(vmID: String?) throws -> [LineageEvent]
+    func lineage(vmID: VMID?) throws -> [LineageEvent]
 }
 
 extension RegistryStore {
@@ -145,7 +164,7 @@ extension RegistryStore {
     /// - Throws: ``RegistryError``.
     @discardableResult
     public func beginGeneration(
-        vmID: String,
+        vmID: VMID,
         reason: Generation.Reason,
         parent: StateOrigin? = nil
     ) throws
@@ -159,27 +178,5 @@ extension RegistryStore {
     /// - Throws: ``RegistryError``.
     public func lineageTree() throws -> LineageTree {
         LineageTree(generations: try self.generations(vmID: nil))
-    }
-
-    /// Looks up the registry facts for an incoming state and applies ``DecisionTable/decide(ownVMID:ownGeneration:incoming:latestCheckpoint:policy:)``.
-    /// - Parameters:
-    ///   - ownVMID: This vtpmd's vmID.
-    ///   - incoming: What arrived.
-    ///   - policy: The `--on-rollback` and `--foreign-state` policies.
-    /// - Returns: The decision.
-    /// - Throws: ``RegistryError`` from the look-ups.
-    public func decide(ownVMID: String, incoming: IncomingState, policy: DecisionPolicy) throws -> Decision {
-        let ownGeneration = try self.currentGeneration(vmID: ownVMID)?.generation
-        var latest: Checkpoint? = nil
-        if case .claimed(let claim) = incoming {
-            latest = try self.latestCheckpoint(vmID: claim.vmID, generation: claim.generation)
-        }
-        return DecisionTable.decide(
-            ownVMID: ownVMID,
-            ownGeneration: ownGeneration,
-            incoming: incoming,
-            latestCheckpoint: latest,
-            policy: policy
-        )
     }
 }

@@ -1,4 +1,5 @@
 internal import GRDB
+public import VMIdentity
 
 /// The embedded registry: one SQLite file per host, shared by every vtpmd on it.
 ///
@@ -73,21 +74,21 @@ public final class SQLiteRegistry: RegistryStore {
     // MARK: - Identities and generations
 
     @discardableResult
-    public func ensureIdentity(vmID: String) throws -> Identity {
-        let vm = try VMIDText.canonical(vmID)
+    public func ensureIdentity(vmID: VMID) throws -> Identity {
+        let vm = vmID.description
         return try self.write("record identity \(vm)") { db in try self.ensureIdentity(db, vm) }
     }
 
-    public func identity(vmID: String) throws -> Identity? {
-        let vm = try VMIDText.canonical(vmID)
+    public func identity(vmID: VMID) throws -> Identity? {
+        let vm = vmID.description
         return try self.read("read identity \(vm)") { db in
             try Row.fetchOne(db, sql: "SELECT vm_id, created_at FROM identity WHERE vm_id = ?", arguments: [vm])
                 .map(Self.identity(from:))
         }
     }
 
-    public func currentGeneration(vmID: String) throws -> Generation? {
-        let vm = try VMIDText.canonical(vmID)
+    public func currentGeneration(vmID: VMID) throws -> Generation? {
+        let vm = vmID.description
         return try self.read("read the current generation of \(vm)") { db in
             try Row.fetchOne(
                 db,
@@ -101,8 +102,8 @@ public final class SQLiteRegistry: RegistryStore {
         }
     }
 
-    public func generation(vmID: String, generation: UInt64) throws -> Generation? {
-        let vm = try VMIDText.canonical(vmID)
+    public func generation(vmID: VMID, generation: UInt64) throws -> Generation? {
+        let vm = vmID.description
         let number = try Self.int64(generation, "generation")
         return try self.read("read generation \(generation) of \(vm)") { db in
             try Row.fetchOne(
@@ -113,8 +114,8 @@ public final class SQLiteRegistry: RegistryStore {
         }
     }
 
-    public func generations(vmID: String?) throws -> [Generation] {
-        let vm = try vmID.map { try VMIDText.canonical($0) }
+    public func generations(vmID: VMID?) throws -> [Generation] {
+        let vm = vmID?.description
         return try self.read("read generations") { db in
             let rows: [Row]
             if let vm {
@@ -132,15 +133,13 @@ public final class SQLiteRegistry: RegistryStore {
 
     @discardableResult
     public func beginGeneration(
-        vmID: String,
+        vmID: VMID,
         reason: Generation.Reason,
         parent: StateOrigin?,
         event: LineageEventDraft?
     ) throws -> Generation {
-        let vm = try VMIDText.canonical(vmID)
-        let parent = try parent.map(Self.canonical(_:))
-        let source = try event?.source.map(Self.canonical(_:))
-        return try self.durableWrite("begin a generation of \(vm)") { db in
+        let vm = vmID.description
+                        return try self.durableWrite("begin a generation of \(vm)") { db in
             try self.ensureIdentity(db, vm)
             let current = try self.currentGenerationNumber(db, vm)
             var next: UInt64 = 0
@@ -150,14 +149,14 @@ public final class SQLiteRegistry: RegistryStore {
                 }
                 next = current + 1
             }
-            if let parent, parent.vmID == vm {
+            if let parent, parent.vmID == vmID {
                 guard parent.generation < UInt64(Int64.max) else {
                     throw RegistryError(.invalidArgument, "parent generation \(parent.generation) is out of range")
                 }
                 next = max(next, parent.generation + 1)
             }
             let generation = Generation(
-                vmID: vm,
+                vmID: vmID,
                 generation: next,
                 createdAt: self.clock(),
                 reason: reason,
@@ -165,8 +164,7 @@ public final class SQLiteRegistry: RegistryStore {
             )
             try self.advanceCurrentGeneration(db, vm, from: current, to: next)
             try self.insertGeneration(db, generation)
-            if var event {
-                event.source = source
+            if let event {
                 _ = try self.insertEvent(db, vm, next, event)
             }
             return generation
@@ -175,8 +173,8 @@ public final class SQLiteRegistry: RegistryStore {
 
     // MARK: - Checkpoints
 
-    public func recordCheckpoint(vmID: String, generation: UInt64) throws -> UInt64 {
-        let vm = try VMIDText.canonical(vmID)
+    public func recordCheckpoint(vmID: VMID, generation: UInt64) throws -> UInt64 {
+        let vm = vmID.description
         let number = try Self.int64(generation, "generation")
         return try self.write("record a checkpoint of \(vm) generation \(generation)") { db in
             guard let latest = try self.latestCheckpointNumber(db, vm, number) else {
@@ -209,8 +207,8 @@ public final class SQLiteRegistry: RegistryStore {
     }
 
     @discardableResult
-    public func recordCheckpoint(vmID: String, generation: UInt64, number: UInt64) throws -> Bool {
-        let vm = try VMIDText.canonical(vmID)
+    public func recordCheckpoint(vmID: VMID, generation: UInt64, number: UInt64) throws -> Bool {
+        let vm = vmID.description
         let gen = try Self.int64(generation, "generation")
         let wanted = try Self.int64(number, "checkpoint")
         return try self.write("record checkpoint \(number) of \(vm) generation \(generation)") { db in
@@ -231,8 +229,8 @@ public final class SQLiteRegistry: RegistryStore {
     }
 
     @discardableResult
-    public func markRan(vmID: String, generation: UInt64) throws -> Bool {
-        let vm = try VMIDText.canonical(vmID)
+    public func markRan(vmID: VMID, generation: UInt64) throws -> Bool {
+        let vm = vmID.description
         let number = try Self.int64(generation, "generation")
         return try self.write("mark \(vm) generation \(generation) as run") { db in
             try db.execute(
@@ -247,8 +245,8 @@ public final class SQLiteRegistry: RegistryStore {
         }
     }
 
-    public func latestCheckpoint(vmID: String, generation: UInt64) throws -> Checkpoint? {
-        let vm = try VMIDText.canonical(vmID)
+    public func latestCheckpoint(vmID: VMID, generation: UInt64) throws -> Checkpoint? {
+        let vm = vmID.description
         let number = try Self.int64(generation, "generation")
         return try self.read("read the latest checkpoint of \(vm) generation \(generation)") { db in
             try Row.fetchOne(
@@ -266,8 +264,7 @@ public final class SQLiteRegistry: RegistryStore {
 
     @discardableResult
     public func recordArrival(_ origin: StateOrigin) throws -> Bool {
-        let origin = try Self.canonical(origin)
-        let vm = origin.vmID
+        let vm = origin.vmID.description
         let number = try Self.int64(origin.generation, "generation")
         let checkpoint = try origin.checkpoint.map { try Self.int64($0, "checkpoint") }
         return try self.durableWrite("record the arrival of \(origin)") { db in
@@ -277,7 +274,7 @@ public final class SQLiteRegistry: RegistryStore {
             if current.map({ origin.generation > $0 }) ?? true {
                 try self.advanceCurrentGeneration(db, vm, from: current, to: origin.generation)
                 let generation = Generation(
-                    vmID: vm,
+                    vmID: origin.vmID,
                     generation: origin.generation,
                     createdAt: self.clock(),
                     reason: .adopt,
@@ -302,21 +299,40 @@ public final class SQLiteRegistry: RegistryStore {
         }
     }
 
+    @discardableResult
+    public func recordStateWrite(vmID: VMID, generation: UInt64, write: UInt64) throws -> Bool {
+        let vm = vmID.description
+        let gen = try Self.int64(generation, "generation")
+        let value = try Self.int64(write, "state write")
+        return try self.write("record state write \(write) of \(vm) generation \(generation)") { db in
+            try db.execute(
+                sql: """
+                    UPDATE generation SET state_write = ?
+                    WHERE vm_id = ? AND generation = ? AND (state_write IS NULL OR state_write < ?)
+                    """,
+                arguments: [value, vm, gen, value]
+            )
+            if db.changesCount == 1 { return true }
+            guard try self.latestCheckpointNumber(db, vm, gen) != nil else {
+                throw RegistryError(.unknownGeneration, "\(vm) has no generation \(generation)")
+            }
+            return false
+        }
+    }
+
     // MARK: - Lineage
 
     @discardableResult
-    public func appendEvent(vmID: String, generation: UInt64, _ draft: LineageEventDraft) throws -> LineageEvent {
-        let vm = try VMIDText.canonical(vmID)
-        var draft = draft
-        draft.source = try draft.source.map(Self.canonical(_:))
+    public func appendEvent(vmID: VMID, generation: UInt64, _ draft: LineageEventDraft) throws -> LineageEvent {
+        let vm = vmID.description
         return try self.write("append a \(draft.kind) event for \(vm)") { db in
             try self.ensureIdentity(db, vm)
             return try self.insertEvent(db, vm, generation, draft)
         }
     }
 
-    public func lineage(vmID: String?) throws -> [LineageEvent] {
-        let vm = try vmID.map { try VMIDText.canonical($0) }
+    public func lineage(vmID: VMID?) throws -> [LineageEvent] {
+        let vm = vmID?.description
         return try self.read("read lineage") { db in
             let rows: [Row]
             if let vm {
@@ -393,11 +409,11 @@ extension SQLiteRegistry {
                 VALUES (?, ?, ?, ?, ?, ?, ?, 0)
                 """,
             arguments: [
-                generation.vmID,
+                generation.vmID.description,
                 try Self.int64(generation.generation, "generation"),
                 generation.createdAt.microsecondsSinceEpoch,
                 generation.reason.rawValue,
-                generation.parent?.vmID,
+                generation.parent?.vmID.description,
                 try generation.parent.map { try Self.int64($0.generation, "parent generation") },
                 try generation.parent?.checkpoint.map { try Self.int64($0, "parent checkpoint") },
             ]
@@ -454,7 +470,7 @@ extension SQLiteRegistry {
                 vm,
                 try Self.int64(generation, "generation"),
                 draft.kind.rawValue,
-                draft.source?.vmID,
+                draft.source?.vmID.description,
                 try draft.source.map { try Self.int64($0.generation, "source generation") },
                 try draft.source?.checkpoint.map { try Self.int64($0, "source checkpoint") },
                 self.clock().microsecondsSinceEpoch,
@@ -472,14 +488,14 @@ extension SQLiteRegistry {
 extension SQLiteRegistry {
     private static func identity(from row: Row) throws -> Identity {
         Identity(
-            vmID: try row.decode(String.self, forColumn: "vm_id"),
+            vmID: try Self.vmID(row, "vm_id"),
             createdAt: Timestamp(microsecondsSinceEpoch: try row.decode(Int64.self, forColumn: "created_at"))
         )
     }
 
     private static func generation(from row: Row) throws -> Generation {
         var parent: StateOrigin? = nil
-        if let parentVM = try row.decode(String?.self, forColumn: "parent_vm_id"),
+        if let parentVM = try Self.optionalVMID(row, "parent_vm_id"),
             let parentGeneration = try row.decode(Int64?.self, forColumn: "parent_generation")
         {
             parent = StateOrigin(
@@ -491,17 +507,18 @@ extension SQLiteRegistry {
             )
         }
         return Generation(
-            vmID: try row.decode(String.self, forColumn: "vm_id"),
+            vmID: try Self.vmID(row, "vm_id"),
             generation: try uint64(try row.decode(Int64.self, forColumn: "generation"), "generation"),
             createdAt: Timestamp(microsecondsSinceEpoch: try row.decode(Int64.self, forColumn: "created_at")),
             reason: Generation.Reason(rawValue: try row.decode(String.self, forColumn: "reason")),
-            parent: parent
+            parent: parent,
+            stateWrite: try row.decode(Int64?.self, forColumn: "state_write").map { try uint64($0, "state_write") }
         )
     }
 
     private static func checkpoint(from row: Row) throws -> Checkpoint {
         Checkpoint(
-            vmID: try row.decode(String.self, forColumn: "vm_id"),
+            vmID: try Self.vmID(row, "vm_id"),
             generation: try uint64(try row.decode(Int64.self, forColumn: "generation"), "generation"),
             checkpoint: try uint64(try row.decode(Int64.self, forColumn: "checkpoint"), "checkpoint"),
             createdAt: Timestamp(microsecondsSinceEpoch: try row.decode(Int64.self, forColumn: "created_at")),
@@ -511,7 +528,7 @@ extension SQLiteRegistry {
 
     private static func event(from row: Row) throws -> LineageEvent {
         var source: StateOrigin? = nil
-        if let sourceVM = try row.decode(String?.self, forColumn: "source_vm_id"),
+        if let sourceVM = try Self.optionalVMID(row, "source_vm_id"),
             let sourceGeneration = try row.decode(Int64?.self, forColumn: "source_generation")
         {
             source = StateOrigin(
@@ -524,7 +541,7 @@ extension SQLiteRegistry {
         }
         return LineageEvent(
             id: try row.decode(Int64.self, forColumn: "id"),
-            vmID: try row.decode(String.self, forColumn: "vm_id"),
+            vmID: try Self.vmID(row, "vm_id"),
             generation: try uint64(try row.decode(Int64.self, forColumn: "generation"), "generation"),
             kind: LineageEvent.Kind(rawValue: try row.decode(String.self, forColumn: "kind")),
             source: source,
@@ -534,10 +551,19 @@ extension SQLiteRegistry {
         )
     }
 
-    private static func canonical(_ origin: StateOrigin) throws -> StateOrigin {
-        var origin = origin
-        origin.vmID = try VMIDText.canonical(origin.vmID)
-        return origin
+    /// A stored vm-id column.
+    private static func vmID(_ row: Row, _ column: String) throws -> VMID {
+        guard let vm = try self.optionalVMID(row, column) else {
+            throw RegistryError(.corrupt, "the registry holds a NULL \(column)")
+        }
+        return vm
+    }
+
+    /// A stored vm-id column that may be NULL.
+    private static func optionalVMID(_ row: Row, _ column: String) throws -> VMID? {
+        guard let text = try row.decode(String?.self, forColumn: column) else { return nil }
+        guard let vm = VMID(text) else { throw RegistryError(.corrupt, "the registry holds a bad \(column) '\(text)'") }
+        return vm
     }
 
     /// An unsigned number as the signed BIGINT the schema stores.

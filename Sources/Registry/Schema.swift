@@ -18,10 +18,10 @@ internal import GRDB
 /// steps in one transaction and refuses a database written by a newer build.
 enum Schema {
     /// The version this build writes.
-    static let currentVersion: Int64 = 1
+    static let currentVersion: Int64 = 2
 
     /// Migration steps: `steps[n]` takes the schema from version n to n + 1.
-    static let steps: [String] = [version1]
+    static let steps: [String] = [version1, version2]
 
     /// Version 1: identities, generations, checkpoints, lineage events.
     static let version1 = """
@@ -78,6 +78,12 @@ enum Schema {
         );
         CREATE INDEX lineage_event_vm ON lineage_event (vm_id, id);
         CREATE INDEX lineage_event_source ON lineage_event (source_vm_id);
+        """
+
+    /// Version 2: the newest permanent-state write seen committed per generation (restored backups are
+    /// rollbacks). PostgreSQL: the same statement.
+    static let version2 = """
+        ALTER TABLE generation ADD COLUMN state_write BIGINT;
         """
 
     /// The version table. PostgreSQL: the same statement.

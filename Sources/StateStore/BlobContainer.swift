@@ -26,6 +26,8 @@ public struct BlobContainer: Hashable, Sendable {
         public static let ivEncryptedMigrationData: UInt16 = 7
         /// vtpmd's integrity record on state files (see `StateFile`).
         public static let vtpmIntegrity: UInt16 = 0x7E02
+        /// vtpmd's identity record on the permanent state file (see `StateFile`, `IdentityRecord`).
+        public static let vtpmIdentity: UInt16 = 0x7E03
     }
 
     public struct Record: Hashable, Sendable {

@@ -1,7 +1,10 @@
 import TPMWire
+public import VMIdentity
 import _VTPMPosix
 
-/// The identity recorded in a state directory (`vtpm-instance.permall`).
+/// The identity of a TPM state: recorded inside the permanent state file (``IdentityRecord``, so it
+/// travels with a copied directory, a copied file volume and a permall copied alone) and, in a state
+/// directory, in the `vtpm-instance.permall` marker too.
 public struct InstanceIdentity: Sendable, Hashable, CustomStringConvertible {
     /// The VM the endorsement hierarchy belongs to; nil in markers of version 1 (before identities)
     /// and for state adopted without one.
@@ -39,7 +42,8 @@ public struct InstanceIdentity: Sendable, Hashable, CustomStringConvertible {
 /// reason to manufacture, and it records the directory's identity.
 /// Format: a state-file container (see `StateFile`: integrity-checked) whose data is
 /// `"VTPMINST" | be16 version | be64 creation time (Unix seconds) | TPM2B creator`, and from
-/// version 2 on `| u8 has-vmID [| vmID(16)] | be64 generation | u8 has-parent [| parent(16)]`.
+/// version 2 on `| vmID? | be64 generation | parent?`, where an optional vm-id is `u8 0` (none) or
+/// the vm-id's binary form (``VMID/encoded``: `u8 1` + 16 UUID bytes, or `u8 2` + `u8 n` + name).
 enum InstanceMarker {
     static let magic: [UInt8] = Array("VTPMINST".utf8)
     static let version: UInt16 = 2
@@ -50,19 +54,9 @@ enum InstanceMarker {
         w.write(self.version)
         w.write(identity.createdAt)
         w.writeSized16(Array(identity.creator.utf8.prefix(255)))
-        if let vm = identity.vmID {
-            w.write(UInt8(1))
-            w.write(bytes: vm.bytes)
-        } else {
-            w.write(UInt8(0))
-        }
+        IdentityRecord.writeOptional(identity.vmID, into: &w)
         w.write(identity.generation)
-        if let parent = identity.parent {
-            w.write(UInt8(1))
-            w.write(bytes: parent.bytes)
-        } else {
-            w.write(UInt8(0))
-        }
+        IdentityRecord.writeOptional(identity.parent, into: &w)
         return try StateFile.encode(w.bytes, key: nil, generation: identity.generation + 1)
     }
 
@@ -81,9 +75,9 @@ enum InstanceMarker {
             let creator = String(decoding: try r.readSized16(max: 255), as: UTF8.self)
             var identity = InstanceIdentity(vmID: nil, generation: 0, createdAt: created, creator: creator)
             if version >= 2 {
-                if try r.readUInt8() == 1 { identity.vmID = VMID(bytes: try r.readBytes(count: 16)) }
+                identity.vmID = try IdentityRecord.readOptional(&r, what: "instance marker")
                 identity.generation = try r.readUInt64()
-                if try r.readUInt8() == 1 { identity.parent = VMID(bytes: try r.readBytes(count: 16)) }
+                identity.parent = try IdentityRecord.readOptional(&r, what: "instance marker")
             }
             try r.finish()
             return identity
@@ -92,5 +86,86 @@ enum InstanceMarker {
         } catch {
             throw StateStoreError(.malformed, "instance marker: \(error)")
         }
+    }
+}
+
+/// The identity record inside the permanent state file: one more TLV (tag 0x7E03, which swtpm skips),
+/// placed before the integrity record, so its SHA-256 covers it:
+///
+///     "VTPD" | be16 version 1 | vmID? | be64 generation | parent? | be64 creation time | TPM2B creator
+///
+/// (optional vm-ids as in the marker). It makes the identity travel with the state itself.
+enum IdentityRecord {
+    static let magic: [UInt8] = Array("VTPD".utf8)
+    static let version: UInt16 = 1
+
+    static func encode(_ identity: InstanceIdentity) -> [UInt8] {
+        var w = ByteWriter(capacity: 128)
+        w.write(bytes: self.magic)
+        w.write(self.version)
+        self.writeOptional(identity.vmID, into: &w)
+        w.write(identity.generation)
+        self.writeOptional(identity.parent, into: &w)
+        w.write(identity.createdAt)
+        w.writeSized16(Array(identity.creator.utf8.prefix(255)))
+        return w.bytes
+    }
+
+    static func decode(_ value: [UInt8]) throws(StateStoreError) -> InstanceIdentity {
+        var r = ByteReader(value)
+        do {
+            guard try r.readBytes(count: 4) == self.magic else {
+                throw StateStoreError(.malformed, "identity record has a bad magic")
+            }
+            let version = try r.readUInt16()
+            guard version == self.version else {
+                throw StateStoreError(.unsupportedVersion, "identity record version \(version) is unknown")
+            }
+            let vmID = try self.readOptional(&r, what: "identity record")
+            let generation = try r.readUInt64()
+            let parent = try self.readOptional(&r, what: "identity record")
+            let created = try r.readUInt64()
+            let creator = String(decoding: try r.readSized16(max: 255), as: UTF8.self)
+            try r.finish()
+            return InstanceIdentity(
+                vmID: vmID,
+                generation: generation,
+                parent: parent,
+                createdAt: created,
+                creator: creator
+            )
+        } catch let error as StateStoreError {
+            throw error
+        } catch {
+            throw StateStoreError(.malformed, "identity record: \(error)")
+        }
+    }
+
+    static func writeOptional(_ vmID: VMID?, into w: inout ByteWriter) {
+        if let vmID { w.write(bytes: vmID.encoded) } else { w.write(UInt8(0)) }
+    }
+
+    static func readOptional(_ r: inout ByteReader, what: String) throws -> VMID? {
+        let kind = try r.readUInt8()
+        switch kind {
+        case 0:
+            return nil
+        case 1:
+            return try self.required(VMID(uuidBytes: try r.readBytes(count: 16)), what)
+        case 2:
+            let length = try r.readUInt8()
+            let name = try r.readBytes(count: Int(length))
+            guard let (vmID, _) = VMID.decode(prefixOf: ([2, length] + name)[...]) else {
+                throw StateStoreError(.malformed, "\(what) holds a bad vm-id name")
+            }
+            return vmID
+        default:
+            throw StateStoreError(.malformed, "\(what) has an unknown vm-id kind \(kind)")
+        }
+    }
+
+    private static func required(_ vmID: VMID?, _ what: String) throws -> VMID {
+        guard let vmID else { throw StateStoreError(.malformed, "\(what) holds a bad vm-id") }
+        return vmID
     }
 }

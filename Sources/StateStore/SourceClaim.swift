@@ -1,11 +1,16 @@
 import Crypto
 import TPMWire
+public import VMIdentity
 import _VTPMPosix
 
 /// Where a state blob came from, as vtpmd states it in every GET_STATEBLOB blob: one more TLV
 /// record (tag 0x7E01, which swtpm skips) beside MIGRATION_DATA in swtpm's container:
 ///
 ///     "VTPB" | be16 version 1 | vmID (16) | be64 generation | be64 checkpoint | HMAC-SHA256 (32)
+///
+/// for a UUID vm-id, and for a named one (Proxmox numbers its VMs)
+///
+///     "VTPB" | be16 version 2 | u8 n | vm-id name (n) | be64 generation | be64 checkpoint | HMAC-SHA256 (32)
 ///
 /// The HMAC, keyed with the host key, covers a domain label, the blob type, the container's
 /// header flags, every other record of the blob and the claim fields, so the claim can neither be
@@ -25,8 +30,10 @@ public struct SourceClaim: Hashable, Sendable, CustomStringConvertible {
 
     public static let tag: UInt16 = 0x7E01
     static let magic: [UInt8] = Array("VTPB".utf8)
-    static let version: UInt16 = 1
-    static let valueSize = 4 + 2 + 16 + 8 + 8 + 32
+    /// The fixed part of a record besides the vm-id: magic, version, generation, checkpoint, MAC.
+    static let fixedSize = 4 + 2 + 8 + 8 + 32
+    /// The largest record (version 2 with the longest name).
+    static let maximumValueSize = fixedSize + 1 + VMID.maximumNameLength
     static let domain: [UInt8] = Array("swift-vtpm source claim v1".utf8)
 
     /// Adds the claim to a GET_STATEBLOB blob of `blobType`.
@@ -40,10 +47,17 @@ public struct SourceClaim: Hashable, Sendable, CustomStringConvertible {
         guard container.value(for: Self.tag) == nil else {
             throw StateStoreError(.malformed, "blob already carries a source claim")
         }
-        var w = ByteWriter(capacity: Self.valueSize)
+        var w = ByteWriter(capacity: Self.maximumValueSize)
         w.write(bytes: Self.magic)
-        w.write(Self.version)
-        w.write(bytes: claim.vmID.bytes)
+        if let uuid = claim.vmID.uuidBytes {
+            w.write(UInt16(1))
+            w.write(bytes: uuid)
+        } else {
+            let name = Array(claim.vmID.description.utf8)
+            w.write(UInt16(2))
+            w.write(UInt8(name.count))
+            w.write(bytes: name)
+        }
         w.write(claim.generation)
         w.write(claim.checkpoint)
         let mac = Self.mac(fields: w.bytes, container: container, blobType: blobType, hostKey: hostKey)
@@ -73,8 +87,8 @@ public struct SourceClaim: Hashable, Sendable, CustomStringConvertible {
         guard claims.count == 1 else { throw StateStoreError(.malformed, "blob carries \(claims.count) source claims") }
         container.records.removeAll { $0.tag == Self.tag }
         let value = record.value
-        guard value.count == Self.valueSize else {
-            throw StateStoreError(.malformed, "source claim of \(value.count) bytes (expected \(Self.valueSize))")
+        guard value.count >= Self.fixedSize + 1, value.count <= Self.maximumValueSize else {
+            throw StateStoreError(.malformed, "source claim of \(value.count) bytes")
         }
         var r = ByteReader(value)
         let claim: SourceClaim
@@ -83,19 +97,28 @@ public struct SourceClaim: Hashable, Sendable, CustomStringConvertible {
                 throw StateStoreError(.malformed, "source claim has a bad magic")
             }
             let version = try r.readUInt16()
-            guard version == Self.version else {
+            let vmID: VMID?
+            switch version {
+            case 1:
+                vmID = VMID(uuidBytes: try r.readBytes(count: 16))
+            case 2:
+                let length = Int(try r.readUInt8())
+                let name = String(decoding: try r.readBytes(count: length), as: UTF8.self)
+                vmID = VMID(name).flatMap { $0.isUUID ? nil : $0 }
+            default:
                 throw StateStoreError(.unsupportedVersion, "source claim version \(version) is unknown")
             }
-            guard let vmID = VMID(bytes: try r.readBytes(count: 16)) else {
-                throw StateStoreError(.malformed, "source claim has a bad vmID")
-            }
+            guard let vmID else { throw StateStoreError(.malformed, "source claim has a bad vmID") }
             claim = SourceClaim(vmID: vmID, generation: try r.readUInt64(), checkpoint: try r.readUInt64())
+            guard r.remaining == 32 else {
+                throw StateStoreError(.malformed, "source claim of \(value.count) bytes has a bad length")
+            }
         } catch let error as StateStoreError {
             throw error
         } catch {
             throw StateStoreError(.malformed, "source claim: \(error)")
         }
-        let fields = Array(value.prefix(Self.valueSize - 32))
+        let fields = Array(value.prefix(value.count - 32))
         let given = Array(value.suffix(32))
         let input = Self.macInput(fields, container, blobType)
         guard HMAC<SHA256>.isValidAuthenticationCode(given, authenticating: input, using: hostKey.symmetricKey) else {

@@ -64,10 +64,18 @@ public final class StateDirectory {
     private var writeGeneration: UInt64 = 0
     /// The instance marker is known to be on disk.
     private var instanceMarkerPresent = false
-    /// The identity a newly manufactured TPM gets in its marker (`--vm-id`, generation 0).
+    /// The identity a newly manufactured TPM gets in its marker and its permanent state (`--vm-id`).
     public var identityForNewTPM: InstanceIdentity? = nil
+    /// The identity every permanent-state write carries (``IdentityRecord``): the one the stored state
+    /// recorded, or the one last given to ``recordIdentity(_:)``; nil: ``identityForNewTPM``, or none.
+    private var carriedIdentity: InstanceIdentity? = nil
     /// The plain permanent state as last loaded or stored.
     public private(set) var permanentState: [UInt8]? = nil
+    /// The write generation (integrity record) of the permanent state on disk: as loaded, or as last
+    /// committed by this process; nil before either, or for a file written by swtpm.
+    public private(set) var permanentWriteGeneration: UInt64? = nil
+    /// The write generation of a permanent state staged but not yet committed.
+    private var stagedPermanentWrite: UInt64? = nil
 
     public init(location: StateLocation, options: Options, logger: Logger) {
         self.location = location
@@ -129,13 +137,18 @@ public final class StateDirectory {
         let ordered = kept.filter { $0.name == Self.instanceName } + kept.filter { $0.name != Self.instanceName }
         if ordered.isEmpty { return }
         try self.storage.apply(ordered)
+        if let staged = self.stagedPermanentWrite { self.permanentWriteGeneration = staged }
+        self.stagedPermanentWrite = nil
         if ordered.contains(where: { $0.name == Self.instanceName && $0.contents != nil }) {
             self.instanceMarkerPresent = true
         }
     }
 
     /// Drops staged writes; the storage stays as it was.
-    public func discardStaged() { self.staging = nil }
+    public func discardStaged() {
+        self.staging = nil
+        self.stagedPermanentWrite = nil
+    }
 
     // MARK: blobs
 
@@ -170,6 +183,10 @@ public final class StateDirectory {
             let (plain, info) = try StateFile.decode(stored, key: self.options.stateKey)
             if blob == "permall" {
                 self.permanentState = plain
+                if let identity = info.identity { self.carriedIdentity = identity }
+                if self.staging?.contains(where: { $0.name == blob }) != true {
+                    self.permanentWriteGeneration = info.generation
+                }
                 if let generation = info.generation { self.writeGeneration = max(self.writeGeneration, generation) }
                 self.logger.debug(
                     "loaded permanent state",
@@ -188,23 +205,81 @@ public final class StateDirectory {
     public func store(_ blob: String, _ plain: [UInt8]) throws(StateStoreError) {
         try self.lock()
         self.writeGeneration += 1
-        let contents = try StateFile.encode(plain, key: self.options.stateKey, generation: self.writeGeneration)
+        let contents = try StateFile.encode(
+            plain,
+            key: self.options.stateKey,
+            generation: self.writeGeneration,
+            identity: blob == "permall" ? (self.carriedIdentity ?? self.identityForNewTPM) : nil
+        )
         // The marker is looked for once per process (a store happens on every NV write).
         if blob == "permall", self.storage.keepsInstanceMarker, !self.instanceMarkerPresent {
             if try !self.exists(Self.instanceName) {
-                let identity = self.identityForNewTPM ?? InstanceIdentity(vmID: nil, generation: 0)
+                let identity = self.carriedIdentity ?? self.identityForNewTPM ?? InstanceIdentity(vmID: nil, generation: 0)
                 try self.put(Self.instanceName, InstanceMarker.encode(identity))
             }
             // Staged writes may still be discarded: only a write that reached the disk counts.
             self.instanceMarkerPresent = self.staging == nil
         }
         try self.put(blob, contents)
-        if blob == "permall" { self.permanentState = plain }
+        if blob == "permall" {
+            self.permanentState = plain
+            if self.staging != nil {
+                self.stagedPermanentWrite = self.writeGeneration
+            } else {
+                self.permanentWriteGeneration = self.writeGeneration
+            }
+        }
     }
 
-    /// The identity recorded in the marker (staged writes included), or nil where there is no
-    /// marker (no TPM yet, a directory written by swtpm, a linear file).
+    /// The identity of the stored TPM state (staged writes included): the identity record inside the
+    /// permanent state, which wins because it is written atomically with the state it describes; where
+    /// the permanent state carries none (rewritten by swtpm, or written before identity records), the
+    /// directory's marker; nil where neither exists (no TPM yet, swtpm's state).
     public func identity() throws(StateStoreError) -> InstanceIdentity? {
+        try self.storedState().identity
+    }
+
+    /// What the stored TPM state says about itself, read without handing it to libtpms.
+    public struct StoredState: Sendable, Hashable {
+        /// The identity (see ``StateDirectory/identity()``).
+        public var identity: InstanceIdentity?
+        /// The permanent state's write generation (integrity record); nil when there is no permanent
+        /// state or swtpm wrote it.
+        public var permanentWriteGeneration: UInt64?
+        /// Whether a permanent state exists.
+        public var hasPermanentState: Bool
+    }
+
+    /// The identity and write generation of the stored state (staged writes included).
+    public func storedState() throws(StateStoreError) -> StoredState {
+        try self.lock()
+        let permanent: [UInt8]?
+        if let staged = self.staging?.last(where: { $0.name == "permall" }) {
+            permanent = staged.contents
+        } else {
+            permanent = try self.storage.read("permall")
+        }
+        var write: UInt64? = nil
+        if let permanent {
+            do {
+                let (_, info) = try StateFile.decode(permanent, key: self.options.stateKey, decrypt: false)
+                write = info.generation
+                if let identity = info.identity {
+                    return StoredState(identity: identity, permanentWriteGeneration: write, hasPermanentState: true)
+                }
+            } catch {
+                throw StateStoreError(error.code, "\(self.storage.describe("permall")): \(error.message)")
+            }
+        }
+        return StoredState(
+            identity: try self.markerIdentity(),
+            permanentWriteGeneration: write,
+            hasPermanentState: permanent != nil
+        )
+    }
+
+    /// The identity in the directory's marker (staged writes included), or nil.
+    public func markerIdentity() throws(StateStoreError) -> InstanceIdentity? {
         try self.lock()
         guard self.storage.keepsInstanceMarker else { return nil }
         let stored: [UInt8]?
@@ -221,15 +296,20 @@ public final class StateDirectory {
         }
     }
 
-    /// Records the directory's identity (staged during INIT, like every write).
-    /// - Throws: for a linear file, which has no room for it.
+    /// Records the TPM's identity (staged during INIT, like every write): in the permanent state's
+    /// identity record (the permanent state is written again if there is one, so the identity travels
+    /// with it; otherwise the first one carries it) and, in a directory, in the marker.
     public func recordIdentity(_ identity: InstanceIdentity) throws(StateStoreError) {
         try self.lock()
-        guard self.storage.keepsInstanceMarker else {
-            throw StateStoreError(.io, "\(self.path): a linear state file cannot record an identity")
+        self.carriedIdentity = identity
+        if self.storage.keepsInstanceMarker {
+            try self.put(Self.instanceName, InstanceMarker.encode(identity))
+            if self.staging == nil { self.instanceMarkerPresent = true }
         }
-        try self.put(Self.instanceName, InstanceMarker.encode(identity))
-        if self.staging == nil { self.instanceMarkerPresent = true }
+        if self.permanentState == nil, try self.exists("permall") { _ = try self.load("permall") }
+        // Loading may have picked up the stored record: ours wins.
+        self.carriedIdentity = identity
+        if let permanent = self.permanentState { try self.store("permall", permanent) }
     }
 
     /// Stages the result of a rekey: the new identity and permanent state, and, for a state at rest,
@@ -243,7 +323,8 @@ public final class StateDirectory {
         dropVolatileState: Bool
     ) throws(StateStoreError) {
         precondition(self.staging != nil, "stageRekeyedState needs beginStaging")
-        try self.recordIdentity(identity)
+        self.carriedIdentity = identity
+        if self.storage.keepsInstanceMarker { try self.put(Self.instanceName, InstanceMarker.encode(identity)) }
         try self.store("permall", permanentState)
         try self.store("permall", permanentState)
         if dropVolatileState {

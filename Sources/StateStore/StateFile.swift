@@ -6,6 +6,10 @@ import TPMWire
 ///
 ///     tag 0x7E02, value = "VTPI" | be16 format 1 | be64 write generation | SHA-256
 ///
+/// The permanent state of a TPM with an identity also carries, just before it,
+///
+///     tag 0x7E03, value = the identity record (`IdentityRecord`: vm-id, generation, parent)
+///
 /// The SHA-256 covers the 10-byte header and every record before it. A file with the record is
 /// checked (a flipped bit is refused instead of being handed to libtpms); a file without it was
 /// written by swtpm and is accepted as swtpm accepts it.
@@ -19,10 +23,22 @@ public enum StateFile {
         public var generation: UInt64?
         /// Whether the file was encrypted with the state key.
         public var encrypted: Bool
+        /// The identity record (permanent state of a TPM with an identity); nil otherwise.
+        public var identity: InstanceIdentity? = nil
     }
 
     /// Builds the file for `plain` libtpms bytes, encrypted when `key` is given.
-    public static func encode(_ plain: [UInt8], key: StateKey?, generation: UInt64) throws(StateStoreError) -> [UInt8] {
+    /// - Parameters:
+    ///   - plain: The libtpms bytes.
+    ///   - key: The state key (`--key`), or nil.
+    ///   - generation: The write generation for the integrity record.
+    ///   - identity: The identity record to carry (permanent state), or nil.
+    public static func encode(
+        _ plain: [UInt8],
+        key: StateKey?,
+        generation: UInt64,
+        identity: InstanceIdentity? = nil
+    ) throws(StateStoreError) -> [UInt8] {
         var flags = BlobContainer.Flags()
         var records: [BlobContainer.Record]
         if let key {
@@ -35,6 +51,9 @@ public enum StateFile {
             )
         } else {
             records = [BlobContainer.Record(tag: BlobContainer.Tag.data, value: plain)]
+        }
+        if let identity {
+            records.append(BlobContainer.Record(tag: BlobContainer.Tag.vtpmIdentity, value: IdentityRecord.encode(identity)))
         }
         let total =
             BlobContainer.headerSize + records.reduce(0) { $0 + 6 + $1.value.count } + 6 + self.integrityRecordSize
@@ -53,11 +72,19 @@ public enum StateFile {
 
     /// Recovers the libtpms bytes from a file, verifying vtpmd's integrity record when present and
     /// decrypting with `key` when the file is encrypted.
-    public static func decode(_ bytes: [UInt8], key: StateKey?) throws(StateStoreError) -> (plain: [UInt8], info: Info)
-    {
+    /// - Parameters:
+    ///   - bytes: The stored file.
+    ///   - key: The state key (`--key`), or nil.
+    ///   - decrypt: false: only check the file and read its records (``Info``); `plain` is then empty.
+    public static func decode(
+        _ bytes: [UInt8],
+        key: StateKey?,
+        decrypt: Bool = true
+    ) throws(StateStoreError) -> (plain: [UInt8], info: Info) {
         switch BlobContainer.shape(of: bytes) {
         case .headerless:
             // swtpm's first format: raw libtpms bytes, or v1-encrypted when a key is configured.
+            if !decrypt { return ([], Info(generation: nil, encrypted: key != nil)) }
             if let key { return (try key.decryptLegacy(bytes), Info(generation: nil, encrypted: true)) }
             guard bytes.first == 0 else {
                 throw StateStoreError(.malformed, "neither a state container nor a libtpms blob")
@@ -65,6 +92,7 @@ public enum StateFile {
             return (bytes, Info(generation: nil, encrypted: false))
         case .legacyHeader(let flags):
             let body = Array(bytes.dropFirst(BlobContainer.headerSize))
+            if !decrypt { return ([], Info(generation: nil, encrypted: flags.contains(.encrypted))) }
             if flags.contains(.encrypted) {
                 guard let key else {
                     throw StateStoreError(.keyMissing, "the state is encrypted and no --key was given")
@@ -107,10 +135,22 @@ public enum StateFile {
                 throw StateStoreError(.integrity, "SHA-256 mismatch: the file was modified or corrupted")
             }
         }
+        var identity: InstanceIdentity? = nil
+        if let index = records.firstIndex(where: { $0.tag == BlobContainer.Tag.vtpmIdentity }) {
+            // Only inside a checked file, and only once.
+            guard generation != nil, index == records.count - 1 else {
+                throw StateStoreError(.malformed, "identity record outside its place before the integrity record")
+            }
+            identity = try IdentityRecord.decode(records[index].value)
+            records.removeLast()
+        }
         // Only swtpm's tags may remain: anything else (a damaged tag among them) is refused rather than
         // skipped, so a flipped bit in vtpmd's own record cannot make the file look like swtpm's.
         if let unknown = records.first(where: { !(1...7).contains($0.tag) }) {
             throw StateStoreError(.malformed, "unknown record tag 0x\(String(unknown.tag, radix: 16))")
+        }
+        if !decrypt {
+            return ([], Info(generation: generation, encrypted: container.flags.contains(.encrypted), identity: identity))
         }
         if container.flags.contains(.encrypted) {
             guard let key else {
@@ -124,12 +164,12 @@ public enum StateFile {
                 dataTag: BlobContainer.Tag.encryptedData,
                 ivTag: BlobContainer.Tag.ivEncryptedData
             )
-            return (plain, Info(generation: generation, encrypted: true))
+            return (plain, Info(generation: generation, encrypted: true, identity: identity))
         }
         guard let plain = records.first(where: { $0.tag == BlobContainer.Tag.data })?.value else {
             throw StateStoreError(.malformed, "no data record")
         }
-        return (plain, Info(generation: generation, encrypted: false))
+        return (plain, Info(generation: generation, encrypted: false, identity: identity))
     }
 
     static let integrityRecordSize = 4 + 2 + 8 + 32

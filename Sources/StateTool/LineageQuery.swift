@@ -1,3 +1,4 @@
+import VMIdentity
 import Foundation
 import Registry
 import StateStore
@@ -19,15 +20,12 @@ public enum LineageQuery {
     /// - Throws: ``StateToolError``: `notFound` for a missing registry or an unknown vm-id, `invalidArgument`
     ///   for a malformed vm-id, `registry` when the file cannot be read.
     public static func render(registryPath: String, vmID: String?, format: Format) throws -> String {
-        let wanted: String?
+        let wanted: VMID?
         if let vmID {
             guard let parsed = VMID(vmID) else {
-                throw StateToolError(
-                    .invalidArgument,
-                    "vm-id '\(vmID)' is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"
-                )
+                throw StateToolError(.invalidArgument, "vm-id '\(vmID)' is not \(VMID.syntax)")
             }
-            wanted = parsed.description
+            wanted = parsed
         } else {
             wanted = nil
         }
@@ -61,12 +59,12 @@ public enum LineageQuery {
     }
 
     /// The generations of `vmID`, everything they descend from and everything descending from them.
-    static func connected(to vmID: String, in tree: LineageTree) -> [Generation] {
-        func key(_ vm: String, _ generation: UInt64) -> String { "\(vm.lowercased())/\(generation)" }
+    static func connected(to vmID: VMID, in tree: LineageTree) -> [Generation] {
+        func key(_ vm: VMID, _ generation: UInt64) -> String { "\(vm)/\(generation)" }
         var byKey: [String: Generation] = [:]
         for g in tree.generations { byKey[key(g.vmID, g.generation)] = g }
         var chosen: Set<String> = []
-        var queue = tree.generations.filter { $0.vmID.lowercased() == vmID }
+        var queue = tree.generations.filter { $0.vmID == vmID }
         while let g = queue.popLast() {
             guard chosen.insert(key(g.vmID, g.generation)).inserted else { continue }
             queue += tree.children(of: g.vmID, generation: g.generation)

@@ -1,3 +1,4 @@
+import VMIdentity
 import Foundation
 import Logging
 import StateStore

@@ -1,3 +1,4 @@
+import VMIdentity
 import CloneRekey
 import EndorsementCA
 import Foundation
@@ -132,9 +133,9 @@ public enum StateInspector {
                 serial: info.serialNumber.hexString,
                 notBefore: info.notValidBefore.formatted(.iso8601),
                 notAfter: info.notValidAfter.formatted(.iso8601),
-                vmID: info.vmID?.uuidString.lowercased(),
+                vmID: info.vmID?.description,
                 generation: info.generation,
-                parentVMID: info.parentVMID?.uuidString.lowercased(),
+                parentVMID: info.parentVMID?.description,
                 parentGeneration: info.parentGeneration,
                 publicKeySHA256: try? TPMProbe.fingerprint(info.publicKey)
             )

@@ -4,6 +4,7 @@ import Foundation
 import Registry
 import StateStore
 import TPMEngine
+import VMIdentity
 
 /// `vtpm-state create`, `clone` and `rekey`: vtpmd's at-rest paths (a new provisioned TPM, a copied
 /// directory) done offline. The TPM runs on an in-memory copy; the directory is written only when
@@ -63,27 +64,29 @@ public enum StateProvisioner {
         let ca = try caDirectory.map(self.loadCA)
         // Refused before any work; checked again once the directory is locked.
         try self.refuseExistingTPM(path, overwrite: overwrite)
-        let registry = try registryPath.map(self.openRegistry)
-        let generation = try self.nextGeneration(registry, vm, atLeast: 0)
+        let coordinator = try self.coordinator(vm, ca: ca, registryPath: registryPath)
+        let generation = try self.nextGeneration(coordinator, atLeast: 0)
         let engine = try self.engine(InMemoryEngineStorage())
         var permanent = try self.manufacture(engine, pcrBanks: options.pcrBanks)
-        if let ca {
+        if ca != nil {
+            var certify: CloneRekeyCoordinator.CertifiedKeys = []
+            if options.endorsementKeys.contains(.rsa) { certify.insert(.rsa) }
+            if options.endorsementKeys.contains(.ecc) { certify.insert(.ecc) }
             permanent = try self.rekey(
+                coordinator,
                 engine: engine,
                 permanent: permanent,
-                ca: ca,
-                vmID: vm,
                 generation: generation,
                 parent: nil,
-                kind: "manufacture",
-                certify: options.endorsementKeys
+                kind: .manufacture,
+                certify: certify
             )
         }
         let store = try self.openTarget(path, overwrite: overwrite)
-        let recorded = try self.record(registry, vmID: vm, generation: generation, reason: .manufacture, parent: nil)
-        let identity = InstanceIdentity(vmID: vm, generation: recorded, creator: "vtpm-state")
+        let identity = InstanceIdentity(vmID: vm, generation: generation, creator: "vtpm-state")
         try self.commit(store, identity: identity, permanent)
-        return Outcome(state: path, vmID: vm.description, generation: recorded, parent: nil, action: "created")
+        try self.record(coordinator, generation: generation, kind: .manufacture, parent: nil, store: store)
+        return Outcome(state: path, vmID: vm.description, generation: generation, parent: nil, action: "created")
     }
 
     /// Copies the TPM in `source` to `target` under a new identity, rekeyed (new EPS, EKs, certificates;
@@ -111,33 +114,32 @@ public enum StateProvisioner {
             throw StateToolError(.invalidArgument, "the clone needs another vm-id than its source (\(vm))")
         }
         let store = try self.openTarget(target, overwrite: false)
-        let registry = try registryPath.map(self.openRegistry)
+        let coordinator = try self.coordinator(vm, ca: ca, registryPath: registryPath)
         let parent = opened.identity.flatMap { identity in
-            identity.vmID.map { StateOrigin(vmID: $0.description, generation: identity.generation, checkpoint: nil) }
+            identity.vmID.map { StateOrigin(vmID: $0, generation: identity.generation, checkpoint: nil) }
         }
-        let generation = try self.nextGeneration(registry, vm, atLeast: 0)
+        let generation = try self.nextGeneration(coordinator, atLeast: 0)
         let engine = try self.engine(InMemoryEngineStorage())
         let rekeyed = try self.rekey(
+            coordinator,
             engine: engine,
             permanent: permanent,
-            ca: ca,
-            vmID: vm,
             generation: generation,
             parent: parent,
-            kind: "clone"
+            kind: .clone
         )
-        let recorded = try self.record(registry, vmID: vm, generation: generation, reason: .clone, parent: parent)
         let identity = InstanceIdentity(
             vmID: vm,
-            generation: recorded,
+            generation: generation,
             parent: opened.identity?.vmID,
             creator: "vtpm-state"
         )
         try self.commit(store, identity: identity, rekeyed)
+        try self.record(coordinator, generation: generation, kind: .clone, parent: parent, store: store)
         return Outcome(
             state: target,
             vmID: vm.description,
-            generation: recorded,
+            generation: generation,
             parent: parent.map { "\($0.vmID) gen \($0.generation)" },
             action: "cloned"
         )
@@ -168,41 +170,47 @@ public enum StateProvisioner {
         guard let vm = given ?? recordedVM else {
             throw StateToolError(.invalidArgument, "\(path) has no recorded identity (swtpm's directory): give --vm-id")
         }
-        let registry = try registryPath.map(self.openRegistry)
+        let coordinator = try self.coordinator(vm, ca: ca, registryPath: registryPath)
         let floor = recordedVM == nil ? 0 : (opened.identity?.generation ?? 0) + 1
-        let generation = try self.nextGeneration(registry, vm, atLeast: floor)
+        let generation = try self.nextGeneration(coordinator, atLeast: floor)
         // The previous generation is the parent, so the lineage tree links the two.
         let previous = opened.identity.flatMap { identity in
-            identity.vmID.map { StateOrigin(vmID: $0.description, generation: identity.generation, checkpoint: nil) }
+            identity.vmID.map { StateOrigin(vmID: $0, generation: identity.generation, checkpoint: nil) }
         }
         let engine = try self.engine(InMemoryEngineStorage())
         let rekeyed = try self.rekey(
+            coordinator,
             engine: engine,
             permanent: permanent,
-            ca: ca,
-            vmID: vm,
             generation: generation,
             parent: previous,
-            kind: "rekey"
+            kind: .rekey
         )
-        let recorded = try self.record(registry, vmID: vm, generation: generation, reason: .rekey, parent: previous)
-        var identity = opened.identity ?? InstanceIdentity(vmID: vm, generation: recorded, creator: "vtpm-state")
+        var identity = opened.identity ?? InstanceIdentity(vmID: vm, generation: generation, creator: "vtpm-state")
         identity.vmID = vm
-        identity.generation = recorded
+        identity.generation = generation
         try self.commit(opened.store, identity: identity, rekeyed)
-        return Outcome(state: path, vmID: vm.description, generation: recorded, parent: nil, action: "rekeyed")
+        try self.record(coordinator, generation: generation, kind: .rekey, parent: previous, store: opened.store)
+        return Outcome(state: path, vmID: vm.description, generation: generation, parent: nil, action: "rekeyed")
     }
 
     // MARK: steps
 
     static func parseVMID(_ text: String) throws -> VMID {
         guard let vm = VMID(text) else {
-            throw StateToolError(
-                .invalidArgument,
-                "vm-id '\(text)' is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"
-            )
+            throw StateToolError(.invalidArgument, "vm-id '\(text)' is not \(VMID.syntax)")
         }
         return vm
+    }
+
+    /// The clone-rekey coordinator for `vm` (the same one vtpmd uses).
+    static func coordinator(_ vm: VMID, ca: HostCA?, registryPath: String?) throws -> CloneRekeyCoordinator {
+        CloneRekeyCoordinator(
+            vmID: vm,
+            registry: try registryPath.map(self.openRegistry),
+            ca: ca,
+            creator: "vtpm-state"
+        )
     }
 
     static func loadCA(_ directory: String) throws -> HostCA {
@@ -222,14 +230,10 @@ public enum StateProvisioner {
         }
     }
 
-    /// The registry's next generation for `vm` (never below `atLeast`); `atLeast` without a registry.
-    static func nextGeneration(_ registry: SQLiteRegistry?, _ vm: VMID, atLeast floor: UInt64) throws -> UInt64 {
-        guard let registry else { return floor }
-        do {
-            guard let current = try registry.currentGeneration(vmID: vm.description) else { return floor }
-            return max(floor, current.generation + 1)
-        } catch {
-            throw StateToolError(.registry, "cannot read registry \(registry.path): \(error)")
+    /// The registry's next generation for the coordinator's VM (never below `floor`).
+    static func nextGeneration(_ coordinator: CloneRekeyCoordinator, atLeast floor: UInt64) throws -> UInt64 {
+        do { return try coordinator.nextGeneration(atLeast: floor) } catch {
+            throw StateToolError(.registry, "cannot read the registry: \(error)")
         }
     }
 
@@ -285,85 +289,50 @@ public enum StateProvisioner {
 
     /// The cold phase of the rekey procedure on `permanent`; returns the new permanent state.
     static func rekey(
+        _ coordinator: CloneRekeyCoordinator,
         engine: Engine,
         permanent: [UInt8],
-        ca: HostCA,
-        vmID: VMID,
         generation: UInt64,
         parent: StateOrigin?,
-        kind: String,
-        certify: Set<EndorsementKeyName> = [.rsa, .ecc]
+        kind: CloneRekeyCoordinator.RekeyKind,
+        certify: CloneRekeyCoordinator.CertifiedKeys = .both
     ) throws -> [UInt8] {
-        guard let uuid = UUID(uuidString: vmID.description) else {
-            throw StateToolError(.invalidArgument, "vm-id \(vmID) is not a UUID")
-        }
-        let parentUUID = parent.flatMap { UUID(uuidString: $0.vmID) }
         do {
-            let result = try RekeyProcedure().run(
+            return try coordinator.runProcedure(
                 on: engine,
                 permanentState: permanent,
                 volatileState: nil,
-                historyEvent: RekeyProcedure.historyEvent(
-                    kind: kind,
-                    source: parent?.description ?? "",
-                    vmID: vmID.description,
-                    generation: generation
-                ),
-                issueCertificates: { rsa, ecc in
-                    // An EK not to certify gets an empty certificate: no index is written for it.
-                    func issue(_ key: EndorsementKeyName, _ tpm2bPublic: [UInt8]) throws -> [UInt8] {
-                        guard certify.contains(key) else { return [] }
-                        return try ca.issueEKCertificate(
-                            EKCertificateRequest(
-                                publicKey: try EKPublicKey(tpm2bPublic: tpm2bPublic),
-                                vmID: uuid,
-                                generation: generation,
-                                parentVMID: parentUUID,
-                                parentGeneration: parentUUID == nil ? nil : parent?.generation
-                            )
-                        )
-                    }
-                    return (try issue(.rsa, rsa), try issue(.ecc, ecc))
-                }
-            )
-            return result.permanentState
+                kind: kind,
+                parent: parent,
+                generation: generation,
+                certify: certify
+            ).permanentState
         } catch {
             throw StateToolError(.engine, "rekey failed, nothing changed: \(error)")
         }
     }
 
-    /// Records the generation (and its event) in the registry; returns the generation the registry gave,
-    /// which must be the one the certificates name.
+    /// Records the generation (its event and the state's write generation) in the registry, after the
+    /// disk; the certificates name `generation`, so a registry that gives another number is an error.
     static func record(
-        _ registry: SQLiteRegistry?,
-        vmID: VMID,
+        _ coordinator: CloneRekeyCoordinator,
         generation: UInt64,
-        reason: Generation.Reason,
-        parent: StateOrigin?
-    ) throws -> UInt64 {
-        guard let registry else { return generation }
-        let recorded: Generation
+        kind: CloneRekeyCoordinator.RekeyKind,
+        parent: StateOrigin?,
+        store: StateDirectory
+    ) throws {
         do {
-            recorded = try registry.beginGeneration(
-                vmID: vmID.description,
-                reason: reason,
+            try coordinator.recordGeneration(
+                generation,
+                kind: kind,
                 parent: parent,
-                event: LineageEventDraft(
-                    kind: LineageEvent.Kind(rawValue: reason.rawValue),
-                    source: parent,
-                    detail: "vtpm-state"
-                )
+                durationMicros: nil,
+                detail: "vtpm-state",
+                stateWrite: store.permanentWriteGeneration
             )
         } catch {
-            throw StateToolError(.registry, "cannot record the generation in \(registry.path): \(error)")
+            throw StateToolError(.registry, "the state was written, but the registry did not record it: \(error)")
         }
-        guard recorded.generation == generation else {
-            throw StateToolError(
-                .registry,
-                "registry \(registry.path) gave generation \(recorded.generation), expected \(generation)"
-            )
-        }
-        return recorded.generation
     }
 
     /// Writes identity and permanent state, removes the volatile and saved states (old seed).

@@ -1,3 +1,4 @@
+import VMIdentity
 import Foundation
 
 /// What `vtpm-state inspect` reports about a state directory. Its `Codable` form is the `--json`

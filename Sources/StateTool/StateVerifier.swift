@@ -1,3 +1,4 @@
+import VMIdentity
 import EndorsementCA
 import Foundation
 import StateStore
@@ -91,7 +92,7 @@ public enum StateVerifier {
         guard let identity, let vmID = identity.vmID else {
             return fail("the directory has no recorded identity (swtpm's directory): nothing to compare with")
         }
-        guard let certified = info.vmID?.uuidString.lowercased() else {
+        guard let certified = info.vmID?.description else {
             return fail("the certificate names no VM (no VM-identity extension)")
         }
         guard certified == vmID.description else {

@@ -1,5 +1,7 @@
+import CloneRekey
 import Registry
 import StateStore
+import VMIdentity
 import _VTPMPosix
 
 /// swtpm 0.7's socket/chardev options as raw strings, turned into a `ServerConfiguration`.
@@ -23,7 +25,12 @@ public struct CommandLineOptions: Sendable {
     /// `chardev --fd N` / `socket --fd N`: an inherited connected data stream.
     public var fd: Int?
     public var environment: [String: String] = [:]
-    /// Clone-rekey (issue 3): `--vm-id UUID` turns it on.
+    /// The host configuration file (`--config`); else `VTPMD_CONFIG` from `environment`, else
+    /// `/etc/vtpm/vtpmd.conf` if it exists.
+    public var config: String?
+    /// Where the host configuration is looked for when neither `--config` nor `VTPMD_CONFIG` names one.
+    public var defaultConfigPath = HostConfiguration.defaultPath
+    /// Clone-rekey (issue 3): `--vm-id` turns it on (or the host configuration).
     public var vmID: String?
     public var ca: String?
     public var registry: String?
@@ -231,35 +238,7 @@ public struct CommandLineOptions: Sendable {
             c.migrationKey = try Self.parseKey(migrationKey, option: "--migration-key", strictAllowed: true)
             if try o.bool("strict") == true { c.migrationPolicy = .strict }
         }
-        if let vmID {
-            guard let vm = VMID(vmID) else {
-                throw OptionError("--vm-id: '\(vmID)' is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")
-            }
-            var identity = IdentityConfiguration(
-                vmID: vm,
-                caDirectory: ca,
-                registryPath: self.registry ?? IdentityConfiguration.defaultRegistryPath,
-                hostKeyPath: self.hostKey ?? IdentityConfiguration.defaultHostKeyPath
-            )
-            if let onRollback {
-                guard let policy = RollbackPolicy(rawValue: onRollback) else {
-                    throw OptionError("--on-rollback: must be rekey or keep, not '\(onRollback)'")
-                }
-                identity.onRollback = policy
-            }
-            if let foreignState {
-                guard let policy = ForeignStatePolicy(rawValue: foreignState) else {
-                    throw OptionError("--foreign-state: must be adopt or rekey, not '\(foreignState)'")
-                }
-                identity.foreignState = policy
-            }
-            guard c.stateDirectory != nil, case .directory = c.stateLocation else {
-                throw OptionError("--vm-id needs a --tpmstate dir= (the identity is recorded in the directory)")
-            }
-            c.identity = identity
-        } else if ca != nil || registry != nil || hostKey != nil || onRollback != nil || foreignState != nil {
-            throw OptionError("--ca, --registry, --host-key, --on-rollback and --foreign-state need --vm-id")
-        }
+        try self.applyIdentity(to: &c)
         // --seccomp: vtpmd installs no seccomp profile; only swtpm's spellings are accepted.
         if let seccomp {
             let o = try OptionString(seccomp, option: "--seccomp", allowed: ["action"])
@@ -268,6 +247,74 @@ public struct CommandLineOptions: Sendable {
             }
         }
         return c
+    }
+
+    /// Clone-rekey from the command line and the host configuration (the command line wins): a vm-id
+    /// from `--vm-id`, the file's `vm-id`, or its `vm-id-from` pattern over the state path. A state path
+    /// the pattern does not match runs without identity (``ServerConfiguration/identityNote`` says why).
+    func applyIdentity(to c: inout ServerConfiguration) throws(OptionError) {
+        let host: HostConfiguration
+        do {
+            host = try HostConfiguration.load(
+                explicitPath: self.config,
+                environment: self.environment,
+                defaultPath: self.defaultConfigPath
+            )
+        } catch {
+            throw OptionError("configuration: \(error)")
+        }
+        var vm: VMID? = nil
+        if let vmID {
+            guard let parsed = VMID(vmID) else { throw OptionError("--vm-id: '\(vmID)' is not \(VMID.syntax)") }
+            vm = parsed
+        } else if let fixed = host.vmID {
+            vm = fixed
+        } else if let pattern = host.vmIDFrom {
+            let path = c.stateLocation?.path ?? ""
+            vm = pattern.vmID(forPath: path)
+            if vm == nil {
+                c.identityNote =
+                    "state path '\(path)' does not match vm-id-from '\(pattern)' (\(host.source ?? "")): "
+                    + "running without clone-rekey"
+            }
+        }
+        let ca = self.ca ?? host.caDirectory
+        let registry = self.registry ?? host.registryPath
+        let hostKey = self.hostKey ?? host.hostKeyPath
+        var onRollback = host.onRollback
+        if let text = self.onRollback {
+            guard let policy = RollbackPolicy(rawValue: text) else {
+                throw OptionError("--on-rollback: must be rekey or keep, not '\(text)'")
+            }
+            onRollback = policy
+        }
+        var foreignState = host.foreignState
+        if let text = self.foreignState {
+            guard let policy = ForeignStatePolicy(rawValue: text) else {
+                throw OptionError("--foreign-state: must be adopt or rekey, not '\(text)'")
+            }
+            foreignState = policy
+        }
+        guard let vm else {
+            let given = self.ca != nil || self.registry != nil || self.hostKey != nil || self.onRollback != nil
+                || self.foreignState != nil
+            if given && host.vmIDFrom == nil {
+                throw OptionError("--ca, --registry, --host-key, --on-rollback and --foreign-state need --vm-id")
+            }
+            return
+        }
+        guard c.stateLocation != nil else {
+            throw OptionError("clone-rekey (vm-id \(vm)) needs --tpmstate (the identity is recorded in the state)")
+        }
+        var identity = IdentityConfiguration(
+            vmID: vm,
+            caDirectory: ca,
+            registryPath: registry ?? IdentityConfiguration.defaultRegistryPath,
+            hostKeyPath: hostKey ?? IdentityConfiguration.defaultHostKeyPath
+        )
+        if let onRollback { identity.onRollback = onRollback }
+        if let foreignState { identity.foreignState = foreignState }
+        c.identity = identity
     }
 
     static let keyParameters: Set<String> = ["file", "fd", "pwdfile", "pwdfd", "format", "mode", "kdf", "remove"]

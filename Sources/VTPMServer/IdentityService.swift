@@ -1,9 +1,10 @@
-import CloneRekey
+public import CloneRekey
 import Crypto
 import EndorsementCA
 import Logging
-public import Registry
-public import StateStore
+import Registry
+import StateStore
+public import VMIdentity
 import TPMEngine
 import TPMWire
 import _VTPMPosix
@@ -15,7 +16,7 @@ import Foundation
 #endif
 
 /// Clone-rekey settings (`--vm-id`, `--ca`, `--registry`, `--host-key`, `--on-rollback`,
-/// `--foreign-state`). The whole feature is on when `--vm-id` is given.
+/// `--foreign-state`, or the host configuration). The whole feature is on when a vm-id is known.
 public struct IdentityConfiguration: Sendable {
     public var vmID: VMID
     /// The host CA; nil: EKs are not certified (a rekey removes the old certificates, a new TPM is
@@ -50,7 +51,8 @@ final class IdentityService {
     let configuration: IdentityConfiguration
     let registry: SQLiteRegistry
     let hostKey: HostKey
-    let ca: HostCA?
+    /// Decisions, rekeys and their registry records.
+    let coordinator: CloneRekeyCoordinator
     let logger: Logger
     var generation: UInt64 = 0
     /// A checkpoint was handed out and the TPM has not changed since: the next state change must
@@ -69,32 +71,45 @@ final class IdentityService {
     /// costs no registry write while QEMU waits.
     var unsavedCheckpoint: UInt64? = nil
     var incoming: [UInt32: IncomingBlob] = [:]
+    /// The TPM's state storage (for the write generation recorded in the registry).
+    var store: StateDirectory? = nil
+    /// The write generation last recorded, so a checkpoint records it only when it moved.
+    var recordedStateWrite: UInt64? = nil
     var lastDecision: String = "none" {
         didSet { self.lastDecisionAt = .now() }
     }
     /// When `lastDecision` was last set (nil before the first decision).
     var lastDecisionAt: Timestamp? = nil
 
-    var vmID: String { self.configuration.vmID.description }
+    var vmID: VMID { self.configuration.vmID }
 
+    /// Opens the registry, the host key and the CA. The VM's generation is the registry's (0 for a VM it
+    /// does not know yet); the first CMD_INIT decides on the state found at rest and records it.
     init(configuration: IdentityConfiguration, logger: Logger) throws {
         self.configuration = configuration
         self.logger = logger
         self.registry = try SQLiteRegistry(path: configuration.registryPath)
         self.hostKey = try HostKey.loadOrCreate(path: configuration.hostKeyPath)
-        self.ca = try configuration.caDirectory.map { try HostCA.loadOrCreate(at: $0) }
-        try self.registry.ensureIdentity(vmID: self.vmID)
-        if let current = try self.registry.currentGeneration(vmID: self.vmID) {
-            self.generation = current.generation
-        } else {
-            self.generation = try self.registry.beginGeneration(
-                vmID: self.vmID,
-                reason: .manufacture,
-                parent: nil,
-                event: LineageEventDraft(kind: .manufacture)
-            ).generation
-        }
+        self.coordinator = CloneRekeyCoordinator(
+            vmID: configuration.vmID,
+            registry: self.registry,
+            ca: try configuration.caDirectory.map { try HostCA.loadOrCreate(at: $0) },
+            policy: DecisionPolicy(onRollback: configuration.onRollback, foreignState: configuration.foreignState)
+        )
+        self.generation = try self.registry.currentGeneration(vmID: configuration.vmID)?.generation ?? 0
         self.refreshCheckpoint()
+    }
+
+    /// Records the permanent state's write generation as seen committed (at a checkpoint, at a clean
+    /// stop, after a decision): off the TPM command path, failures only logged.
+    func recordStateWrite() {
+        guard let write = self.store?.permanentWriteGeneration, write != self.recordedStateWrite else { return }
+        do {
+            try self.coordinator.recordStateWrite(generation: self.generation, write: write)
+            self.recordedStateWrite = write
+        } catch {
+            self.logger.error("registry: cannot record state write \(write): \(error)")
+        }
     }
 
     /// Re-reads the latest checkpoint of the current generation (at start and after a decision).
@@ -113,6 +128,7 @@ final class IdentityService {
     func saveCheckpoint() {
         guard let number = self.unsavedCheckpoint else { return }
         self.unsavedCheckpoint = nil
+        self.recordStateWrite()
         do {
             try self.registry.recordCheckpoint(vmID: self.vmID, generation: self.generation, number: number)
         } catch {
@@ -151,63 +167,20 @@ final class IdentityService {
     }
 
     /// The decision for the blobs received since the last INIT.
-    func decide(_ incoming: [UInt32: IncomingBlob]) throws -> (Decision, StateOrigin?) {
+    func decide(_ incoming: [UInt32: IncomingBlob]) throws -> CloneRekeyCoordinator.DecisionOutcome {
         let claims = Set(incoming.values.map { $0.claim })
         guard claims.count == 1, let claim = claims.first else {
             let names = incoming.keys.sorted().map { "\($0): \(incoming[$0]?.claim.map { "\($0)" } ?? "none")" }
-            return (
-                .reject(reason: "the blobs name different sources (\(names.joined(separator: ", ")))"),
-                nil
+            let reason = "the blobs name different sources (\(names.joined(separator: ", ")))"
+            return CloneRekeyCoordinator.DecisionOutcome(
+                decision: .reject(reason: reason),
+                rule: .invalidClaim(reason: reason),
+                origin: nil
             )
         }
-        guard let claim else {
-            return (
-                try self.registry.decide(
-                    ownVMID: self.vmID,
-                    incoming: .unwrapped,
-                    policy: self.policy
-                ), nil
-            )
-        }
-        let origin = StateOrigin(
-            vmID: claim.vmID.description,
-            generation: claim.generation,
-            checkpoint: claim.checkpoint
-        )
-        return (try self.registry.decide(ownVMID: self.vmID, incoming: .claimed(origin), policy: self.policy), origin)
-    }
-
-    var policy: DecisionPolicy {
-        DecisionPolicy(onRollback: self.configuration.onRollback, foreignState: self.configuration.foreignState)
-    }
-
-    /// Issues the EK certificates for a new generation.
-    func certificates(
-        rsaEKPublic: [UInt8],
-        eccEKPublic: [UInt8],
-        generation: UInt64,
-        parent: StateOrigin?
-    ) throws -> (rsaCertDER: [UInt8], eccCertDER: [UInt8]) {
-        guard let ca = self.ca else { return ([], []) }
-        guard let vm = UUID(uuidString: self.vmID) else { throw ServerError.startup("bad vmID \(self.vmID)") }
-        let parentUUID = parent.flatMap { UUID(uuidString: $0.vmID) }
-        return try ca.issueEKCertificates(
-            rsaEKPublic: rsaEKPublic,
-            eccEKPublic: eccEKPublic,
-            vmID: vm,
-            generation: generation,
-            parentVMID: parentUUID,
-            parentGeneration: parentUUID == nil ? nil : parent?.generation
-        )
-    }
-
-    /// What the history index is extended with: SHA-256 over the event.
-    func historyEvent(_ decision: Decision, source: StateOrigin?, newGeneration: UInt64) -> [UInt8] {
-        RekeyProcedure.historyEvent(
-            kind: decision.name,
-            source: source?.description ?? "",
-            vmID: self.vmID,
-            generation: newGeneration
+        guard let claim else { return try self.coordinator.decide(.unwrapped) }
+        return try self.coordinator.decide(
+            .claimed(StateOrigin(vmID: claim.vmID, generation: claim.generation, checkpoint: claim.checkpoint))
         )
     }
 }

@@ -1,3 +1,4 @@
+import VMIdentity
 import Registry
 import TPMWire
 
@@ -23,7 +24,7 @@ extension Server {
         let json: String
         if let identity = self.identity {
             let fields: [(String, String)] = [
-                ("vm_id", Self.jsonString(identity.vmID)),
+                ("vm_id", Self.jsonString(identity.vmID.description)),
                 ("generation", String(identity.generation)),
                 ("last_decision", Self.jsonString(identity.lastDecision)),
                 ("last_decision_at", identity.lastDecisionAt.map { Self.jsonString($0.description) } ?? "null"),

@@ -54,11 +54,10 @@ public final class Server {
         }
         self.storage = EngineStorageAdapter(store: self.store, logger: logger)
         if let identityConfiguration = configuration.identity {
-            self.identity = try IdentityService(configuration: identityConfiguration, logger: logger)
-            self.store?.identityForNewTPM = InstanceIdentity(
-                vmID: identityConfiguration.vmID,
-                generation: self.identity?.generation ?? 0
-            )
+            let identity = try IdentityService(configuration: identityConfiguration, logger: logger)
+            identity.store = self.store
+            self.store?.identityForNewTPM = InstanceIdentity(vmID: identityConfiguration.vmID, generation: identity.generation)
+            self.identity = identity
         } else {
             self.identity = nil
         }
@@ -129,6 +128,10 @@ public final class Server {
                 }
             }
         }
+        if let note = self.configuration.identityNote { self.logger.notice("\(note)") }
+        if let identity = self.configuration.identity {
+            self.logger.info("clone-rekey on", metadata: ["vm": "\(identity.vmID)"])
+        }
         self.logger.info("vtpmd ready", metadata: ["pid": "\(ProcessControl.processID)"])
     }
 
@@ -185,6 +188,9 @@ public final class Server {
         }
         self.shutdownTPM()
         self.identity?.saveCheckpoint()
+        // A clean stop: the registry learns the newest state committed (a later restore of an older
+        // copy is then a rollback).
+        self.identity?.recordStateWrite()
         self.cleanup()
         return self.exitStatus
     }
@@ -277,8 +283,11 @@ public final class Server {
             }
             identity.stateWillChange()
             if !self.identityChecked {
-                let rc = self.initializeFromDisk(identity: identity, store: store, flags: flags)
-                if rc != Self.continueNormalInit { return rc }
+                switch self.initializeFromDisk(identity: identity, store: store) {
+                case .proceed: break
+                case .done: return 0
+                case .failed(let rc): return rc
+                }
             }
         }
         store.beginStaging()

@@ -55,8 +55,10 @@ public struct ServerConfiguration: Sendable {
     /// Largest control-channel message body (SET_STATEBLOB), bytes.
     public var maximumBlobSize = BlobContainer.maximumSize
 
-    /// Clone-rekey (`--vm-id` and friends); nil: plain swtpm behaviour.
+    /// Clone-rekey (`--vm-id` and friends, or the host configuration); nil: plain swtpm behaviour.
     public var identity: IdentityConfiguration? = nil
+    /// Why clone-rekey is off although the host configuration asked for it (logged at start).
+    public var identityNote: String? = nil
 
     public init() {}
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import CloneRekey
 import StateTool
 
 /// `vtpm-state`: the offline state tool. Argument parsing only; the work is in `StateTool`.
@@ -32,13 +33,43 @@ struct StateOption: ParsableArguments {
     var state: String
 }
 
+/// `--config`: the host configuration vtpmd reads (`/etc/vtpm/vtpmd.conf`, or `VTPMD_CONFIG`), whose `ca`,
+/// `registry` and `vm-id-from` are vtpm-state's defaults too.
+struct ConfigOption: ParsableArguments {
+    @Option(
+        help: ArgumentHelp(
+            "Host configuration (default: $VTPMD_CONFIG, else /etc/vtpm/vtpmd.conf if it exists).",
+            valueName: "FILE"
+        )
+    )
+    var config: String?
+
+    func load() throws -> HostConfiguration {
+        try ToolDefaults.hostConfiguration(explicitPath: self.config)
+    }
+}
+
 struct CAOption: ParsableArguments {
-    @Option(name: .long, help: ArgumentHelp("The host CA directory (ca.pem, ca-key.pem).", valueName: "DIR"))
-    var ca: String
+    @Option(
+        name: .long,
+        help: ArgumentHelp("The host CA directory (default: the host configuration's ca).", valueName: "DIR")
+    )
+    var ca: String?
+    @OptionGroup var config: ConfigOption
+
+    /// `--ca`, else the host configuration's.
+    func resolved() throws -> String {
+        try ToolDefaults.caDirectory(self.ca, self.config.load())
+    }
 }
 
 struct RegistryOption: ParsableArguments {
-    @Option(help: ArgumentHelp("Record the new generation in this registry.", valueName: "PATH"))
+    @Option(
+        help: ArgumentHelp(
+            "Record the new generation in this registry (default: the host configuration's registry).",
+            valueName: "PATH"
+        )
+    )
     var registry: String?
 }
 
@@ -60,7 +91,7 @@ extension VTPMState {
 
             func run() throws {
                 try runTool {
-                    print(try CertificateAuthorityTool.initialize(directory: self.ca.ca, subject: self.subject))
+                    print(try CertificateAuthorityTool.initialize(directory: try self.ca.resolved(), subject: self.subject))
                 }
             }
         }
@@ -96,7 +127,7 @@ extension VTPMState {
 
         func run() throws {
             try runTool {
-                let result = try StateVerifier.verify(path: self.state.state, caDirectory: self.ca.ca)
+                let result = try StateVerifier.verify(path: self.state.state, caDirectory: try self.ca.resolved())
                 print(self.json ? try result.renderJSON() : result.renderText(), terminator: "")
                 if !result.passed { throw ExitCode.failure }
             }
@@ -105,10 +136,16 @@ extension VTPMState {
 
     struct Lineage: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show the clone/rollback tree from the registry.")
-        @Option(help: ArgumentHelp("The registry file.", valueName: "PATH"))
-        var registry = "/var/lib/vtpm/registry.sqlite"
-        @Option(name: .customLong("vm-id"), help: ArgumentHelp("Only this VM's tree.", valueName: "UUID"))
+        @Option(
+            help: ArgumentHelp(
+                "The registry file (default: the host configuration's, else /var/lib/vtpm/registry.sqlite).",
+                valueName: "PATH"
+            )
+        )
+        var registry: String?
+        @Option(name: .customLong("vm-id"), help: ArgumentHelp("Only this VM's tree.", valueName: "VM-ID"))
         var vmID: String?
+        @OptionGroup var config: ConfigOption
         @Option(help: "tree, dot (Graphviz) or json.") var format = "tree"
 
         func validate() throws {
@@ -121,7 +158,8 @@ extension VTPMState {
             try runTool {
                 print(
                     try LineageQuery.render(
-                        registryPath: self.registry,
+                        registryPath: self.registry ?? self.config.load().registryPath
+                            ?? "/var/lib/vtpm/registry.sqlite",
                         vmID: self.vmID,
                         format: LineageQuery.Format(rawValue: self.format) ?? .tree
                     ),
@@ -140,12 +178,22 @@ extension VTPMState {
                 """
         )
         @OptionGroup var state: StateOption
-        @Option(name: .customLong("vm-id"), help: ArgumentHelp("The VM's UUID.", valueName: "UUID"))
-        var vmID: String
         @Option(
-            help: ArgumentHelp("The host CA directory; without it no EK certificates are written.", valueName: "DIR")
+            name: .customLong("vm-id"),
+            help: ArgumentHelp(
+                "The VM's UUID or name (default: from the host configuration's vm-id-from and --state).",
+                valueName: "VM-ID"
+            )
+        )
+        var vmID: String?
+        @Option(
+            help: ArgumentHelp(
+                "The host CA directory (default: the host configuration's); without one no EK certificates are written.",
+                valueName: "DIR"
+            )
         )
         var ca: String?
+        @OptionGroup var config: ConfigOption
         @Option(
             name: .customLong("pcr-banks"),
             help: ArgumentHelp(
@@ -168,9 +216,6 @@ extension VTPMState {
             } catch let error as StateToolError {
                 throw ValidationError(error.message)
             }
-            if self.endorsementKeys != nil && self.ca == nil {
-                throw ValidationError("--ek needs --ca: without a CA no EK certificate is written")
-            }
         }
 
         func options() throws -> StateProvisioner.CreateOptions {
@@ -184,11 +229,12 @@ extension VTPMState {
 
         func run() throws {
             try runTool {
+                let host = try self.config.load()
                 let outcome = try StateProvisioner.create(
                     path: self.state.state,
-                    vmID: self.vmID,
-                    caDirectory: self.ca,
-                    registryPath: self.registry.registry,
+                    vmID: try ToolDefaults.vmID(self.vmID, host, statePath: self.state.state),
+                    caDirectory: self.ca ?? host.caDirectory,
+                    registryPath: self.registry.registry ?? host.registryPath,
                     overwrite: self.overwrite,
                     options: try self.options()
                 )
@@ -203,8 +249,14 @@ extension VTPMState {
         )
         @Option(help: ArgumentHelp("The source state directory.", valueName: "DIR")) var from: String
         @Option(help: ArgumentHelp("The new state directory (missing or empty).", valueName: "DIR")) var to: String
-        @Option(name: .customLong("vm-id"), help: ArgumentHelp("The clone's UUID.", valueName: "UUID"))
-        var vmID: String
+        @Option(
+            name: .customLong("vm-id"),
+            help: ArgumentHelp(
+                "The clone's UUID or name (default: from the host configuration's vm-id-from and --to).",
+                valueName: "VM-ID"
+            )
+        )
+        var vmID: String?
         @OptionGroup var ca: CAOption
         @OptionGroup var registry: RegistryOption
 
@@ -214,12 +266,13 @@ extension VTPMState {
 
         func run() throws {
             try runTool {
+                let host = try self.ca.config.load()
                 let outcome = try StateProvisioner.clone(
                     source: self.from,
                     target: self.to,
-                    vmID: self.vmID,
-                    caDirectory: self.ca.ca,
-                    registryPath: self.registry.registry
+                    vmID: try ToolDefaults.vmID(self.vmID, host, statePath: self.to),
+                    caDirectory: try ToolDefaults.caDirectory(self.ca.ca, host),
+                    registryPath: self.registry.registry ?? host.registryPath
                 )
                 print(outcome.summary)
             }
@@ -233,7 +286,10 @@ extension VTPMState {
         @OptionGroup var state: StateOption
         @Option(
             name: .customLong("vm-id"),
-            help: ArgumentHelp("The VM's UUID (needed for a directory without an identity).", valueName: "UUID")
+            help: ArgumentHelp(
+                "The VM's UUID or name (needed for a directory without an identity; default: vm-id-from).",
+                valueName: "VM-ID"
+            )
         )
         var vmID: String?
         @OptionGroup var ca: CAOption
@@ -241,11 +297,12 @@ extension VTPMState {
 
         func run() throws {
             try runTool {
+                let host = try self.ca.config.load()
                 let outcome = try StateProvisioner.rekey(
                     path: self.state.state,
-                    vmID: self.vmID,
-                    caDirectory: self.ca.ca,
-                    registryPath: self.registry.registry
+                    vmID: self.vmID ?? ToolDefaults.optionalVMID(host, statePath: self.state.state),
+                    caDirectory: try ToolDefaults.caDirectory(self.ca.ca, host),
+                    registryPath: self.registry.registry ?? host.registryPath
                 )
                 print(outcome.summary)
             }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CloneRekey
 import Logging
 import StateStore
 import VTPMServer
@@ -51,7 +52,11 @@ struct SwtpmOptions: ParsableArguments {
     var seccomp: String?
     @Option(name: [.customShort("r"), .customLong("runas")], help: "Switch to this user after creating the sockets.")
     var runas: String?
-    @Option(name: .customLong("vm-id"), help: "This VM's UUID: turns clone-rekey on (needs --ca).")
+    @Option(
+        help: "Host configuration file (default: $VTPMD_CONFIG, else /etc/vtpm/vtpmd.conf if it exists)."
+    )
+    var config: String?
+    @Option(name: .customLong("vm-id"), help: "This VM's UUID or name: turns clone-rekey on.")
     var vmID: String?
     @Option(help: "The host CA directory (created on first use) that issues the EK certificates.")
     var ca: String?
@@ -86,13 +91,14 @@ struct SwtpmOptions: ParsableArguments {
         o.migrationKey = self.migrationKey
         o.seccomp = self.seccomp
         o.runas = self.runas
+        o.config = self.config
         o.vmID = self.vmID
         o.ca = self.ca
         o.registry = self.registry
         o.hostKey = self.hostKey
         o.onRollback = self.onRollback
         o.foreignState = self.foreignState
-        for name in ["TPM_PATH", "TPM_PORT"] {
+        for name in ["TPM_PATH", "TPM_PORT", HostConfiguration.environmentVariable] {
             if let value = ProcessControl.environment(name) { o.environment[name] = value }
         }
         return o

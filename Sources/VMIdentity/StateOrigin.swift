@@ -1,11 +1,11 @@
 /// A point in some VM's TPM history: (vmID, generation, checkpoint).
 ///
 /// Used for the claim an incoming state blob carries, for a generation's parent and for a lineage
-/// event's source. `checkpoint` is nil where it is not known (a state directory found at startup
-/// records its vmID and generation but no checkpoint).
+/// event's source. `checkpoint` is nil where it is not known (a state found at rest records its vmID
+/// and generation but no checkpoint).
 public struct StateOrigin: Hashable, Sendable, Codable, CustomStringConvertible {
-    /// The VM identity, a UUID in lower-case 8-4-4-4-12 form.
-    public var vmID: String
+    /// The VM identity.
+    public var vmID: VMID
     /// The generation of that identity.
     public var generation: UInt64
     /// The checkpoint within that generation, if known.
@@ -13,10 +13,10 @@ public struct StateOrigin: Hashable, Sendable, Codable, CustomStringConvertible 
 
     /// Creates an origin.
     /// - Parameters:
-    ///   - vmID: The VM identity (a UUID; compared case-insensitively, stored lower-case).
+    ///   - vmID: The VM identity.
     ///   - generation: The generation.
     ///   - checkpoint: The checkpoint within the generation, if known.
-    public init(vmID: String, generation: UInt64, checkpoint: UInt64?) {
+    public init(vmID: VMID, generation: UInt64, checkpoint: UInt64?) {
         self.vmID = vmID
         self.generation = generation
         self.checkpoint = checkpoint

@@ -1,3 +1,5 @@
+public import VMIdentity
+
 /// What vtpmd does with an incoming state (SET_STATEBLOB, or a state directory at startup).
 public enum Decision: Hashable, Sendable, CustomStringConvertible {
     /// The VM's own latest state, unchanged since it was handed out (migration, resume): no change.
@@ -46,14 +48,27 @@ public enum Decision: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// What arrived, as far as the blob wrapper could tell.
+/// What arrived: state blobs (as far as the blob wrapper could tell), or a state found at rest.
 public enum IncomingState: Hashable, Sendable {
-    /// A wrapper whose MAC verified, naming the source (checkpoint nil: a state directory, which records none).
+    /// A wrapper whose MAC verified, naming the source.
     case claimed(StateOrigin)
     /// No wrapper: state written by swtpm, or by a vtpmd before wrappers.
     case unwrapped
     /// A wrapper that failed: bad MAC, truncated, unknown version.
     case invalid(reason: String)
+    /// A state found at start-up with the identity it records (checkpoint nil) and the write generation
+    /// of its permanent state (nil for a file written by swtpm).
+    case atRest(StateOrigin, stateWrite: UInt64?)
+    /// A state found at start-up that records no identity (swtpm's).
+    case atRestWithoutIdentity
+
+    /// The state's origin, where it names one.
+    public var origin: StateOrigin? {
+        switch self {
+        case .claimed(let origin), .atRest(let origin, _): return origin
+        case .unwrapped, .invalid, .atRestWithoutIdentity: return nil
+        }
+    }
 }
 
 /// `--on-rollback rekey|keep`.

@@ -1,3 +1,6 @@
+public import Registry
+public import VMIdentity
+
 /// The decision table of ARCHITECTURE.md ("Decision: move, clone or rollback") as a pure function.
 ///
 /// | incoming state | registry facts | rule | decision |
@@ -11,7 +14,13 @@
 /// | own vmID, same generation, checkpoint = latest | not run after | ``Rule/latestCheckpoint`` | move |
 /// | own vmID, generation > own current, or none recorded | - | ``Rule/generationUnknown`` | move |
 /// | own vmID, generation known, checkpoint > latest, or none recorded | - | ``Rule/checkpointUnknown`` | move |
-/// | own vmID, generation known, claim without checkpoint (state dir) | - | ``Rule/noCheckpointClaimed`` | move |
+/// | own vmID, generation known, claim without checkpoint | - | ``Rule/noCheckpointClaimed`` | move |
+/// | **at rest** (state found at start-up): another vmID | - | ``Rule/otherVM`` | clone (parent = recorded identity) |
+/// | at rest, own vmID, generation < own current | - | ``Rule/olderGeneration`` | rollback |
+/// | at rest, own vmID, current generation, write generation < the newest seen committed | - | ``Rule/olderWrite`` | rollback |
+/// | at rest, own vmID, current generation, not behind | - | ``Rule/currentAtRest`` | move (nothing to do) |
+/// | at rest, own vmID, generation > own current, or none recorded | - | ``Rule/generationUnknown`` | move |
+/// | at rest, no recorded identity (swtpm's state) | - | ``Rule/foreign`` | adopt / rekeyForeign |
 ///
 /// Rollback is ``Decision/rollback(rekey:)`` with `rekey` from `--on-rollback` (default rekey).
 ///
@@ -47,8 +56,13 @@ public enum DecisionTable {
         case generationUnknown
         /// Own vmID, current generation, a checkpoint newer than the latest, or the registry has none.
         case checkpointUnknown
-        /// Own vmID, current generation, the claim names no checkpoint (a state directory at startup).
+        /// Own vmID, current generation, the claim names no checkpoint.
         case noCheckpointClaimed
+        /// At rest: own vmID, current generation, a permanent state older than the newest the registry saw
+        /// committed (a restored backup, a storage snapshot rolled back, a copy put back).
+        case olderWrite
+        /// At rest: own vmID, current generation, not behind what the registry saw (a restart, a crash).
+        case currentAtRest
 
         public var description: String {
             switch self {
@@ -62,6 +76,8 @@ public enum DecisionTable {
             case .generationUnknown: return "generation-unknown"
             case .checkpointUnknown: return "checkpoint-unknown"
             case .noCheckpointClaimed: return "no-checkpoint-claimed"
+            case .olderWrite: return "older-write"
+            case .currentAtRest: return "current-at-rest"
             }
         }
 
@@ -79,9 +95,9 @@ public enum DecisionTable {
             case .otherVM:
                 guard let claim else { return .reject(reason: "a clone needs the claim of its source") }
                 return .clone(parent: claim)
-            case .olderGeneration, .olderCheckpoint, .ranAfterCheckpoint:
+            case .olderGeneration, .olderCheckpoint, .ranAfterCheckpoint, .olderWrite:
                 return .rollback(rekey: policy.onRollback == .rekey)
-            case .latestCheckpoint, .generationUnknown, .checkpointUnknown, .noCheckpointClaimed:
+            case .latestCheckpoint, .generationUnknown, .checkpointUnknown, .noCheckpointClaimed, .currentAtRest:
                 return .move
             }
         }
@@ -94,27 +110,34 @@ public enum DecisionTable {
     ///   - incoming: What arrived.
     ///   - latestCheckpoint: The registry's latest checkpoint of the claim's (vmID, generation), nil if none.
     ///     A checkpoint of another (vmID, generation) is ignored.
+    ///   - recordedStateWrite: The newest permanent-state write generation the registry saw committed for
+    ///     (ownVMID, ownGeneration), nil if none (used for states at rest).
     /// - Returns: The rule.
     public static func rule(
-        ownVMID: String,
+        ownVMID: VMID,
         ownGeneration: UInt64?,
         incoming: IncomingState,
-        latestCheckpoint: Checkpoint?
+        latestCheckpoint: Checkpoint?,
+        recordedStateWrite: UInt64? = nil
     ) -> Rule {
         let claim: StateOrigin
         switch incoming {
         case .invalid(let reason): return .invalidClaim(reason: reason)
-        case .unwrapped: return .foreign
+        case .unwrapped, .atRestWithoutIdentity: return .foreign
         case .claimed(let c): claim = c
+        case .atRest(let recorded, let write):
+            guard recorded.vmID == ownVMID else { return .otherVM }
+            guard let ownGeneration, recorded.generation <= ownGeneration else { return .generationUnknown }
+            guard recorded.generation == ownGeneration else { return .olderGeneration }
+            if let recordedStateWrite, let write, write < recordedStateWrite { return .olderWrite }
+            return .currentAtRest
         }
-        let own = VMIDText.comparable(ownVMID)
-        let source = VMIDText.comparable(claim.vmID)
-        guard source == own else { return .otherVM }
+        let source = claim.vmID
+        guard source == ownVMID else { return .otherVM }
         guard let ownGeneration, claim.generation <= ownGeneration else { return .generationUnknown }
         guard claim.generation == ownGeneration else { return .olderGeneration }
         guard let checkpoint = claim.checkpoint else { return .noCheckpointClaimed }
-        guard let latest = latestCheckpoint,
-            VMIDText.comparable(latest.vmID) == source, latest.generation == claim.generation
+        guard let latest = latestCheckpoint, latest.vmID == source, latest.generation == claim.generation
         else { return .checkpointUnknown }
         if checkpoint < latest.checkpoint { return .olderCheckpoint }
         if checkpoint > latest.checkpoint { return .checkpointUnknown }
@@ -127,23 +150,23 @@ public enum DecisionTable {
     ///   - ownGeneration: The registry's current generation of `ownVMID`, nil if it has none.
     ///   - incoming: What arrived.
     ///   - latestCheckpoint: The registry's latest checkpoint of the claim's (vmID, generation), nil if none.
+    ///   - recordedStateWrite: See ``rule(ownVMID:ownGeneration:incoming:latestCheckpoint:recordedStateWrite:)``.
     ///   - policy: The `--on-rollback` and `--foreign-state` policies.
     /// - Returns: The decision.
     public static func decide(
-        ownVMID: String,
+        ownVMID: VMID,
         ownGeneration: UInt64?,
         incoming: IncomingState,
         latestCheckpoint: Checkpoint?,
+        recordedStateWrite: UInt64? = nil,
         policy: DecisionPolicy
     ) -> Decision {
-        let rule = self.rule(
+        self.rule(
             ownVMID: ownVMID,
             ownGeneration: ownGeneration,
             incoming: incoming,
-            latestCheckpoint: latestCheckpoint
-        )
-        var claim: StateOrigin? = nil
-        if case .claimed(let c) = incoming { claim = c }
-        return rule.decision(policy: policy, claim: claim)
+            latestCheckpoint: latestCheckpoint,
+            recordedStateWrite: recordedStateWrite
+        ).decision(policy: policy, claim: incoming.origin)
     }
 }

@@ -1,0 +1,370 @@
+public import EndorsementCA
+public import Registry
+public import StateStore
+public import TPMEngine
+public import VMIdentity
+
+/// The one place where clone-rekey is orchestrated, for vtpmd (incoming blobs at CMD_INIT, a state
+/// found at start-up, a new TPM) and for `vtpm-state` (create, clone, rekey): it asks the decision
+/// table with the registry's facts, runs the rekey procedure with this VM's certificates and history
+/// event, stages and commits the rekeyed state, and records the outcome in the registry — the disk
+/// first, then the registry, so that the registry is never ahead of the disk.
+public final class CloneRekeyCoordinator {
+    /// Why a new endorsement identity is made: names the registry's generation reason, the lineage
+    /// event and the history-index event.
+    public enum RekeyKind: String, Sendable, Hashable {
+        /// A new TPM (or a re-manufacture).
+        case manufacture
+        /// Another VM's state.
+        case clone
+        /// An older state of this VM.
+        case rollback
+        /// State without an identity, rekeyed (`foreign-state = rekey`), or an operator's rekey.
+        case rekey
+
+        /// The decision's kind; nil for decisions that do not rekey.
+        public init?(_ decision: Decision) {
+            switch decision {
+            case .clone: self = .clone
+            case .rollback(rekey: true): self = .rollback
+            case .rekeyForeign: self = .rekey
+            default: return nil
+            }
+        }
+
+        var reason: Generation.Reason { Generation.Reason(rawValue: self.rawValue) }
+        var eventKind: LineageEvent.Kind { LineageEvent.Kind(rawValue: self.rawValue) }
+    }
+
+    /// Which EKs get a certificate (both EKs always exist: they are derived from the seed).
+    public struct CertifiedKeys: OptionSet, Sendable, Hashable {
+        public let rawValue: UInt8
+        public init(rawValue: UInt8) { self.rawValue = rawValue }
+        public static let rsa = CertifiedKeys(rawValue: 1)
+        public static let ecc = CertifiedKeys(rawValue: 2)
+        public static let both: CertifiedKeys = [.rsa, .ecc]
+    }
+
+    /// A decision and the row of the table that gave it.
+    public struct DecisionOutcome: Sendable, Hashable {
+        public var decision: Decision
+        public var rule: DecisionTable.Rule
+        /// Where the state came from (its claim, or the identity it records at rest).
+        public var origin: StateOrigin?
+
+        /// Creates an outcome.
+        public init(decision: Decision, rule: DecisionTable.Rule, origin: StateOrigin?) {
+            self.decision = decision
+            self.rule = rule
+            self.origin = origin
+        }
+    }
+
+    /// What a rekey produced and committed.
+    public struct RekeyOutcome: Sendable {
+        /// The generation the new EKs and certificates name (and the state records).
+        public var generation: UInt64
+        /// The identity the state now records.
+        public var identity: InstanceIdentity
+        /// The procedure's result (new permanent state, EKs, counter, timings).
+        public var result: RekeyResult
+        /// Set when the state was committed but the registry could not record the generation.
+        public var registryError: String?
+    }
+
+    /// The VM this process (or tool run) works for.
+    public let vmID: VMID
+    /// The registry; nil for a `vtpm-state` run without one.
+    public let registry: (any RegistryStore)?
+    /// The host CA; nil: EKs are not certified (a rekey removes the old certificates).
+    public let ca: HostCA?
+    /// `on-rollback` and `foreign-state`.
+    public let policy: DecisionPolicy
+    /// Who writes the identity (`vtpmd`, `vtpm-state`).
+    public let creator: String
+
+    /// Creates a coordinator.
+    /// - Parameters:
+    ///   - vmID: The VM.
+    ///   - registry: The registry, or nil.
+    ///   - ca: The host CA, or nil.
+    ///   - policy: The decision policies.
+    ///   - creator: Recorded in the identity.
+    public init(
+        vmID: VMID,
+        registry: (any RegistryStore)?,
+        ca: HostCA?,
+        policy: DecisionPolicy = DecisionPolicy(),
+        creator: String = "vtpmd"
+    ) {
+        self.vmID = vmID
+        self.registry = registry
+        self.ca = ca
+        self.policy = policy
+        self.creator = creator
+    }
+
+    // MARK: - Decisions
+
+    /// Decides on incoming state blobs or a state found at rest, with the registry's facts.
+    /// - Parameter incoming: What arrived.
+    /// - Returns: The decision, the rule and the origin.
+    /// - Throws: ``RegistryError`` from the look-ups.
+    public func decide(_ incoming: IncomingState) throws -> DecisionOutcome {
+        let current = try self.registry?.currentGeneration(vmID: self.vmID)
+        var latest: Checkpoint? = nil
+        if case .claimed(let claim) = incoming {
+            latest = try self.registry?.latestCheckpoint(vmID: claim.vmID, generation: claim.generation)
+        }
+        let rule = DecisionTable.rule(
+            ownVMID: self.vmID,
+            ownGeneration: current?.generation,
+            incoming: incoming,
+            latestCheckpoint: latest,
+            recordedStateWrite: current?.stateWrite
+        )
+        return DecisionOutcome(
+            decision: rule.decision(policy: self.policy, claim: incoming.origin),
+            rule: rule,
+            origin: incoming.origin
+        )
+    }
+
+    /// The identity a state found at rest presents to the table.
+    /// - Parameters:
+    ///   - identity: What the state records (nil: nothing, swtpm's state).
+    ///   - stateWrite: The permanent state's write generation.
+    public static func incomingAtRest(_ identity: InstanceIdentity?, stateWrite: UInt64?) -> IncomingState {
+        guard let identity, let vm = identity.vmID else { return .atRestWithoutIdentity }
+        return .atRest(StateOrigin(vmID: vm, generation: identity.generation, checkpoint: nil), stateWrite: stateWrite)
+    }
+
+    // MARK: - Rekey
+
+    /// The generation a rekey gives: the registry's current + 1, never below `floor`; `floor` without
+    /// a registry (or for a VM it does not know).
+    /// - Throws: ``RegistryError``.
+    public func nextGeneration(atLeast floor: UInt64 = 0) throws -> UInt64 {
+        guard let current = try self.registry?.currentGeneration(vmID: self.vmID) else { return floor }
+        return max(floor, current.generation + 1)
+    }
+
+    /// Runs the rekey procedure for this VM: certificates from the host CA naming (vmID, generation,
+    /// parent), the history index extended with the event. Commits nothing.
+    /// - Parameters:
+    ///   - engine: A stopped engine; left running (warm) or terminated (cold) as the procedure says.
+    ///   - permanentState: The permanent blob.
+    ///   - volatileState: The volatile blob (warm phase), or nil (cold only).
+    ///   - kind: Why.
+    ///   - parent: The state it was made from, if any.
+    ///   - generation: The new generation.
+    ///   - certify: The EKs that get a certificate (with a CA).
+    /// - Returns: The procedure's result.
+    /// - Throws: ``CloneRekeyError`` or the CA's error; the engine is then terminated.
+    public func runProcedure(
+        on engine: Engine,
+        permanentState: [UInt8],
+        volatileState: [UInt8]?,
+        kind: RekeyKind,
+        parent: StateOrigin?,
+        generation: UInt64,
+        certify: CertifiedKeys = .both
+    ) throws -> RekeyResult {
+        let ca = self.ca
+        let vmID = self.vmID
+        return try RekeyProcedure().run(
+            on: engine,
+            permanentState: permanentState,
+            volatileState: volatileState,
+            historyEvent: RekeyProcedure.historyEvent(
+                kind: kind == .rekey && parent == nil ? "rekey-foreign" : kind.rawValue,
+                source: parent?.description ?? "",
+                vmID: vmID.description,
+                generation: generation
+            ),
+            issueCertificates: { rsa, ecc in
+                guard let ca else { return ([], []) }
+                func issue(_ key: CertifiedKeys, _ tpm2bPublic: [UInt8]) throws -> [UInt8] {
+                    guard certify.contains(key) else { return [] }
+                    return try ca.issueEKCertificate(
+                        EKCertificateRequest(
+                            publicKey: try EKPublicKey(tpm2bPublic: tpm2bPublic),
+                            vmID: vmID,
+                            generation: generation,
+                            parentVMID: parent?.vmID,
+                            parentGeneration: parent?.generation
+                        )
+                    )
+                }
+                return (try issue(.rsa, rsa), try issue(.ecc, ecc))
+            }
+        )
+    }
+
+    /// The whole rekey: procedure, commit to `store`, registry record.
+    ///
+    /// All or nothing on disk: the writes are staged and committed only when the procedure succeeded;
+    /// on any error they are discarded, the engine is terminated and the storage is unchanged. The
+    /// registry is written after the disk; if that fails the state stays committed and
+    /// ``RekeyOutcome/registryError`` says so (the registry learns the generation from the next claim).
+    /// - Parameters:
+    ///   - engine: A stopped engine whose storage is `store` (its NV writes are staged there).
+    ///   - store: The state to commit to.
+    ///   - permanentState: The permanent blob.
+    ///   - volatileState: The volatile blob (warm: the TPM keeps running), or nil (cold: at rest; the
+    ///     volatile and saved states, which hold the old seed, are removed).
+    ///   - kind: Why.
+    ///   - parent: The state it was made from.
+    ///   - detail: Free text for the lineage event.
+    ///   - startedAt: Monotonic nanoseconds when the decision began (for the event's duration).
+    ///   - now: A monotonic clock in nanoseconds.
+    /// - Returns: The outcome.
+    /// - Throws: The first error; nothing changed.
+    public func rekey(
+        engine: Engine,
+        store: StateDirectory,
+        permanentState: [UInt8],
+        volatileState: [UInt8]?,
+        kind: RekeyKind,
+        parent: StateOrigin?,
+        detail: String,
+        startedAt: UInt64,
+        now: () -> UInt64
+    ) throws -> RekeyOutcome {
+        let generation = try self.nextGeneration(atLeast: self.floor(parent))
+        store.beginStaging()
+        let result: RekeyResult
+        let identity: InstanceIdentity
+        do {
+            result = try self.runProcedure(
+                on: engine,
+                permanentState: permanentState,
+                volatileState: volatileState,
+                kind: kind,
+                parent: parent,
+                generation: generation
+            )
+            identity = InstanceIdentity(
+                vmID: self.vmID,
+                generation: generation,
+                parent: parent?.vmID,
+                creator: self.creator
+            )
+            try store.stageRekeyedState(
+                identity: identity,
+                permanentState: result.permanentState,
+                dropVolatileState: volatileState == nil
+            )
+            try store.commitStaged()
+        } catch {
+            store.discardStaged()
+            engine.terminate()
+            throw error
+        }
+        var outcome = RekeyOutcome(generation: generation, identity: identity, result: result, registryError: nil)
+        do {
+            try self.recordGeneration(
+                generation,
+                kind: kind,
+                parent: parent,
+                durationMicros: Int64((now() &- startedAt) / 1000),
+                detail: detail,
+                stateWrite: store.permanentWriteGeneration
+            )
+        } catch {
+            outcome.registryError = "\(error)"
+        }
+        return outcome
+    }
+
+    /// A rollback's generation is never below the rolled-back state's + 1.
+    private func floor(_ parent: StateOrigin?) -> UInt64 {
+        guard let parent, parent.vmID == self.vmID else { return 0 }
+        return parent.generation &+ 1
+    }
+
+    /// Records a new generation (and its lineage event, and the state's write generation).
+    /// - Throws: ``RegistryError``; a registry that gives another number than `generation` is an error
+    ///   (``RegistryError/Code/conflict``): the certificates name `generation`.
+    public func recordGeneration(
+        _ generation: UInt64,
+        kind: RekeyKind,
+        parent: StateOrigin?,
+        durationMicros: Int64?,
+        detail: String,
+        stateWrite: UInt64?
+    ) throws {
+        guard let registry = self.registry else { return }
+        let recorded = try registry.beginGeneration(
+            vmID: self.vmID,
+            reason: kind.reason,
+            parent: parent,
+            event: LineageEventDraft(kind: kind.eventKind, source: parent, durationMicros: durationMicros, detail: detail)
+        )
+        guard recorded.generation == generation else {
+            throw RegistryError(
+                .conflict,
+                "registry gave \(self.vmID) generation \(recorded.generation), the state and certificates name \(generation)"
+            )
+        }
+        if let stateWrite {
+            try registry.recordStateWrite(vmID: self.vmID, generation: generation, write: stateWrite)
+        }
+    }
+
+    /// Records a decision that kept the endorsement identity: a move brings the registry up to the
+    /// arriving state (``RegistryStore/recordArrival(_:)``); an adopt and a kept rollback append their
+    /// lineage event. Returns the generation the VM is at now.
+    /// - Parameters:
+    ///   - decision: `.move`, `.adopt` or `.rollback(rekey: false)`.
+    ///   - origin: The state's claim or recorded identity.
+    ///   - currentGeneration: The VM's generation before the decision.
+    ///   - detail: Free text for the lineage event.
+    /// - Throws: ``RegistryError``.
+    public func recordKept(
+        _ decision: Decision,
+        origin: StateOrigin?,
+        currentGeneration: UInt64,
+        detail: String
+    ) throws -> UInt64 {
+        switch decision {
+        case .move:
+            guard let origin, origin.vmID == self.vmID else { return origin?.generation ?? currentGeneration }
+            try self.registry?.recordArrival(origin)
+            return origin.generation
+        case .adopt:
+            if let registry = self.registry {
+                if try registry.currentGeneration(vmID: self.vmID) == nil {
+                    try registry.beginGeneration(
+                        vmID: self.vmID,
+                        reason: .adopt,
+                        parent: nil,
+                        event: LineageEventDraft(kind: .adopt, detail: detail)
+                    )
+                } else {
+                    try registry.appendEvent(
+                        vmID: self.vmID,
+                        generation: currentGeneration,
+                        LineageEventDraft(kind: .adopt, detail: detail)
+                    )
+                }
+            }
+            return currentGeneration
+        default:
+            try self.registry?.appendEvent(
+                vmID: self.vmID,
+                generation: currentGeneration,
+                LineageEventDraft(kind: .rollback, source: origin, detail: detail)
+            )
+            return currentGeneration
+        }
+    }
+
+    /// Records that the permanent state of `generation` was seen committed at `write` (a no-op without a
+    /// registry or a write generation).
+    /// - Throws: ``RegistryError``.
+    public func recordStateWrite(generation: UInt64, write: UInt64?) throws {
+        guard let write else { return }
+        try self.registry?.recordStateWrite(vmID: self.vmID, generation: generation, write: write)
+    }
+}
