@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import TestSupport
 import Testing
+import VMIdentity
 
 @testable import EndorsementCA
 
@@ -10,7 +11,7 @@ struct EKCertificateTests {
     @Test func rsaEKCertificateVerifiesWithOpenSSLAndFollowsTheProfile() throws {
         try withTemporaryDirectory { tmp in
             let ca = try HostCA.create(at: "\(tmp)/ca")
-            let vmID = UUID()
+            let vmID = VMID.random()
             let key = try Fixture.rsaEK()
             let der = try ca.issueEKCertificate(EKCertificateRequest(publicKey: key, vmID: vmID, generation: 3))
             let pem = try Fixture.writePEM(der, in: tmp, name: "rsa-ek")
@@ -19,7 +20,7 @@ struct EKCertificateTests {
             #expect(verify.stdout.contains("\(pem): OK"), "\(verify.output)")
 
             let text = try Fixture.opensslText(pem)
-            let id = vmID.uuidString.lowercased()
+            let id = vmID.description
             #expect(text.contains("Version: 3 (0x2)"))
             #expect(text.contains("Subject: O = swift-vtpm, CN = \(id) gen 3"))
             #expect(text.contains("X509v3 Subject Alternative Name: \n"))  // present, not critical
@@ -52,8 +53,8 @@ struct EKCertificateTests {
     @Test func eccCloneCertificateNamesTheParentAndUsesKeyAgreement() throws {
         try withTemporaryDirectory { tmp in
             let ca = try HostCA.create(at: "\(tmp)/ca")
-            let vmID = UUID()
-            let parent = UUID()
+            let vmID = VMID.random()
+            let parent = VMID.random()
             let key = Fixture.eccEK()
             let serial = EKCertificateRequest.randomSerialNumber()
             let request = EKCertificateRequest(
@@ -72,9 +73,9 @@ struct EKCertificateTests {
             let text = try Fixture.opensslText(pem)
             #expect(text.contains("X509v3 Key Usage: critical\n                Key Agreement\n"))
             #expect(text.contains("NIST CURVE: P-256"))
-            #expect(text.contains("description = parent \(parent.uuidString.lowercased()) gen \(UInt64.max)"))
+            #expect(text.contains("description = parent \(parent.description) gen \(UInt64.max)"))
             // The private extension keeps the UUIDs legible in openssl's dump of it.
-            #expect(text.contains(vmID.uuidString.lowercased() + "."))
+            #expect(text.contains(vmID.description + "."))
 
             let info = try EKCertificateInfo(der: der)
             #expect(info.publicKey == key)
@@ -90,7 +91,7 @@ struct EKCertificateTests {
             let other = try HostCA.create(at: "\(tmp)/b", subject: ca.subject)  // same name, other key
             let request = EKCertificateRequest(
                 publicKey: Fixture.eccEK(),
-                vmID: UUID(),
+                vmID: VMID.random(),
                 generation: 0,
                 notValidBefore: Date(timeIntervalSinceNow: -60),
                 notValidAfter: Date(timeIntervalSinceNow: 3600)
@@ -116,10 +117,10 @@ struct EKCertificateTests {
     @Test func rejectsInvalidRequests() throws {
         try withTemporaryDirectory { tmp in
             let ca = try HostCA.create(at: "\(tmp)/ca")
-            let base = EKCertificateRequest(publicKey: Fixture.eccEK(), vmID: UUID(), generation: 0)
+            let base = EKCertificateRequest(publicKey: Fixture.eccEK(), vmID: VMID.random(), generation: 0)
             var requests: [EKCertificateRequest] = []
             var r = base
-            r.parentVMID = UUID()
+            r.parentVMID = VMID.random()
             requests.append(r)
             r = base
             r.tpmManufacturer = "IBM"
@@ -162,14 +163,17 @@ struct EKCertificateTests {
     }
 
     @Test func identityExtensionRoundTripsAndRejectsTrailingFields() throws {
-        let value = VMIdentityExtension(vmID: UUID(), generation: 7, parentVMID: UUID(), parentGeneration: 0)
+        let value = VMIdentityExtension(vmID: VMID.random(), generation: 7, parentVMID: VMID.random(), parentGeneration: 0)
         let der = try value.encode()
         #expect(try VMIdentityExtension(derEncoded: der[...]) == value)
-        let noParent = VMIdentityExtension(vmID: UUID(), generation: 0, parentVMID: nil, parentGeneration: nil)
+        let noParent = VMIdentityExtension(vmID: VMID.random(), generation: 0, parentVMID: nil, parentGeneration: nil)
         #expect(try VMIdentityExtension(derEncoded: try noParent.encode()[...]) == noParent)
-        // SEQUENCE { UTF8String "x", INTEGER 0 }: not a UUID.
+        // SEQUENCE { UTF8String "/", INTEGER 0 }: neither a UUID nor a vm-id name.
         #expect(throws: EndorsementCAError.self) {
-            try VMIdentityExtension(derEncoded: [0x30, 0x06, 0x0C, 0x01, 0x78, 0x02, 0x01, 0x00][...])
+            try VMIdentityExtension(derEncoded: [0x30, 0x06, 0x0C, 0x01, 0x2F, 0x02, 0x01, 0x00][...])
         }
+        // A named vm-id (Proxmox) round-trips as written.
+        let named = VMIdentityExtension(vmID: VMID("101")!, generation: 2, parentVMID: VMID("100"), parentGeneration: 1)
+        #expect(try VMIdentityExtension(derEncoded: try named.encode()[...]) == named)
     }
 }

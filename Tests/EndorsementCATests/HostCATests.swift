@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import TestSupport
 import Testing
+import VMIdentity
 import _CryptoExtras
 
 @testable import EndorsementCA
@@ -107,7 +108,7 @@ struct HostCATests {
             #expect(try HostCA.loadOrCreate(at: dir).certificateDER == created.certificateDER)
             // The loaded key signs certificates the created certificate verifies.
             let der = try loaded.issueEKCertificate(
-                EKCertificateRequest(publicKey: Fixture.eccEK(), vmID: UUID(), generation: 0)
+                EKCertificateRequest(publicKey: Fixture.eccEK(), vmID: VMID.random(), generation: 0)
             )
             #expect(created.verify(der))
         }

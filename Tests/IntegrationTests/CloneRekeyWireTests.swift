@@ -5,6 +5,7 @@ import StateStore
 import TPMWire
 import TestSupport
 import Testing
+import VMIdentity
 
 /// Clone-rekey over the control channel, the way QEMU drives it (GET_STATEBLOB on the source,
 /// STOP + SET_STATEBLOB + INIT on the destination), with real vtpmd processes, tpm2-tools and openssl.
@@ -142,8 +143,8 @@ struct CloneRekeyWireTests {
             // The EK certificate names B, its parent A, holds B's EK and chains to the CA.
             let certificate = try b.nv("0x1c00002", host)
             let info = try EKCertificateInfo(der: certificate)
-            #expect(info.vmID?.uuidString.lowercased() == b.vmID && info.generation == 1)
-            #expect(info.parentVMID?.uuidString.lowercased() == a.vmID)
+            #expect(info.vmID?.description == b.vmID && info.generation == 1)
+            #expect(info.parentVMID?.description == a.vmID)
             #expect(try info.publicKey == EKPublicKey(tpm2bPublic: ekB))
             try Data(certificate).write(to: URL(fileURLWithPath: "\(host)/ek.der"))
             _ = try runCommand(
@@ -211,7 +212,7 @@ struct CloneRekeyWireTests {
             #expect(a.logText.contains("decision=manufacture"), "\(a.logText)")
             let ekA = try a.ekPublic(host)
             let certA = try EKCertificateInfo(der: try a.nv("0x1c00002", host))
-            #expect(certA.vmID?.uuidString.lowercased() == a.vmID && certA.generation == 0)
+            #expect(certA.vmID?.description == a.vmID && certA.generation == 0)
             #expect(try certA.publicKey == EKPublicKey(tpm2bPublic: ekA))
             #expect(try !a.nv("0x1c0000a", host).isEmpty)
             let counterA = try a.nv("0x1400001", host)
@@ -230,7 +231,7 @@ struct CloneRekeyWireTests {
             #expect(ekB != ekA)
             let certB = try EKCertificateInfo(der: try b.nv("0x1c00002", host))
             #expect(
-                certB.vmID?.uuidString.lowercased() == b.vmID && certB.parentVMID?.uuidString.lowercased() == a.vmID
+                certB.vmID?.description == b.vmID && certB.parentVMID?.description == a.vmID
             )
             #expect(try certB.publicKey == EKPublicKey(tpm2bPublic: ekB))
             let counterB = try b.nv("0x1400001", host)
@@ -260,7 +261,7 @@ struct CloneRekeyWireTests {
             let registry = try SQLiteRegistry(path: "\(host)/registry.sqlite")
             defer { try? registry.close() }
             func parent(_ node: Node) throws -> String? {
-                try registry.currentGeneration(vmID: node.vmID)?.parent?.vmID
+                try registry.currentGeneration(vmID: try #require(VMID(node.vmID)))?.parent?.vmID.description
             }
             #expect(try parent(b) == a.vmID && parent(c) == a.vmID && parent(d) == b.vmID)
             let tree = try registry.lineageTree().renderText()
@@ -317,7 +318,7 @@ struct CloneRekeyWireTests {
             } else {
                 #expect(ek != ekSwtpm)
                 let info = try EKCertificateInfo(der: try node.nv("0x1c00002", host))
-                #expect(info.vmID?.uuidString.lowercased() == node.vmID)
+                #expect(info.vmID?.description == node.vmID)
             }
         }
     }

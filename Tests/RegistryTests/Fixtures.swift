@@ -2,13 +2,14 @@ import Foundation
 import Registry
 import Synchronization
 import TestSupport
+import VMIdentity
 
 /// VM identities used across the registry tests.
 enum VM {
-    static let a = "aaaaaaaa-0000-4000-8000-00000000000a"
-    static let b = "bbbbbbbb-0000-4000-8000-00000000000b"
-    static let c = "cccccccc-0000-4000-8000-00000000000c"
-    static let d = "dddddddd-0000-4000-8000-00000000000d"
+    static let a = VMID("aaaaaaaa-0000-4000-8000-00000000000a")!
+    static let b = VMID("bbbbbbbb-0000-4000-8000-00000000000b")!
+    static let c = VMID("cccccccc-0000-4000-8000-00000000000c")!
+    static let d = VMID("dddddddd-0000-4000-8000-00000000000d")!
 }
 
 /// A clock that advances one second per reading, so records have distinct, ordered times.

@@ -1,5 +1,6 @@
 import Foundation
 import Registry
+import VMIdentity
 import Testing
 
 @Suite struct LineageTreeTests {

@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import Registry
+import VMIdentity
 import TestSupport
 import Testing
 

@@ -1,12 +1,13 @@
 import Foundation
 import Registry
+import VMIdentity
 import TestSupport
 import Testing
 
 @Suite struct SQLiteRegistryTests {
     @Test func ensureIdentityIsIdempotentAndCanonicalizesCase() throws {
         try withRegistry { registry, _ in
-            let first = try registry.ensureIdentity(vmID: VM.a.uppercased())
+            let first = try registry.ensureIdentity(vmID: VMID(VM.a.description.uppercased())!)
             #expect(first.vmID == VM.a)
             let again = try registry.ensureIdentity(vmID: VM.a)
             #expect(again == first)
@@ -16,10 +17,28 @@ import Testing
         }
     }
 
-    @Test func rejectsVMIDThatIsNotAUUID() throws {
+    @Test func namedVMIDsAreStoredAsGiven() throws {
         try withRegistry { registry, _ in
-            #expect(throws: RegistryError(.invalidArgument, "")) { try registry.ensureIdentity(vmID: "vm-1") }
-            #expect(throws: RegistryError(.invalidArgument, "")) { try registry.currentGeneration(vmID: "") }
+            let proxmox = try #require(VMID("101"))
+            let g0 = try registry.beginGeneration(vmID: proxmox, reason: .manufacture)
+            #expect(try registry.currentGeneration(vmID: proxmox) == g0)
+            #expect(try registry.generations(vmID: nil).map(\.vmID) == [proxmox])
+        }
+    }
+
+    @Test func stateWritesAreRecordedOnlyForward() throws {
+        try withRegistry { registry, _ in
+            try registry.beginGeneration(vmID: VM.a, reason: .manufacture)
+            #expect(try registry.currentGeneration(vmID: VM.a)?.stateWrite == nil)
+            #expect(try registry.recordStateWrite(vmID: VM.a, generation: 0, write: 7))
+            #expect(try !registry.recordStateWrite(vmID: VM.a, generation: 0, write: 7))
+            #expect(try !registry.recordStateWrite(vmID: VM.a, generation: 0, write: 3))
+            #expect(try registry.currentGeneration(vmID: VM.a)?.stateWrite == 7)
+            #expect(try registry.recordStateWrite(vmID: VM.a, generation: 0, write: 9))
+            #expect(try registry.generation(vmID: VM.a, generation: 0)?.stateWrite == 9)
+            #expect(throws: RegistryError(.unknownGeneration, "")) {
+                try registry.recordStateWrite(vmID: VM.a, generation: 4, write: 1)
+            }
         }
     }
 
@@ -37,7 +56,7 @@ import Testing
             let clone = try registry.beginGeneration(
                 vmID: VM.b,
                 reason: .clone,
-                parent: StateOrigin(vmID: VM.a.uppercased(), generation: 1, checkpoint: 1)
+                parent: StateOrigin(vmID: VMID(VM.a.description.uppercased())!, generation: 1, checkpoint: 1)
             )
             #expect(clone.generation == 0)
             #expect(clone.parent == StateOrigin(vmID: VM.a, generation: 1, checkpoint: 1))
@@ -177,23 +196,6 @@ import Testing
         }
     }
 
-    @Test func decideLooksUpTheRegistryFacts() throws {
-        try withRegistry { registry, _ in
-            let policy = DecisionPolicy()
-            try registry.beginGeneration(vmID: VM.a, reason: .manufacture)
-            let checkpoint = try registry.recordCheckpoint(vmID: VM.a, generation: 0)
-            let claim = IncomingState.claimed(StateOrigin(vmID: VM.a, generation: 0, checkpoint: checkpoint))
-            #expect(try registry.decide(ownVMID: VM.a, incoming: claim, policy: policy) == .move)
-            try registry.markRan(vmID: VM.a, generation: 0)
-            #expect(try registry.decide(ownVMID: VM.a, incoming: claim, policy: policy) == .rollback(rekey: true))
-            let cloneClaim = StateOrigin(vmID: VM.a, generation: 0, checkpoint: checkpoint)
-            #expect(
-                try registry.decide(ownVMID: VM.b, incoming: .claimed(cloneClaim), policy: policy)
-                    == .clone(parent: cloneClaim)
-            )
-        }
-    }
-
     @Test func twoProcessesShareOneFile() throws {
         try withRegistry { first, path in
             let second = try SQLiteRegistry(path: path)
@@ -215,7 +217,7 @@ struct CallerNumberedCheckpointTests {
     @Test func checkpointsNumberedByTheCallerAreRecordedOnceAndOnlyForward() throws {
         try withTemporaryDirectory { dir in
             let registry = try SQLiteRegistry(path: "\(dir)/r.sqlite")
-            let vm = "6f1c1a52-3c1e-4a57-9d0e-4f3b2a1c0d9e"
+            let vm = try #require(VMID("6f1c1a52-3c1e-4a57-9d0e-4f3b2a1c0d9e"))
             let generation = try registry.beginGeneration(vmID: vm, reason: .manufacture, parent: nil, event: nil)
             #expect(try registry.recordCheckpoint(vmID: vm, generation: generation.generation, number: 3))
             #expect(try registry.latestCheckpoint(vmID: vm, generation: generation.generation)?.checkpoint == 3)

@@ -1,5 +1,6 @@
 import TPMWire
 import Testing
+import VMIdentity
 
 @testable import StateStore
 
@@ -17,12 +18,14 @@ struct SourceClaimTests {
     @Test func vmIDsParseAndPrint() throws {
         #expect(Self.vm.description == "6f1c1a52-3c1e-4a57-9d0e-4f3b2a1c0d9e")
         #expect(VMID("6F1C1A52-3C1E-4A57-9D0E-4F3B2A1C0D9E") == Self.vm)
-        for bad in [
-            "", "6f1c1a52", "6f1c1a52-3c1e-4a57-9d0e-4f3b2a1c0d9", "6f1c1a52-3c1e-4a57-9d0e-4f3b2a1c0d9g",
+        // Near-UUIDs are names (Proxmox-style ids), never UUIDs.
+        for nearUUID in [
+            "6f1c1a52", "6f1c1a52-3c1e-4a57-9d0e-4f3b2a1c0d9", "6f1c1a52-3c1e-4a57-9d0e-4f3b2a1c0d9g",
             "6f1c1a523c1e4a579d0e4f3b2a1c0d9e", "6f1c1a52-3c1e-4a57-9d0e4-f3b2a1c0d9e",
         ] {
-            #expect(VMID(bad) == nil, "\(bad)")
+            #expect(VMID(nearUUID)?.isUUID == false, "\(nearUUID)")
         }
+        #expect(VMID("") == nil)
         let random = VMID.random()
         #expect(VMID(random.description) == random && random != VMID.random())
     }
@@ -31,7 +34,7 @@ struct SourceClaimTests {
         let claim = SourceClaim(vmID: Self.vm, generation: 3, checkpoint: 17)
         let original = try Self.blob()
         let claimed = try SourceClaim.attach(claim, to: original, blobType: 2, hostKey: Self.key)
-        #expect(claimed.count == original.count + 6 + SourceClaim.valueSize)
+        #expect(claimed.count == original.count + 6 + SourceClaim.fixedSize + 16)
         let (stripped, found) = try SourceClaim.detach(from: claimed, blobType: 2, hostKey: Self.key)
         #expect(found == claim && stripped == original)
         #expect(
@@ -40,6 +43,18 @@ struct SourceClaimTests {
         // A blob without a claim is foreign.
         let (same, none) = try SourceClaim.detach(from: original, blobType: 2, hostKey: Self.key)
         #expect(none == nil && same == original)
+    }
+
+    @Test func namedVMIDsTravelInVersion2Claims() throws {
+        let claim = SourceClaim(vmID: try #require(VMID("101")), generation: 2, checkpoint: 5)
+        let original = try Self.blob()
+        let claimed = try SourceClaim.attach(claim, to: original, blobType: 1, hostKey: Self.key)
+        #expect(claimed.count == original.count + 6 + SourceClaim.fixedSize + 1 + 3)
+        let (stripped, found) = try SourceClaim.detach(from: claimed, blobType: 1, hostKey: Self.key)
+        #expect(found == claim && stripped == original)
+        #expect(throws: StateStoreError.self) {
+            try SourceClaim.detach(from: claimed, blobType: 1, hostKey: Self.otherKey)
+        }
     }
 
     @Test func everyByteOfAClaimedBlobIsCovered() throws {

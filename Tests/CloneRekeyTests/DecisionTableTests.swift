@@ -1,18 +1,27 @@
+import CloneRekey
 import Registry
 import Testing
+import VMIdentity
+
+/// VM identities used by the decision-table tests.
+private enum VM {
+    static let a = VMID("aaaaaaaa-0000-4000-8000-00000000000a")!
+    static let b = VMID("bbbbbbbb-0000-4000-8000-00000000000b")!
+    static let c = VMID("cccccccc-0000-4000-8000-00000000000c")!
+}
 
 @Suite struct DecisionTableTests {
     static let rekey = DecisionPolicy(onRollback: .rekey, foreignState: .adopt)
     static let keep = DecisionPolicy(onRollback: .keep, foreignState: .rekey)
 
-    static func claim(_ vm: String = VM.a, _ generation: UInt64 = 3, _ checkpoint: UInt64? = 5) -> IncomingState {
+    static func claim(_ vm: VMID = VM.a, _ generation: UInt64 = 3, _ checkpoint: UInt64? = 5) -> IncomingState {
         .claimed(StateOrigin(vmID: vm, generation: generation, checkpoint: checkpoint))
     }
 
     static func latest(
         _ checkpoint: UInt64 = 5,
         ranAfter: Bool,
-        vm: String = VM.a,
+        vm: VMID = VM.a,
         generation: UInt64 = 3
     )
         -> Checkpoint
@@ -145,8 +154,8 @@ import Testing
     }
 
     @Test func vmIDsCompareIgnoringCase() {
-        let incoming = Self.claim(VM.a.uppercased(), 3, 5)
-        let latest = Self.latest(ranAfter: false, vm: VM.a.uppercased())
+        let incoming = Self.claim(VMID(VM.a.description.uppercased())!, 3, 5)
+        let latest = Self.latest(ranAfter: false, vm: VMID(VM.a.description.uppercased())!)
         #expect(Self.decide(incoming, latest: latest).1 == .move)
     }
 
