@@ -43,7 +43,7 @@ import Testing
                 try registry.close()
             }
             let reopened = try SQLiteRegistry(path: path)
-            #expect(try reopened.schemaVersion() == 1)
+            #expect(try reopened.schemaVersion() == 2)
             #expect(try reopened.currentGeneration(vmID: VM.a)?.generation == 0)
             let latest = try #require(try reopened.latestCheckpoint(vmID: VM.a, generation: 0))
             #expect(latest.checkpoint == 1 && latest.ranAfter)
@@ -111,7 +111,7 @@ import Testing
                 FileManager.default.createFile(atPath: path, contents: Data(), attributes: [.posixPermissions: 0o600])
             )
             let registry = try SQLiteRegistry(path: path)
-            #expect(try registry.schemaVersion() == 1)
+            #expect(try registry.schemaVersion() == 2)
         }
     }
 }
