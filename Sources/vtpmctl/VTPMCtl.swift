@@ -490,7 +490,7 @@ extension VTPMCtl {
                 throw VTPMCtlError(.badReply, "VTPM_GET_IDENTITY: the reply is not the documented JSON: \(text)")
             }
             guard let vmID = reply.vm_id else {
-                throw VTPMCtlError(.unsupported, "backend has no VM identity (vtpmd runs without --vm-id)")
+                throw VTPMCtlError(.unsupported, "backend has no VM identity (vtpmd runs without a vm-id)")
             }
             if json {
                 Output.line(String(decoding: body, as: UTF8.self))

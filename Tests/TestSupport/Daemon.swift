@@ -78,12 +78,18 @@ public final class Daemon: Sendable {
         _ arguments: [String],
         waitFor path: String? = nil,
         waitForPort port: UInt16? = nil,
-        timeout: Duration = .seconds(15)
+        timeout: Duration = .seconds(15),
+        environment: [String: String] = [:]
     ) throws {
         ExecutableLookup.ignoreSIGPIPE()
         let process = Process()
         process.executableURL = try ExecutableLookup.find(executable)
         process.arguments = arguments
+        if !environment.isEmpty {
+            var env = ProcessInfo.processInfo.environment
+            for (k, v) in environment { env[k] = v }
+            process.environment = env
+        }
         let o = Pipe()
         let e = Pipe()
         process.standardInput = FileHandle.nullDevice
