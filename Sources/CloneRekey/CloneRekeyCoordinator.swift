@@ -299,7 +299,12 @@ public final class CloneRekeyCoordinator {
             vmID: self.vmID,
             reason: kind.reason,
             parent: parent,
-            event: LineageEventDraft(kind: kind.eventKind, source: parent, durationMicros: durationMicros, detail: detail)
+            event: LineageEventDraft(
+                kind: kind.eventKind,
+                source: parent,
+                durationMicros: durationMicros,
+                detail: detail
+            )
         )
         guard recorded.generation == generation else {
             throw RegistryError(

@@ -110,7 +110,10 @@ public struct HostConfiguration: Sendable, Hashable {
         var configuration = HostConfiguration()
         configuration.source = source
         var seen: Set<String> = []
-        for (index, rawLine) in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" }).enumerated() {
+        for (index, rawLine) in text.split(
+            omittingEmptySubsequences: false,
+            whereSeparator: { $0 == "\n" || $0 == "\r\n" }
+        ).enumerated() {
             let lineNumber = index + 1
             let line = Self.trimmed(Substring(rawLine))
             if line.isEmpty || line.hasPrefix("#") { continue }

@@ -1,6 +1,6 @@
 public import Foundation
-public import VMIdentity
 import SwiftASN1
+public import VMIdentity
 import X509
 
 /// What an EK certificate says, read back from its DER: for `vtpm-state inspect` and `verify`.

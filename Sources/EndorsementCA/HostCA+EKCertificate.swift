@@ -1,6 +1,6 @@
 import Foundation
-import VMIdentity
 import SwiftASN1
+import VMIdentity
 import X509
 
 extension HostCA {

@@ -139,7 +139,7 @@ public final class SQLiteRegistry: RegistryStore {
         event: LineageEventDraft?
     ) throws -> Generation {
         let vm = vmID.description
-                        return try self.durableWrite("begin a generation of \(vm)") { db in
+        return try self.durableWrite("begin a generation of \(vm)") { db in
             try self.ensureIdentity(db, vm)
             let current = try self.currentGenerationNumber(db, vm)
             var next: UInt64 = 0

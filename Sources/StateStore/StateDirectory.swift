@@ -214,7 +214,8 @@ public final class StateDirectory {
         // The marker is looked for once per process (a store happens on every NV write).
         if blob == "permall", self.storage.keepsInstanceMarker, !self.instanceMarkerPresent {
             if try !self.exists(Self.instanceName) {
-                let identity = self.carriedIdentity ?? self.identityForNewTPM ?? InstanceIdentity(vmID: nil, generation: 0)
+                let identity =
+                    self.carriedIdentity ?? self.identityForNewTPM ?? InstanceIdentity(vmID: nil, generation: 0)
                 try self.put(Self.instanceName, InstanceMarker.encode(identity))
             }
             // Staged writes may still be discarded: only a write that reached the disk counts.

@@ -53,7 +53,9 @@ public enum StateFile {
             records = [BlobContainer.Record(tag: BlobContainer.Tag.data, value: plain)]
         }
         if let identity {
-            records.append(BlobContainer.Record(tag: BlobContainer.Tag.vtpmIdentity, value: IdentityRecord.encode(identity)))
+            records.append(
+                BlobContainer.Record(tag: BlobContainer.Tag.vtpmIdentity, value: IdentityRecord.encode(identity))
+            )
         }
         let total =
             BlobContainer.headerSize + records.reduce(0) { $0 + 6 + $1.value.count } + 6 + self.integrityRecordSize
@@ -150,7 +152,9 @@ public enum StateFile {
             throw StateStoreError(.malformed, "unknown record tag 0x\(String(unknown.tag, radix: 16))")
         }
         if !decrypt {
-            return ([], Info(generation: generation, encrypted: container.flags.contains(.encrypted), identity: identity))
+            return (
+                [], Info(generation: generation, encrypted: container.flags.contains(.encrypted), identity: identity)
+            )
         }
         if container.flags.contains(.encrypted) {
             guard let key else {

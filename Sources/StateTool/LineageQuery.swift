@@ -1,7 +1,7 @@
-import VMIdentity
 import Foundation
 import Registry
 import StateStore
+import VMIdentity
 
 /// `vtpm-state lineage`: the clone/rollback tree from the registry.
 public enum LineageQuery {

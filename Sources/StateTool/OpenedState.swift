@@ -1,8 +1,8 @@
-import VMIdentity
 import Foundation
 import Logging
 import StateStore
 import TPMWire
+import VMIdentity
 
 /// A state directory as `vtpm-state` reads it: locked first (a directory in use by vtpmd or swtpm is
 /// refused), then its identity and every state file decoded and checked. Nothing is written.

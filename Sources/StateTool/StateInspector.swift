@@ -1,10 +1,10 @@
-import VMIdentity
 import CloneRekey
 import EndorsementCA
 import Foundation
 import StateStore
 import TPMEngine
 import TPMWire
+import VMIdentity
 
 /// `vtpm-state inspect`: a report on a state directory, computed on an in-memory copy of the TPM.
 public enum StateInspector {

@@ -1,5 +1,5 @@
-import VMIdentity
 import Foundation
+import VMIdentity
 
 /// What `vtpm-state inspect` reports about a state directory. Its `Codable` form is the `--json`
 /// output (``formatVersion`` 1; fields are only ever added). No field holds a seed, a private key or

@@ -1,7 +1,7 @@
-import VMIdentity
 import EndorsementCA
 import Foundation
 import StateStore
+import VMIdentity
 
 /// `vtpm-state verify`: the EK certificates in a state belong to it.
 public enum StateVerifier {

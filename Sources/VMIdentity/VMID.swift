@@ -129,7 +129,8 @@ public struct VMID: Hashable, Sendable, Comparable, CustomStringConvertible, Cod
     // MARK: syntax
 
     /// What a vm-id must look like, for error messages.
-    public static let syntax = "a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx) or a name of 1 to 64 characters "
+    public static let syntax =
+        "a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx) or a name of 1 to 64 characters "
         + "A-Z a-z 0-9 . _ - starting with a letter or digit"
 
     /// Whether `text` is a valid name (not checking whether it is also a UUID).
@@ -138,7 +139,9 @@ public struct VMID: Hashable, Sendable, Comparable, CustomStringConvertible, Cod
         guard (1...Self.maximumNameLength).contains(bytes.count), let first = bytes.first,
             Self.isAlphanumeric(first)
         else { return false }
-        return bytes.allSatisfy { Self.isAlphanumeric($0) || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-") }
+        return bytes.allSatisfy {
+            Self.isAlphanumeric($0) || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-")
+        }
     }
 
     private static func isAlphanumeric(_ byte: UInt8) -> Bool {

@@ -296,7 +296,8 @@ public struct CommandLineOptions: Sendable {
             foreignState = policy
         }
         guard let vm else {
-            let given = self.ca != nil || self.registry != nil || self.hostKey != nil || self.onRollback != nil
+            let given =
+                self.ca != nil || self.registry != nil || self.hostKey != nil || self.onRollback != nil
                 || self.foreignState != nil
             if given && host.vmIDFrom == nil {
                 throw OptionError("--ca, --registry, --host-key, --on-rollback and --foreign-state need --vm-id")

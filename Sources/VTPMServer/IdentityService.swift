@@ -4,9 +4,9 @@ import EndorsementCA
 import Logging
 import Registry
 import StateStore
-public import VMIdentity
 import TPMEngine
 import TPMWire
+public import VMIdentity
 import _VTPMPosix
 
 #if canImport(FoundationEssentials)

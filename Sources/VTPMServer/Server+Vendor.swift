@@ -1,6 +1,6 @@
-import VMIdentity
 import Registry
 import TPMWire
+import VMIdentity
 
 // Vendor control commands: vtpmd's additions to swtpm's control protocol.
 //

@@ -56,7 +56,10 @@ public final class Server {
         if let identityConfiguration = configuration.identity {
             let identity = try IdentityService(configuration: identityConfiguration, logger: logger)
             identity.store = self.store
-            self.store?.identityForNewTPM = InstanceIdentity(vmID: identityConfiguration.vmID, generation: identity.generation)
+            self.store?.identityForNewTPM = InstanceIdentity(
+                vmID: identityConfiguration.vmID,
+                generation: identity.generation
+            )
             self.identity = identity
         } else {
             self.identity = nil

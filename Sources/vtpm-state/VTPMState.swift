@@ -1,6 +1,6 @@
 import ArgumentParser
-import Foundation
 import CloneRekey
+import Foundation
 import StateTool
 
 /// `vtpm-state`: the offline state tool. Argument parsing only; the work is in `StateTool`.
@@ -91,7 +91,12 @@ extension VTPMState {
 
             func run() throws {
                 try runTool {
-                    print(try CertificateAuthorityTool.initialize(directory: try self.ca.resolved(), subject: self.subject))
+                    print(
+                        try CertificateAuthorityTool.initialize(
+                            directory: try self.ca.resolved(),
+                            subject: self.subject
+                        )
+                    )
                 }
             }
         }

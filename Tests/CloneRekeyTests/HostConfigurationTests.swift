@@ -32,20 +32,22 @@ import VMIdentity
         #expect(c.vmID == nil)
     }
 
-    @Test(arguments: [
-        ("ca = /x\nbogus = 1\n", 2, "bogus", "unknown key"),
-        ("ca = /x\nca = /y\n", 2, "ca", "given twice"),
-        ("registry\n", 1, nil, "expected 'key = value'"),
-        ("ca = relative/dir\n", 1, "ca", "not an absolute path"),
-        ("on-rollback = maybe\n", 1, "on-rollback", "rekey or keep"),
-        ("foreign-state = drop\n", 1, "foreign-state", "adopt or rekey"),
-        ("vm-id = a/b\n", 1, "vm-id", "is not a UUID"),
-        ("\n\nvm-id-from = /var/lib/libvirt/swtpm/tpm2\n", 3, "vm-id-from", "no placeholder"),
-        ("vm-id-from = /x/{uuid}/{name}\n", 1, "vm-id-from", "more than one placeholder"),
-        ("vm-id-from = /x/{vm}\n", 1, "vm-id-from", "unknown placeholder"),
-        ("vm-id-from = x/{uuid}\n", 1, "vm-id-from", "not an absolute path"),
-        ("ca =\n", 1, "ca", "needs a value"),
-    ] as [(String, Int, String?, String)])
+    @Test(
+        arguments: [
+            ("ca = /x\nbogus = 1\n", 2, "bogus", "unknown key"),
+            ("ca = /x\nca = /y\n", 2, "ca", "given twice"),
+            ("registry\n", 1, nil, "expected 'key = value'"),
+            ("ca = relative/dir\n", 1, "ca", "not an absolute path"),
+            ("on-rollback = maybe\n", 1, "on-rollback", "rekey or keep"),
+            ("foreign-state = drop\n", 1, "foreign-state", "adopt or rekey"),
+            ("vm-id = a/b\n", 1, "vm-id", "is not a UUID"),
+            ("\n\nvm-id-from = /var/lib/libvirt/swtpm/tpm2\n", 3, "vm-id-from", "no placeholder"),
+            ("vm-id-from = /x/{uuid}/{name}\n", 1, "vm-id-from", "more than one placeholder"),
+            ("vm-id-from = /x/{vm}\n", 1, "vm-id-from", "unknown placeholder"),
+            ("vm-id-from = x/{uuid}\n", 1, "vm-id-from", "not an absolute path"),
+            ("ca =\n", 1, "ca", "needs a value"),
+        ] as [(String, Int, String?, String)]
+    )
     func badLinesNameTheFileLineAndKey(_ text: String, _ line: Int, _ key: String?, _ message: String) {
         do {
             _ = try Self.parse(text)
@@ -75,8 +77,14 @@ import VMIdentity
             try "ca = /default\n".write(toFile: fallback, atomically: true, encoding: .utf8)
             let env = ["VTPMD_CONFIG": named]
             #expect(try HostConfiguration.load(explicitPath: explicit, environment: env).caDirectory == "/explicit")
-            #expect(try HostConfiguration.load(explicitPath: nil, environment: env, defaultPath: fallback).caDirectory == "/named")
-            #expect(try HostConfiguration.load(explicitPath: nil, environment: [:], defaultPath: fallback).caDirectory == "/default")
+            #expect(
+                try HostConfiguration.load(explicitPath: nil, environment: env, defaultPath: fallback).caDirectory
+                    == "/named"
+            )
+            #expect(
+                try HostConfiguration.load(explicitPath: nil, environment: [:], defaultPath: fallback).caDirectory
+                    == "/default"
+            )
             // No file anywhere: an empty configuration, today's behaviour.
             let none = try HostConfiguration.load(explicitPath: nil, environment: [:], defaultPath: "\(dir)/missing")
             #expect(none == HostConfiguration())
@@ -151,7 +159,10 @@ import VMIdentity
             try registry.beginGeneration(vmID: Self.a, reason: .rollback)
             #expect(try coordinator.decide(atRest(0, 99)).rule == .olderGeneration)
             #expect(try coordinator.decide(atRest(5, 1)).rule == .generationUnknown)
-            #expect(try other.decide(atRest(1, 1)).decision == .clone(parent: StateOrigin(vmID: Self.a, generation: 1, checkpoint: nil)))
+            #expect(
+                try other.decide(atRest(1, 1)).decision
+                    == .clone(parent: StateOrigin(vmID: Self.a, generation: 1, checkpoint: nil))
+            )
             #expect(try coordinator.decide(CloneRekeyCoordinator.incomingAtRest(nil, stateWrite: 3)).decision == .adopt)
             let keep = CloneRekeyCoordinator(
                 vmID: Self.a,
@@ -160,7 +171,9 @@ import VMIdentity
                 policy: DecisionPolicy(onRollback: .keep, foreignState: .rekey)
             )
             #expect(try keep.decide(atRest(0, 1)).decision == .rollback(rekey: false))
-            #expect(try keep.decide(CloneRekeyCoordinator.incomingAtRest(nil, stateWrite: nil)).decision == .rekeyForeign)
+            #expect(
+                try keep.decide(CloneRekeyCoordinator.incomingAtRest(nil, stateWrite: nil)).decision == .rekeyForeign
+            )
         }
     }
 }

@@ -163,7 +163,12 @@ struct EKCertificateTests {
     }
 
     @Test func identityExtensionRoundTripsAndRejectsTrailingFields() throws {
-        let value = VMIdentityExtension(vmID: VMID.random(), generation: 7, parentVMID: VMID.random(), parentGeneration: 0)
+        let value = VMIdentityExtension(
+            vmID: VMID.random(),
+            generation: 7,
+            parentVMID: VMID.random(),
+            parentGeneration: 0
+        )
         let der = try value.encode()
         #expect(try VMIdentityExtension(derEncoded: der[...]) == value)
         let noParent = VMIdentityExtension(vmID: VMID.random(), generation: 0, parentVMID: nil, parentGeneration: nil)

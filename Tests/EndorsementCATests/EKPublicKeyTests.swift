@@ -140,7 +140,9 @@ struct EKPublicKeyTests {
                     #expect(expectedKind == "ecc")
                     #expect(curve == .p256 && x.count == 32 && y.count == 32)
                 }
-                let der = try ca.issueEKCertificate(EKCertificateRequest(publicKey: key, vmID: VMID.random(), generation: 0))
+                let der = try ca.issueEKCertificate(
+                    EKCertificateRequest(publicKey: key, vmID: VMID.random(), generation: 0)
+                )
                 let pem = try Fixture.writePEM(der, in: tmp, name: "ek-\(algorithm)")
                 let verify = try Fixture.opensslVerify(ca: "\(tmp)/ca/ca.pem", certificate: pem)
                 #expect(verify.status == 0 && verify.stdout.contains(": OK"), "\(verify.output)")

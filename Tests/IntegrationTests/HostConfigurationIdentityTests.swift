@@ -273,7 +273,10 @@ struct HostConfigurationIdentityTests {
                 """
             )
             func volume(_ vm: String) throws -> String {
-                try FileManager.default.createDirectory(atPath: "\(dir)/images/\(vm)", withIntermediateDirectories: true)
+                try FileManager.default.createDirectory(
+                    atPath: "\(dir)/images/\(vm)",
+                    withIntermediateDirectories: true
+                )
                 return "\(dir)/images/\(vm)/vm-\(vm)-disk-1.raw"
             }
             func proxmox(_ vm: String) throws -> [String: Any] {
@@ -292,7 +295,9 @@ struct HostConfigurationIdentityTests {
                 #expect(try runCommand(Binaries.vtpmctl, ["init", "--unix", socket]).status == 0)
                 let identity = try runCommand(Binaries.vtpmctl, ["identity", "--json", "--unix", socket])
                 _ = try runCommand(Binaries.vtpmctl, ["shutdown", "--unix", socket])
-                for _ in 0..<200 where FileManager.default.fileExists(atPath: pid) { Thread.sleep(forTimeInterval: 0.01) }
+                for _ in 0..<200 where FileManager.default.fileExists(atPath: pid) {
+                    Thread.sleep(forTimeInterval: 0.01)
+                }
                 return (try JSONSerialization.jsonObject(with: Data(identity.stdout.utf8)) as? [String: Any]) ?? [:]
             }
             // Proxmox allocates the volume (zeros); vtpmd formats it.
@@ -314,13 +319,15 @@ struct HostConfigurationIdentityTests {
         }
     }
 
-    @Test(arguments: [
-        ("bogus = 1\n", "vtpmd.conf:1: bogus: unknown key"),
-        ("ca = /x\nca = /y\n", "vtpmd.conf:2: ca: given twice"),
-        ("vm-id-from = /var/lib/libvirt/swtpm/tpm2\n", "vtpmd.conf:1: vm-id-from: "),
-        ("on-rollback = sometimes\n", "vtpmd.conf:1: on-rollback: must be rekey or keep"),
-        ("just words\n", "vtpmd.conf:1: expected 'key = value'"),
-    ] as [(String, String)])
+    @Test(
+        arguments: [
+            ("bogus = 1\n", "vtpmd.conf:1: bogus: unknown key"),
+            ("ca = /x\nca = /y\n", "vtpmd.conf:2: ca: given twice"),
+            ("vm-id-from = /var/lib/libvirt/swtpm/tpm2\n", "vtpmd.conf:1: vm-id-from: "),
+            ("on-rollback = sometimes\n", "vtpmd.conf:1: on-rollback: must be rekey or keep"),
+            ("just words\n", "vtpmd.conf:1: expected 'key = value'"),
+        ] as [(String, String)]
+    )
     func badConfigurationsStopVtpmdAndWriteNothing(_ text: String, _ expected: String) throws {
         try withTemporaryDirectory { dir in
             let host = try Host(dir)

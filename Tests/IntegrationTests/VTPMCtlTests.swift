@@ -284,7 +284,7 @@ struct VTPMCtlTests {
                 let r = try runCommand(Binaries.vtpmctl, ["identity"] + v.connection + extra)
                 #expect(r.status == 1)
                 #expect(r.stdout.isEmpty)
-                #expect(r.stderr == "vtpmctl: backend has no VM identity (vtpmd runs without --vm-id)\n", "\(r.output)")
+                #expect(r.stderr == "vtpmctl: backend has no VM identity (vtpmd runs without a vm-id)\n", "\(r.output)")
             }
             // The raw reply: result 0, the length, {"vm_id": null}.
             let c = try ControlClient(unixPath: v.connection[1])

@@ -1,7 +1,7 @@
 import Foundation
 import Registry
-import VMIdentity
 import Testing
+import VMIdentity
 
 @Suite struct LineageTreeTests {
     /// A manufactured; snapshot s1 at checkpoint 1; B and C cloned from s1; D cloned from B.

@@ -1,9 +1,9 @@
 import Foundation
 import GRDB
 import Registry
-import VMIdentity
 import TestSupport
 import Testing
+import VMIdentity
 
 @Suite struct RegistryFileTests {
     @Test func createsTheFileWithMode0600() throws {

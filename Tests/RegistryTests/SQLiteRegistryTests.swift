@@ -1,8 +1,8 @@
 import Foundation
 import Registry
-import VMIdentity
 import TestSupport
 import Testing
+import VMIdentity
 
 @Suite struct SQLiteRegistryTests {
     @Test func ensureIdentityIsIdempotentAndCanonicalizesCase() throws {

@@ -421,7 +421,9 @@ struct StateToolCLITests {
             #expect(noCA.stderr.contains("cannot load the CA"))
 
             // Bad vm-id: nothing created.
-            let badVM = try self.tool(["create", "--state", "\(host)/c", "--vm-id", "not/a-vm-id", "--ca", "\(host)/ca"])
+            let badVM = try self.tool([
+                "create", "--state", "\(host)/c", "--vm-id", "not/a-vm-id", "--ca", "\(host)/ca",
+            ])
             #expect(badVM.status == 1)
             #expect(badVM.stderr.contains("is not a UUID"))
             #expect(!FileManager.default.fileExists(atPath: "\(host)/c"))
