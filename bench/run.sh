@@ -9,7 +9,9 @@
 #   VTPMD_ARGS   extra arguments appended to vtpmd's command line [none],
 #                word-split, e.g. VTPMD_ARGS='--some-flag off'
 #   SWTPM        swtpm binary [/usr/bin/swtpm]
-#   SERVERS      which servers to run ["floor swtpm vtpmd"]
+#   SERVERS      which servers to run ["floor swtpm vtpmd vtpmd-nofsync"]; also
+#                vtpmd-config: vtpmd with swtpm's command line and clone-rekey from a host
+#                configuration file (--config; vm-id-from the state path, host CA, registry)
 #   OPS          ["getrandom pcrextend createprimary nvincrement"]
 #   ROUNDS       interleaved rounds, median taken [3]
 #   N_GETRANDOM [20000] N_PCREXTEND [20000] N_CREATEPRIMARY [300] N_NVINCREMENT [2000]
@@ -94,7 +96,7 @@ for s in $SERVERS; do
     floor) ACTIVE+=(floor) ;;
     swtpm)
         if [[ -x $SWTPM ]]; then ACTIVE+=(swtpm); else echo "swtpm not found at $SWTPM - skipping it" >&2; fi ;;
-    vtpmd | vtpmd-nofsync)
+    vtpmd | vtpmd-nofsync | vtpmd-config)
         if [[ -x $VTPMD ]]; then ACTIVE+=("$s"); else echo "vtpmd not found at $VTPMD (not built yet?) - skipping it" >&2; fi ;;
     *) die "unknown server '$s'" ;;
     esac
@@ -115,6 +117,17 @@ esac
 # ---------------------------------------------------------------- process bookkeeping
 TMPROOT=$(mktemp -d /tmp/tpmbench-run.XXXXXX)
 PIDS=()
+IDDIR=$TMPROOT/identity
+mkdir -p "$IDDIR"
+# tpmbench's spawn state directories go here too, so vtpmd-config's vm-id-from matches every state dir
+export TMPDIR=$TMPROOT
+if [[ " ${ACTIVE[*]} " == *" vtpmd-config "* ]]; then
+    [[ -x $VTPM_STATE ]] || die "vtpmd-config needs vtpm-state (VTPM_STATE) to create the host CA"
+    "$VTPM_STATE" ca init --ca "$IDDIR/ca" >/dev/null || die "vtpm-state ca init failed"
+    printf 'vm-id-from = %s/{name}\nca = %s/ca\nregistry = %s/registry.sqlite\nhost-key = %s/host.key\n' \
+        "$TMPROOT" "$IDDIR" "$IDDIR" "$IDDIR" > "$IDDIR/vtpmd.conf"
+    chmod 644 "$IDDIR/vtpmd.conf"
+fi
 
 cleanup() {
     local pid
@@ -170,6 +183,11 @@ server_cmd() {
                 --ctrl "type=tcp,port=$((port + 1))" --flags not-need-init,startup-clear
                 --vm-id "$vm" --ca "$IDDIR/ca" --registry "$IDDIR/registry.sqlite" --host-key "$IDDIR/host.key"
                 --log "file=$OUT/$name.events.log,level=2"
+                ${VTPMD_EXTRA[@]+"${VTPMD_EXTRA[@]}"}) ;;
+    # swtpm's command line, clone-rekey from the host configuration: the vm-id is the state directory's
+    # name ($TMPROOT/NAME), a fresh state is provisioned (EKs, certificates)
+    vtpmd-config) CMD=("$VTPMD" socket --tpm2 --tpmstate "dir=$dir" --server "type=tcp,port=$port"
+                --ctrl "type=tcp,port=$((port + 1))" --flags not-need-init,startup-clear --config "$IDDIR/vtpmd.conf"
                 ${VTPMD_EXTRA[@]+"${VTPMD_EXTRA[@]}"}) ;;
     # the same vtpmd with durable writes turned off (swtpm 0.7.1 never fsyncs)
     vtpmd-nofsync) CMD=("$VTPMD" socket --tpm2 --tpmstate "dir=$dir,fsync=off" --server "type=tcp,port=$port"
@@ -424,8 +442,6 @@ if [[ $REKEY != 0 ]]; then
         echo "vtpmd not found at $VTPMD - skipping the clone-rekey section" | tee -a "$RESULTS"
     else
         echo "clone-rekey section" >&2
-        IDDIR=$TMPROOT/identity
-        mkdir -p "$IDDIR"
         for s in vtpmd-id-src vtpmd-id-dst vtpmd-id; do : > "$OUT/$s.events.log"; done
 
         # savevm cost, each server fresh (first: the rekey runs below leave disk writeback behind)

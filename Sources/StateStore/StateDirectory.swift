@@ -313,6 +313,12 @@ public final class StateDirectory {
         if let permanent = self.permanentState { try self.store("permall", permanent) }
     }
 
+    /// Makes the next write's generation greater than `value` (a state adopted as the current one must not
+    /// look older than what the registry saw committed before).
+    public func advanceWriteGeneration(past value: UInt64) {
+        self.writeGeneration = max(self.writeGeneration, value)
+    }
+
     /// Stages the result of a rekey: the new identity and permanent state, and, for a state at rest,
     /// the removal of the volatile and save states (they belong to the old seeds). The permanent
     /// state is stored twice: the durable commit keeps the previous version in its spare file, which

@@ -157,7 +157,10 @@ extension Server {
                 detail: detail
             )
             if case .move = outcome.decision, let origin = outcome.origin, origin.vmID == identity.vmID {
-                if try store.identity()?.vmID != identity.vmID {
+                // The state records the generation it arrived with (a migration from a host with its own
+                // registry may bring a newer one), or the next start would take it for an older one.
+                let stored = try store.identity()
+                if stored?.vmID != identity.vmID || stored?.generation != origin.generation {
                     try store.recordIdentity(InstanceIdentity(vmID: identity.vmID, generation: origin.generation))
                 }
             }
@@ -200,22 +203,25 @@ extension Server {
             return .failed(TPMFrame.rcFailure)
         }
         if outcome.rule == .currentAtRest {
-            // Our own current state: nothing to decide.
+            // Our own current state: nothing to decide (the registry learns its write after the INIT).
             self.identityChecked = true
-            identity.recordedStateWrite = nil
-            identity.recordStateWrite()
             return .proceed
         }
         identity.lastDecision = outcome.decision.name
         guard let kind = CloneRekeyCoordinator.RekeyKind(outcome.decision) else {
-            if outcome.decision == .adopt {
+            if outcome.decision == .adopt || outcome.decision == .rollback(rekey: false) {
+                // Taken over as this VM's current state: it records the current generation, and its next
+                // write is numbered past what the registry saw, so the next start finds it current.
                 store.beginStaging()
                 do {
+                    if let recorded = try identity.coordinator.recordedStateWrite() {
+                        store.advanceWriteGeneration(past: recorded)
+                    }
                     try store.recordIdentity(InstanceIdentity(vmID: identity.vmID, generation: identity.generation))
                     try store.commitStaged()
                 } catch {
                     store.discardStaged()
-                    self.logger.error("clone-rekey: adopting the stored state failed: \(error)")
+                    self.logger.error("clone-rekey: taking over the stored state failed: \(error)")
                     return .failed(TPMFrame.rcFailure)
                 }
             }

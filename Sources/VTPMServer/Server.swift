@@ -317,6 +317,8 @@ public final class Server {
             self.engine.terminate()
             return ControlResult.fail
         }
+        // The state this TPM runs from is the newest committed one (a registry write only when it moved).
+        self.identity?.recordStateWrite()
         return 0
     }
 }

@@ -257,7 +257,11 @@ struct HostConfigurationIdentityTests {
             _ = try runCommand("cp", ["-a", backup, state])
             let kept = try host.initAndStop("vm-a", daemon: try host.libvirt(Self.vmA, name: "vm-a"))
             #expect(kept["last_decision"] as? String == "rollback" && kept["generation"] as? Int == 0)
+            #expect(host.log("vm-a").contains("rule=older-write"), "\(host.log("vm-a"))")
             #expect(try host.ekCertificate("dir=\(state)").publicKey == ek0.publicKey)
+            // Kept means taken over as the current state: the next start decides nothing.
+            let next = try host.initAndStop("vm-a", daemon: try host.libvirt(Self.vmA, name: "vm-a"))
+            #expect(next["last_decision"] as? String == "none" && next["generation"] as? Int == 0)
         }
     }
 
