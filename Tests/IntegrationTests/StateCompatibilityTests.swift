@@ -91,4 +91,37 @@ struct StateCompatibilityTests {
         let file = extra[1].split(separator: ",")[0].dropFirst("pwdfile=".count)
         return ["--pwdfile", String(file), "--cipher", "aes-256-cbc"]
     }
+
+    /// A state vtpmd provisioned with an identity (the record 0x7E03 in the permanent state) runs on swtpm
+    /// with the same EK and certificate; swtpm rewrites the file without the record, and vtpmd, back on it,
+    /// finds the identity in the marker: its own current state, nothing rekeyed.
+    @Test func aStateWithAnIdentityRecordRunsOnSwtpmAndComesBack() throws {
+        try withTemporaryDirectory { dir in
+            let state = "\(dir)/state"
+            try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
+            let ca = try runCommand(Binaries.vtpmState, ["ca", "init", "--ca", "\(dir)/ca"])
+            try #require(ca.status == 0, "\(ca.output)")
+            let identity = [
+                "--vm-id", "6f1c1a52-3c1e-4a57-9d0e-4f3b2a1c0d9e", "--ca", "\(dir)/ca", "--registry",
+                "\(dir)/registry.sqlite", "--host-key", "\(dir)/host.key", "--log", "file=\(dir)/vtpmd.log,level=2",
+            ]
+            let provisioned = try Self.readIdentity(Binaries.vtpmd, state: state, work: dir, extra: identity)
+            #expect(provisioned.ekCertificate.count > 500)
+            let permall = try #require(fileBytes("\(state)/tpm2-00.permall"))
+            #expect(permall.count > 4 && Self.contains(permall, Array("VTPD".utf8)))
+            let onSwtpm = try Self.readIdentity("swtpm", state: state, work: dir, extra: [])
+            #expect(onSwtpm == provisioned)
+            // swtpm rewrote the permanent state without vtpmd's records: only the marker names the VM now.
+            #expect(!Self.contains(try #require(fileBytes("\(state)/tpm2-00.permall")), Array("VTPD".utf8)))
+            let back = try Self.readIdentity(Binaries.vtpmd, state: state, work: dir, extra: identity)
+            #expect(back == provisioned)
+            let log = (try? String(contentsOfFile: "\(dir)/vtpmd.log", encoding: .utf8)) ?? ""
+            #expect(log.components(separatedBy: "clone-rekey decision").count == 2, "\(log)")
+        }
+    }
+
+    static func contains(_ bytes: [UInt8], _ needle: [UInt8]) -> Bool {
+        guard bytes.count >= needle.count else { return false }
+        return (0...(bytes.count - needle.count)).contains { Array(bytes[$0..<($0 + needle.count)]) == needle }
+    }
 }
