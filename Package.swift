@@ -120,7 +120,7 @@ let package = Package(
         ),
         .target(
             name: "Registry",
-            dependencies: ["VMIdentity", .product(name: "GRDB", package: "GRDB.swift")],
+            dependencies: ["VMIdentity", "_VTPMPosix", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: settings
         ),
         .testTarget(
@@ -130,6 +130,7 @@ let package = Package(
         ),
         .testTarget(name: "TPMWireTests", dependencies: ["TPMWire"], swiftSettings: settings),
         .testTarget(name: "VMIdentityTests", dependencies: ["VMIdentity"], swiftSettings: settings),
+        .testTarget(name: "VTPMServerTests", dependencies: ["VTPMServer"], swiftSettings: settings),
         .testTarget(
             name: "CloneRekeyTests",
             dependencies: [

@@ -51,12 +51,20 @@ public final class CloneRekeyCoordinator {
         public var rule: DecisionTable.Rule
         /// Where the state came from (its claim, or the identity it records at rest).
         public var origin: StateOrigin?
+        /// The registry's record of the newest permanent-state write of the VM's current generation.
+        public var recordedStateWrite: UInt64?
 
         /// Creates an outcome.
-        public init(decision: Decision, rule: DecisionTable.Rule, origin: StateOrigin?) {
+        public init(
+            decision: Decision,
+            rule: DecisionTable.Rule,
+            origin: StateOrigin?,
+            recordedStateWrite: UInt64? = nil
+        ) {
             self.decision = decision
             self.rule = rule
             self.origin = origin
+            self.recordedStateWrite = recordedStateWrite
         }
     }
 
@@ -76,8 +84,23 @@ public final class CloneRekeyCoordinator {
     public let vmID: VMID
     /// The registry; nil for a `vtpm-state` run without one.
     public let registry: (any RegistryStore)?
-    /// The host CA; nil: EKs are not certified (a rekey removes the old certificates).
-    public let ca: HostCA?
+    /// Where the host CA comes from; none: EKs are not certified (a rekey removes the old certificates).
+    public enum CertificateAuthority {
+        /// No CA.
+        case none
+        /// A CA already loaded (vtpm-state).
+        case loaded(HostCA)
+        /// A CA loaded (or created) when a certificate is first needed (vtpmd: most starts issue none, and
+        /// loading the P-384 key is a measurable part of a start).
+        case deferred(() throws -> HostCA)
+    }
+
+    private var authority: CertificateAuthority
+    /// Whether EKs get certificates.
+    public var certifies: Bool {
+        if case .none = self.authority { return false }
+        return true
+    }
     /// `on-rollback` and `foreign-state`.
     public let policy: DecisionPolicy
     /// Who writes the identity (`vtpmd`, `vtpm-state`).
@@ -87,19 +110,19 @@ public final class CloneRekeyCoordinator {
     /// - Parameters:
     ///   - vmID: The VM.
     ///   - registry: The registry, or nil.
-    ///   - ca: The host CA, or nil.
+    ///   - ca: The host CA.
     ///   - policy: The decision policies.
     ///   - creator: Recorded in the identity.
     public init(
         vmID: VMID,
         registry: (any RegistryStore)?,
-        ca: HostCA?,
+        ca: CertificateAuthority,
         policy: DecisionPolicy = DecisionPolicy(),
         creator: String = "vtpmd"
     ) {
         self.vmID = vmID
         self.registry = registry
-        self.ca = ca
+        self.authority = ca
         self.policy = policy
         self.creator = creator
     }
@@ -126,7 +149,8 @@ public final class CloneRekeyCoordinator {
         return DecisionOutcome(
             decision: rule.decision(policy: self.policy, claim: incoming.origin),
             rule: rule,
-            origin: incoming.origin
+            origin: incoming.origin,
+            recordedStateWrite: current?.stateWrite
         )
     }
 
@@ -170,7 +194,7 @@ public final class CloneRekeyCoordinator {
         generation: UInt64,
         certify: CertifiedKeys = .both
     ) throws -> RekeyResult {
-        let ca = self.ca
+        let ca = try self.hostCA()
         let vmID = self.vmID
         return try RekeyProcedure().run(
             on: engine,
@@ -275,6 +299,19 @@ public final class CloneRekeyCoordinator {
             outcome.registryError = "\(error)"
         }
         return outcome
+    }
+
+    /// The host CA, loaded on first use; nil without one.
+    /// - Throws: The CA's error when it cannot be loaded (the rekey then fails and nothing changes).
+    public func hostCA() throws -> HostCA? {
+        switch self.authority {
+        case .none: return nil
+        case .loaded(let ca): return ca
+        case .deferred(let load):
+            let ca = try load()
+            self.authority = .loaded(ca)
+            return ca
+        }
     }
 
     /// A rollback's generation is never below the rolled-back state's + 1.

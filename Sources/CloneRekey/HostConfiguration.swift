@@ -104,25 +104,26 @@ public struct HostConfiguration: Sendable, Hashable {
     ///   - source: The file name for messages.
     /// - Throws: ``HostConfigurationError`` naming the line and key.
     public static func parse(_ bytes: [UInt8], source: String) throws(HostConfigurationError) -> HostConfiguration {
-        guard let text = String(validating: bytes, as: UTF8.self) else {
+        guard String(validating: bytes, as: UTF8.self) != nil else {
             throw HostConfigurationError(file: source, line: nil, key: nil, "is not UTF-8 text")
         }
         var configuration = HostConfiguration()
         configuration.source = source
         var seen: Set<String> = []
-        for (index, rawLine) in text.split(
-            omittingEmptySubsequences: false,
-            whereSeparator: { $0 == "\n" || $0 == "\r\n" }
-        ).enumerated() {
+        // Lines are cut on the bytes (LF, with a CR before it trimmed): cheaper than Character-wise
+        // splitting, and vtpmd reads this file at every start.
+        for (index, rawLine) in bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
+            .enumerated()
+        {
             let lineNumber = index + 1
-            let line = Self.trimmed(Substring(rawLine))
-            if line.isEmpty || line.hasPrefix("#") { continue }
+            let line = Self.trimmed(rawLine)
+            if line.isEmpty || line.first == UInt8(ascii: "#") { continue }
             func fail(_ key: String?, _ message: String) -> HostConfigurationError {
                 HostConfigurationError(file: source, line: lineNumber, key: key, message)
             }
-            guard let equals = line.firstIndex(of: "=") else { throw fail(nil, "expected 'key = value'") }
-            let key = String(Self.trimmed(line[..<equals]))
-            let value = String(Self.trimmed(line[line.index(after: equals)...]))
+            guard let equals = line.firstIndex(of: UInt8(ascii: "=")) else { throw fail(nil, "expected 'key = value'") }
+            let key = String(decoding: Self.trimmed(line[..<equals]), as: UTF8.self)
+            let value = String(decoding: Self.trimmed(line[line.index(after: equals)...]), as: UTF8.self)
             guard !key.isEmpty else { throw fail(nil, "expected 'key = value'") }
             guard Self.keys.contains(key) else {
                 throw fail(key, "unknown key (known: \(Self.keys.sorted().joined(separator: ", ")))")
@@ -172,10 +173,13 @@ public struct HostConfiguration: Sendable, Hashable {
         "vm-id", "vm-id-from", "ca", "registry", "host-key", "on-rollback", "foreign-state",
     ]
 
-    private static func trimmed(_ text: Substring) -> Substring {
-        var slice = text
-        while let first = slice.first, first == " " || first == "\t" || first == "\r" { slice = slice.dropFirst() }
-        while let last = slice.last, last == " " || last == "\t" || last == "\r" { slice = slice.dropLast() }
+    private static func trimmed(_ bytes: ArraySlice<UInt8>) -> ArraySlice<UInt8> {
+        func blank(_ byte: UInt8) -> Bool {
+            byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") || byte == UInt8(ascii: "\r")
+        }
+        var slice = bytes
+        while let first = slice.first, blank(first) { slice = slice.dropFirst() }
+        while let last = slice.last, blank(last) { slice = slice.dropLast() }
         return slice
     }
 

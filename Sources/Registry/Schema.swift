@@ -89,6 +89,15 @@ enum Schema {
     /// The version table. PostgreSQL: the same statement.
     static let versionTable = "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)"
 
+    /// Whether the database is at ``currentVersion`` (a read; false also for a new or damaged database,
+    /// which ``migrate(_:)`` then handles or reports).
+    static func isCurrent(_ db: Database) throws -> Bool {
+        guard try db.tableExists("schema_version") else { return false }
+        let rows = try Row.fetchAll(db, sql: "SELECT version FROM schema_version")
+        guard rows.count == 1 else { return false }
+        return try rows[0].decode(Int64.self, forColumn: "version") == currentVersion
+    }
+
     /// Brings the schema to ``currentVersion`` in one transaction.
     ///
     /// - Throws: ``RegistryError/Code/unsupportedSchemaVersion`` when the database is newer than this

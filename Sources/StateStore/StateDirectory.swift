@@ -76,6 +76,9 @@ public final class StateDirectory {
     public private(set) var permanentWriteGeneration: UInt64? = nil
     /// The write generation of a permanent state staged but not yet committed.
     private var stagedPermanentWrite: UInt64? = nil
+    /// The permanent state (libtpms bytes and identity record) known to be on disk, and the last one staged.
+    private var committedPermanent: (plain: [UInt8], identity: InstanceIdentity?)? = nil
+    private var stagedPermanent: (plain: [UInt8], identity: InstanceIdentity?)? = nil
 
     public init(location: StateLocation, options: Options, logger: Logger) {
         self.location = location
@@ -138,7 +141,10 @@ public final class StateDirectory {
         if ordered.isEmpty { return }
         try self.storage.apply(ordered)
         if let staged = self.stagedPermanentWrite { self.permanentWriteGeneration = staged }
+        if let staged = self.stagedPermanent { self.committedPermanent = staged }
+        if ordered.contains(where: { $0.name == "permall" && $0.contents == nil }) { self.committedPermanent = nil }
         self.stagedPermanentWrite = nil
+        self.stagedPermanent = nil
         if ordered.contains(where: { $0.name == Self.instanceName && $0.contents != nil }) {
             self.instanceMarkerPresent = true
         }
@@ -148,6 +154,7 @@ public final class StateDirectory {
     public func discardStaged() {
         self.staging = nil
         self.stagedPermanentWrite = nil
+        self.stagedPermanent = nil
     }
 
     // MARK: blobs
@@ -186,6 +193,7 @@ public final class StateDirectory {
                 if let identity = info.identity { self.carriedIdentity = identity }
                 if self.staging?.contains(where: { $0.name == blob }) != true {
                     self.permanentWriteGeneration = info.generation
+                    self.committedPermanent = (plain, info.identity)
                 }
                 if let generation = info.generation { self.writeGeneration = max(self.writeGeneration, generation) }
                 self.logger.debug(
@@ -204,12 +212,20 @@ public final class StateDirectory {
     /// directory (a linear file has no room for the marker).
     public func store(_ blob: String, _ plain: [UInt8]) throws(StateStoreError) {
         try self.lock()
+        let identity = blob == "permall" ? (self.carriedIdentity ?? self.identityForNewTPM) : nil
+        if blob == "permall", let committed = self.committedPermanent, committed.plain == plain,
+            committed.identity == identity, self.staging?.contains(where: { $0.name == blob }) != true
+        {
+            // libtpms writes the permanent state at every start even when nothing changed: the file on disk
+            // already holds exactly these bytes (and identity), so there is nothing to make durable.
+            return
+        }
         self.writeGeneration += 1
         let contents = try StateFile.encode(
             plain,
             key: self.options.stateKey,
             generation: self.writeGeneration,
-            identity: blob == "permall" ? (self.carriedIdentity ?? self.identityForNewTPM) : nil
+            identity: identity
         )
         // The marker is looked for once per process (a store happens on every NV write).
         if blob == "permall", self.storage.keepsInstanceMarker, !self.instanceMarkerPresent {
@@ -226,8 +242,10 @@ public final class StateDirectory {
             self.permanentState = plain
             if self.staging != nil {
                 self.stagedPermanentWrite = self.writeGeneration
+                self.stagedPermanent = (plain, identity)
             } else {
                 self.permanentWriteGeneration = self.writeGeneration
+                self.committedPermanent = (plain, identity)
             }
         }
     }
@@ -349,6 +367,7 @@ public final class StateDirectory {
             self.staging?.append((blob, nil))
         } else {
             try self.storage.apply([(blob, nil)])
+            if blob == "permall" { self.committedPermanent = nil }
         }
         return existed
     }

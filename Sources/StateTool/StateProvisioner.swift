@@ -208,7 +208,7 @@ public enum StateProvisioner {
         CloneRekeyCoordinator(
             vmID: vm,
             registry: try registryPath.map(self.openRegistry),
-            ca: ca,
+            ca: ca.map { .loaded($0) } ?? .none,
             creator: "vtpm-state"
         )
     }

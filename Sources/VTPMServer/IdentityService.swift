@@ -75,6 +75,8 @@ final class IdentityService {
     var store: StateDirectory? = nil
     /// The write generation last recorded, so a checkpoint records it only when it moved.
     var recordedStateWrite: UInt64? = nil
+    /// The state's write generation is to be recorded when the server is idle (after an INIT).
+    var stateWriteDue = false
     var lastDecision: String = "none" {
         didSet { self.lastDecisionAt = .now() }
     }
@@ -93,7 +95,8 @@ final class IdentityService {
         self.coordinator = CloneRekeyCoordinator(
             vmID: configuration.vmID,
             registry: self.registry,
-            ca: try configuration.caDirectory.map { try HostCA.loadOrCreate(at: $0) },
+            ca: configuration.caDirectory.map { directory in .deferred({ try HostCA.loadOrCreate(at: directory) }) }
+                ?? .none,
             policy: DecisionPolicy(onRollback: configuration.onRollback, foreignState: configuration.foreignState)
         )
         self.generation = try self.registry.currentGeneration(vmID: configuration.vmID)?.generation ?? 0
@@ -103,6 +106,7 @@ final class IdentityService {
     /// Records the permanent state's write generation as seen committed (at a checkpoint, at a clean
     /// stop, after a decision): off the TPM command path, failures only logged.
     func recordStateWrite() {
+        self.stateWriteDue = false
         guard let write = self.store?.permanentWriteGeneration, write != self.recordedStateWrite else { return }
         do {
             try self.coordinator.recordStateWrite(generation: self.generation, write: write)

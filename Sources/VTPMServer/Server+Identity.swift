@@ -203,7 +203,9 @@ extension Server {
             return .failed(TPMFrame.rcFailure)
         }
         if outcome.rule == .currentAtRest {
-            // Our own current state: nothing to decide (the registry learns its write after the INIT).
+            // Our own current state: nothing to decide (the registry learns its write after the INIT, if
+            // it moved: a start after a clean stop writes nothing).
+            identity.recordedStateWrite = outcome.recordedStateWrite
             self.identityChecked = true
             return .proceed
         }
@@ -267,7 +269,7 @@ extension Server {
         store.beginStaging()
         self.storage.lastFailure = nil
         do {
-            if coordinator.ca != nil {
+            if coordinator.certifies {
                 try self.engine.initialize()
                 let fresh = try self.engine.state(.permanent)
                 self.engine.terminate()
@@ -300,7 +302,7 @@ extension Server {
                 kind: .manufacture,
                 parent: nil,
                 durationMicros: Int64((ProcessControl.monotonicNanoseconds() - started) / 1000),
-                detail: coordinator.ca == nil ? "blank TPM (no CA)" : "provisioned",
+                detail: coordinator.certifies ? "provisioned" : "blank TPM (no CA)",
                 stateWrite: store.permanentWriteGeneration
             )
         } catch {

@@ -153,13 +153,20 @@ public final class Server {
             } else if self.dataListener >= 0 {
                 fds.append((self.dataListener, .readable))
             }
+            // Registry bookkeeping that is due (the write generation after an INIT) waits until nothing
+            // else is: it never delays a reply.
+            let idleWork = self.identity?.stateWriteDue == true
             let ready: [PollEvents]
             do {
-                ready = try pollDescriptors(fds, timeoutMilliseconds: -1)
+                ready = try pollDescriptors(fds, timeoutMilliseconds: idleWork ? 0 : -1)
             } catch {
                 self.logger.error("poll failed: \(error)")
                 self.exitStatus = 1
                 break
+            }
+            if idleWork && ready.allSatisfy(\.isEmpty) {
+                self.identity?.recordStateWrite()
+                continue
             }
             let epoch = self.connectionEpoch
             for (index, entry) in fds.enumerated() where !ready[index].isEmpty {
@@ -317,8 +324,9 @@ public final class Server {
             self.engine.terminate()
             return ControlResult.fail
         }
-        // The state this TPM runs from is the newest committed one (a registry write only when it moved).
-        self.identity?.recordStateWrite()
+        // The state this TPM runs from is the newest committed one: recorded when the loop is idle (a
+        // registry write only when it moved).
+        self.identity?.stateWriteDue = true
         return 0
     }
 }

@@ -12,6 +12,20 @@ struct VTPMD: ParsableCommand {
         abstract: "A TPM 2.0 backend for QEMU, command-line compatible with `swtpm socket`.",
         subcommands: [SocketCommand.self, ChardevCommand.self]
     )
+
+    /// The plain command lines of a VM start are scanned directly (`CommandLineOptions.scan`: half of
+    /// the start-up time otherwise); everything else — help, errors, `--print-*` — goes to ArgumentParser.
+    static func main() {
+        if let (options, chardev) = CommandLineOptions.scan(Array(CommandLine.arguments.dropFirst())) {
+            do {
+                try Launcher.launch(SwtpmOptions.withEnvironment(options), actions: .run, chardev: chardev)
+            } catch {
+                Launcher.fail("\(error)")
+            }
+            return
+        }
+        self.main(nil)
+    }
 }
 
 /// swtpm 0.7's options, shared by `socket` and `chardev`.
@@ -75,6 +89,24 @@ struct SwtpmOptions: ParsableArguments {
     @Flag(name: .customLong("version"), help: "Print the version and exit.")
     var version = false
 
+    /// The process environment vtpmd reads (`TPM_PATH`, `TPM_PORT`, `VTPMD_CONFIG`), added to `options`.
+    static func withEnvironment(_ options: CommandLineOptions) -> CommandLineOptions {
+        var o = options
+        for name in ["TPM_PATH", "TPM_PORT", HostConfiguration.environmentVariable] {
+            if let value = ProcessControl.environment(name) { o.environment[name] = value }
+        }
+        return o
+    }
+
+    /// What `--version`, `--print-capabilities` and `--print-states` ask for instead of running.
+    var actions: Launcher.Actions {
+        Launcher.Actions(
+            version: self.version,
+            printCapabilities: self.printCapabilities,
+            printStates: self.printStates
+        )
+    }
+
     func commandLineOptions() -> CommandLineOptions {
         var o = CommandLineOptions()
         o.tpm2 = self.tpm2
@@ -98,10 +130,7 @@ struct SwtpmOptions: ParsableArguments {
         o.hostKey = self.hostKey
         o.onRollback = self.onRollback
         o.foreignState = self.foreignState
-        for name in ["TPM_PATH", "TPM_PORT", HostConfiguration.environmentVariable] {
-            if let value = ProcessControl.environment(name) { o.environment[name] = value }
-        }
-        return o
+        return Self.withEnvironment(o)
     }
 }
 
@@ -126,7 +155,7 @@ struct SocketCommand: ParsableCommand {
         var options = self.common.commandLineOptions()
         options.server = self.server
         options.port = self.port
-        try Launcher.launch(options, common: self.common, chardev: false)
+        try Launcher.launch(options, actions: self.common.actions, chardev: false)
     }
 }
 
@@ -138,7 +167,7 @@ struct ChardevCommand: ParsableCommand {
     @OptionGroup var common: SwtpmOptions
 
     func run() throws {
-        try Launcher.launch(self.common.commandLineOptions(), common: self.common, chardev: true)
+        try Launcher.launch(self.common.commandLineOptions(), actions: self.common.actions, chardev: true)
     }
 }
 
@@ -148,19 +177,27 @@ enum Launcher {
         ProcessControl.exitNow(1)
     }
 
-    static func launch(_ options: CommandLineOptions, common: SwtpmOptions, chardev: Bool) throws {
-        if common.version {
+    /// What to do besides running: print and exit.
+    struct Actions {
+        var version = false
+        var printCapabilities = false
+        var printStates = false
+        static let run = Actions()
+    }
+
+    static func launch(_ options: CommandLineOptions, actions: Actions, chardev: Bool) throws {
+        if actions.version {
             print(Capabilities.versionText)
             return
         }
-        if common.printCapabilities {
+        if actions.printCapabilities {
             print(Capabilities.json())
             return
         }
         let configuration: ServerConfiguration
         let logSettings: CommandLineOptions.LogSettings?
         do {
-            if common.printStates {
+            if actions.printStates {
                 guard options.tpm2 else { fail("vtpmd implements TPM 2.0 only: add --tpm2") }
                 try printStates(options)
                 return

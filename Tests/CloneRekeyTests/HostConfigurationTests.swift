@@ -132,14 +132,14 @@ import VMIdentity
     @Test func decidesWithTheRegistrysFactsForBlobsAndStatesAtRest() throws {
         try withTemporaryDirectory { dir in
             let registry = try SQLiteRegistry(path: "\(dir)/r.sqlite")
-            let coordinator = CloneRekeyCoordinator(vmID: Self.a, registry: registry, ca: nil)
+            let coordinator = CloneRekeyCoordinator(vmID: Self.a, registry: registry, ca: .none)
             try registry.beginGeneration(vmID: Self.a, reason: .manufacture)
             let checkpoint = try registry.recordCheckpoint(vmID: Self.a, generation: 0)
             let claim = IncomingState.claimed(StateOrigin(vmID: Self.a, generation: 0, checkpoint: checkpoint))
             #expect(try coordinator.decide(claim).decision == .move)
             try registry.markRan(vmID: Self.a, generation: 0)
             #expect(try coordinator.decide(claim).decision == .rollback(rekey: true))
-            let other = CloneRekeyCoordinator(vmID: Self.b, registry: registry, ca: nil)
+            let other = CloneRekeyCoordinator(vmID: Self.b, registry: registry, ca: .none)
             let source = StateOrigin(vmID: Self.a, generation: 0, checkpoint: checkpoint)
             #expect(try other.decide(.claimed(source)).decision == .clone(parent: source))
 
@@ -167,7 +167,7 @@ import VMIdentity
             let keep = CloneRekeyCoordinator(
                 vmID: Self.a,
                 registry: registry,
-                ca: nil,
+                ca: .none,
                 policy: DecisionPolicy(onRollback: .keep, foreignState: .rekey)
             )
             #expect(try keep.decide(atRest(0, 1)).decision == .rollback(rekey: false))
