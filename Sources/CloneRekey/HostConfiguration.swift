@@ -109,7 +109,7 @@ public struct HostConfiguration: Sendable, Hashable {
         }
         var configuration = HostConfiguration()
         configuration.source = source
-        var seen: Set<String> = []
+        var seen: [String] = []
         // Lines are cut on the bytes (LF, with a CR before it trimmed): cheaper than Character-wise
         // splitting, and vtpmd reads this file at every start.
         for (index, rawLine) in bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
@@ -126,9 +126,10 @@ public struct HostConfiguration: Sendable, Hashable {
             let value = String(decoding: Self.trimmed(line[line.index(after: equals)...]), as: UTF8.self)
             guard !key.isEmpty else { throw fail(nil, "expected 'key = value'") }
             guard Self.keys.contains(key) else {
-                throw fail(key, "unknown key (known: \(Self.keys.sorted().joined(separator: ", ")))")
+                throw fail(key, "unknown key (known: \(Self.keys.joined(separator: ", ")))")
             }
-            guard seen.insert(key).inserted else { throw fail(key, "given twice") }
+            guard !seen.contains(key) else { throw fail(key, "given twice") }
+            seen.append(key)
             guard !value.isEmpty else { throw fail(key, "needs a value") }
             switch key {
             case "vm-id":
@@ -169,8 +170,8 @@ public struct HostConfiguration: Sendable, Hashable {
     }
 
     /// The keys a file may hold.
-    public static let keys: Set<String> = [
-        "vm-id", "vm-id-from", "ca", "registry", "host-key", "on-rollback", "foreign-state",
+    public static let keys: [String] = [
+        "ca", "foreign-state", "host-key", "on-rollback", "registry", "vm-id", "vm-id-from",
     ]
 
     private static func trimmed(_ bytes: ArraySlice<UInt8>) -> ArraySlice<UInt8> {

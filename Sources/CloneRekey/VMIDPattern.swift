@@ -14,7 +14,7 @@ public import VMIdentity
 /// placeholder could match in more than one way, the shortest match wins.
 public struct VMIDPattern: Sendable, Hashable, CustomStringConvertible {
     enum Piece: Hashable, Sendable {
-        case literal(Character)
+        case literal(UInt8)
         case anything
         case placeholder
     }
@@ -38,25 +38,30 @@ public struct VMIDPattern: Sendable, Hashable, CustomStringConvertible {
             HostConfigurationError(file: "", line: nil, key: "vm-id-from", message)
         }
         guard text.hasPrefix("/") else { throw fail("'\(text)' is not an absolute path pattern") }
+        // Bytes, not Characters: paths are matched byte by byte (and Character iteration costs start-up time).
         var pieces: [Piece] = []
         var found: Placeholder? = nil
-        var rest = Substring(Self.normalize(text))
-        while let first = rest.first {
-            if first == "{" {
-                guard let close = rest.firstIndex(of: "}") else { throw fail("'\(text)' has an unclosed '{'") }
-                let name = String(rest[rest.index(after: rest.startIndex)..<close])
+        let bytes = Self.normalize(Array(text.utf8))
+        var index = 0
+        while index < bytes.count {
+            let byte = bytes[index]
+            if byte == UInt8(ascii: "{") {
+                guard let close = bytes[index...].firstIndex(of: UInt8(ascii: "}")) else {
+                    throw fail("'\(text)' has an unclosed '{'")
+                }
+                let name = String(decoding: bytes[(index + 1)..<close], as: UTF8.self)
                 guard let placeholder = Placeholder(rawValue: name) else {
                     throw fail("'\(text)' has an unknown placeholder {\(name)} (use {uuid} or {name})")
                 }
                 guard found == nil else { throw fail("'\(text)' has more than one placeholder") }
                 found = placeholder
                 pieces.append(.placeholder)
-                rest = rest[rest.index(after: close)...]
-            } else if first == "}" {
+                index = close + 1
+            } else if byte == UInt8(ascii: "}") {
                 throw fail("'\(text)' has a '}' without '{'")
             } else {
-                pieces.append(first == "*" ? .anything : .literal(first))
-                rest = rest.dropFirst()
+                pieces.append(byte == UInt8(ascii: "*") ? .anything : .literal(byte))
+                index += 1
             }
         }
         guard let found else { throw fail("'\(text)' has no placeholder ({uuid} or {name})") }
@@ -70,7 +75,7 @@ public struct VMIDPattern: Sendable, Hashable, CustomStringConvertible {
     /// The vm-id `path` yields, or nil when the pattern does not match it.
     /// - Parameter path: The state path (relative paths are not matched: make them absolute first).
     public func vmID(forPath path: String) -> VMID? {
-        let chars = Array(Self.normalize(path))
+        let chars = Self.normalize(Array(path.utf8))
         var captured: String? = nil
         guard self.match(0, chars, 0, &captured), let captured else { return nil }
         guard let vm = VMID(captured) else { return nil }
@@ -78,7 +83,7 @@ public struct VMIDPattern: Sendable, Hashable, CustomStringConvertible {
         return vm
     }
 
-    private func match(_ p: Int, _ s: [Character], _ i: Int, _ captured: inout String?) -> Bool {
+    private func match(_ p: Int, _ s: [UInt8], _ i: Int, _ captured: inout String?) -> Bool {
         guard p < self.pieces.count else { return i == s.count }
         switch self.pieces[p] {
         case .literal(let c):
@@ -87,7 +92,7 @@ public struct VMIDPattern: Sendable, Hashable, CustomStringConvertible {
             var j = i
             while true {
                 if self.match(p + 1, s, j, &captured) { return true }
-                guard j < s.count, s[j] != "/" else { return false }
+                guard j < s.count, s[j] != UInt8(ascii: "/") else { return false }
                 j += 1
             }
         case .placeholder:
@@ -95,7 +100,7 @@ public struct VMIDPattern: Sendable, Hashable, CustomStringConvertible {
             while j < s.count, Self.isNameCharacter(s[j]) {
                 j += 1
                 if self.match(p + 1, s, j, &captured) {
-                    captured = String(s[i..<j])
+                    captured = String(decoding: s[i..<j], as: UTF8.self)
                     return true
                 }
             }
@@ -103,16 +108,31 @@ public struct VMIDPattern: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
-    private static func isNameCharacter(_ c: Character) -> Bool {
-        guard let ascii = c.asciiValue else { return false }
-        return (48...57).contains(ascii) || (65...90).contains(ascii) || (97...122).contains(ascii) || c == "."
-            || c == "_" || c == "-"
+    private static func isNameCharacter(_ c: UInt8) -> Bool {
+        (48...57).contains(c) || (65...90).contains(c) || (97...122).contains(c) || c == UInt8(ascii: ".")
+            || c == UInt8(ascii: "_") || c == UInt8(ascii: "-")
     }
 
     /// Removes repeated and trailing slashes and `.` components.
-    static func normalize(_ path: String) -> String {
-        let absolute = path.hasPrefix("/")
-        let parts = path.split(separator: "/", omittingEmptySubsequences: true).filter { $0 != "." }
-        return (absolute ? "/" : "") + parts.joined(separator: "/")
+    static func normalize(_ path: [UInt8]) -> [UInt8] {
+        let slash = UInt8(ascii: "/")
+        var result: [UInt8] = []
+        result.reserveCapacity(path.count)
+        if path.first == slash { result.append(slash) }
+        var component: [UInt8] = []
+        func flush() {
+            guard !component.isEmpty, component != [UInt8(ascii: ".")] else {
+                component.removeAll(keepingCapacity: true)
+                return
+            }
+            if let last = result.last, last != slash { result.append(slash) }
+            result += component
+            component.removeAll(keepingCapacity: true)
+        }
+        for byte in path {
+            if byte == slash { flush() } else { component.append(byte) }
+        }
+        flush()
+        return result
     }
 }
