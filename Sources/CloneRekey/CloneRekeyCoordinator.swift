@@ -402,13 +402,6 @@ public final class CloneRekeyCoordinator {
         }
     }
 
-    /// The newest permanent-state write generation the registry saw committed for the VM's current
-    /// generation (nil without a registry or a record).
-    /// - Throws: ``RegistryError``.
-    public func recordedStateWrite() throws -> UInt64? {
-        try self.registry?.currentGeneration(vmID: self.vmID)?.stateWrite
-    }
-
     /// Records that the permanent state of `generation` was seen committed at `write` (a no-op without a
     /// registry or a write generation).
     /// - Throws: ``RegistryError``.

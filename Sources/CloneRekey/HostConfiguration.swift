@@ -59,7 +59,7 @@ public struct HostConfiguration: Sendable, Hashable {
     ) throws(HostConfigurationError) -> HostConfiguration {
         if let explicitPath { return try self.read(path: explicitPath) }
         if let named = environment[self.environmentVariable], !named.isEmpty { return try self.read(path: named) }
-        if Self.exists(defaultPath) { return try self.read(path: defaultPath) }
+        if try Self.exists(defaultPath) { return try self.read(path: defaultPath) }
         return HostConfiguration()
     }
 
@@ -184,13 +184,22 @@ public struct HostConfiguration: Sendable, Hashable {
         return slice
     }
 
-    private static func exists(_ path: String) -> Bool {
+    /// Whether the default file exists. Only "no such file or directory" counts as absent: a directory
+    /// vtpmd may not read (a `/etc/vtpm` of mode 0750 for a vtpmd running as another user) is an error,
+    /// not a silent "clone-rekey off".
+    private static func exists(_ path: String) throws(HostConfigurationError) -> Bool {
         let slash = path.lastIndex(of: "/")
         let directory = slash.map { path[..<$0].isEmpty ? "/" : String(path[..<$0]) } ?? "."
         let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
-        guard let handle = try? DirectoryHandle.open(directory) else { return false }
-        defer { handle.close() }
-        return (try? handle.status(name)) != nil
+        do {
+            let handle = try DirectoryHandle.open(directory)
+            defer { handle.close() }
+            return try handle.status(name) != nil
+        } catch let error where error.isNotFound {
+            return false
+        } catch {
+            throw HostConfigurationError(file: path, line: nil, key: nil, "cannot read: \(error)")
+        }
     }
 }
 

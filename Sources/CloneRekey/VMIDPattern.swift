@@ -11,7 +11,8 @@ public import VMIdentity
 ///
 /// The pattern must be absolute. Paths are compared after removing repeated and trailing slashes and
 /// `.` components (no symlink is resolved: the path is what the management tool named). Where the
-/// placeholder could match in more than one way, the shortest match wins.
+/// `{name}` placeholder could match in more than one way, the shortest match wins (`{uuid}` always spans
+/// exactly the 36 characters of a UUID).
 public struct VMIDPattern: Sendable, Hashable, CustomStringConvertible {
     enum Piece: Hashable, Sendable {
         case literal(UInt8)
@@ -95,6 +96,13 @@ public struct VMIDPattern: Sendable, Hashable, CustomStringConvertible {
                 guard j < s.count, s[j] != UInt8(ascii: "/") else { return false }
                 j += 1
             }
+        case .placeholder where self.placeholder == .uuid:
+            // A UUID is exactly 36 characters: no shortest-match ambiguity with what follows.
+            guard i + 36 <= s.count, VMID(String(decoding: s[i..<(i + 36)], as: UTF8.self))?.isUUID == true,
+                self.match(p + 1, s, i + 36, &captured)
+            else { return false }
+            captured = String(decoding: s[i..<(i + 36)], as: UTF8.self)
+            return true
         case .placeholder:
             var j = i
             while j < s.count, Self.isNameCharacter(s[j]) {

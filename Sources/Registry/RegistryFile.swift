@@ -68,7 +68,7 @@ enum RegistryFile {
             let handle = try DirectoryHandle.open(directory)
             defer { handle.close() }
             return try handle.status(name)
-        } catch let error as PosixError where error.errno == ENOENT {
+        } catch let error as PosixError where error.isNotFound {
             return nil
         } catch {
             throw RegistryError(.io, "cannot examine the registry \(path): \(error)")

@@ -57,7 +57,7 @@ enum InstanceMarker {
         IdentityRecord.writeOptional(identity.vmID, into: &w)
         w.write(identity.generation)
         IdentityRecord.writeOptional(identity.parent, into: &w)
-        return try StateFile.encode(w.bytes, key: nil, generation: identity.generation + 1)
+        return try StateFile.encode(w.bytes, key: nil, generation: identity.generation &+ 1)
     }
 
     static func decode(_ stored: [UInt8]) throws(StateStoreError) -> InstanceIdentity {
@@ -76,7 +76,7 @@ enum InstanceMarker {
             var identity = InstanceIdentity(vmID: nil, generation: 0, createdAt: created, creator: creator)
             if version >= 2 {
                 identity.vmID = try IdentityRecord.readOptional(&r, what: "instance marker")
-                identity.generation = try r.readUInt64()
+                identity.generation = try IdentityRecord.checkedGeneration(try r.readUInt64(), what: "instance marker")
                 identity.parent = try IdentityRecord.readOptional(&r, what: "instance marker")
             }
             try r.finish()
@@ -122,7 +122,7 @@ enum IdentityRecord {
                 throw StateStoreError(.unsupportedVersion, "identity record version \(version) is unknown")
             }
             let vmID = try self.readOptional(&r, what: "identity record")
-            let generation = try r.readUInt64()
+            let generation = try self.checkedGeneration(try r.readUInt64(), what: "identity record")
             let parent = try self.readOptional(&r, what: "identity record")
             let created = try r.readUInt64()
             let creator = String(decoding: try r.readSized16(max: 255), as: UTF8.self)
@@ -139,6 +139,14 @@ enum IdentityRecord {
         } catch {
             throw StateStoreError(.malformed, "identity record: \(error)")
         }
+    }
+
+    /// Generations are at most `Int64.max` (the registry stores them as BIGINT); a larger one is damage.
+    static func checkedGeneration(_ value: UInt64, what: String) throws(StateStoreError) -> UInt64 {
+        guard value <= UInt64(Int64.max) else {
+            throw StateStoreError(.malformed, "\(what) holds an impossible generation \(value)")
+        }
+        return value
     }
 
     static func writeOptional(_ vmID: VMID?, into w: inout ByteWriter) {

@@ -79,6 +79,8 @@ public final class StateDirectory {
     /// The permanent state (libtpms bytes and identity record) known to be on disk, and the last one staged.
     private var committedPermanent: (plain: [UInt8], identity: InstanceIdentity?)? = nil
     private var stagedPermanent: (plain: [UInt8], identity: InstanceIdentity?)? = nil
+    /// The in-memory view before `beginStaging`, restored by `discardStaged`.
+    private var beforeStaging: (permanentState: [UInt8]?, carriedIdentity: InstanceIdentity?)? = nil
 
     public init(location: StateLocation, options: Options, logger: Logger) {
         self.location = location
@@ -118,7 +120,10 @@ public final class StateDirectory {
     // MARK: staging
 
     /// Starts keeping writes in memory (CMD_INIT).
-    public func beginStaging() { self.staging = [] }
+    public func beginStaging() {
+        self.staging = []
+        self.beforeStaging = (self.permanentState, self.carriedIdentity)
+    }
 
     /// Persists staged writes in order (the instance marker first). A linear file is written
     /// once, with all of them.
@@ -139,7 +144,14 @@ public final class StateDirectory {
         kept.reverse()
         let ordered = kept.filter { $0.name == Self.instanceName } + kept.filter { $0.name != Self.instanceName }
         if ordered.isEmpty { return }
-        try self.storage.apply(ordered)
+        self.beforeStaging = nil
+        do {
+            try self.storage.apply(ordered)
+        } catch {
+            // What is on disk is no longer known (a linear file is rewritten in place).
+            self.committedPermanent = nil
+            throw error
+        }
         if let staged = self.stagedPermanentWrite { self.permanentWriteGeneration = staged }
         if let staged = self.stagedPermanent { self.committedPermanent = staged }
         if ordered.contains(where: { $0.name == "permall" && $0.contents == nil }) { self.committedPermanent = nil }
@@ -155,6 +167,12 @@ public final class StateDirectory {
         self.staging = nil
         self.stagedPermanentWrite = nil
         self.stagedPermanent = nil
+        // What a discarded attempt loaded or stored must not be taken for the stored state later.
+        if let before = self.beforeStaging {
+            self.permanentState = before.permanentState
+            self.carriedIdentity = before.carriedIdentity
+        }
+        self.beforeStaging = nil
     }
 
     // MARK: blobs
@@ -190,10 +208,19 @@ public final class StateDirectory {
             let (plain, info) = try StateFile.decode(stored, key: self.options.stateKey)
             if blob == "permall" {
                 self.permanentState = plain
-                if let identity = info.identity { self.carriedIdentity = identity }
+                if let identity = info.identity {
+                    self.carriedIdentity = identity
+                } else if self.carriedIdentity == nil, let marker = try? self.markerIdentity(), marker.vmID != nil {
+                    // No record (swtpm rewrote the file): the marker's identity is the state's, and the next
+                    // write records it in the file again.
+                    self.carriedIdentity = marker
+                }
                 if self.staging?.contains(where: { $0.name == blob }) != true {
                     self.permanentWriteGeneration = info.generation
-                    self.committedPermanent = (plain, info.identity)
+                    // A rewrite of the same bytes may be skipped only when the file is in the form vtpmd would
+                    // write now: its integrity record, and encrypted exactly when a key is configured.
+                    let current = info.generation != nil && info.encrypted == (self.options.stateKey != nil)
+                    self.committedPermanent = current ? (plain, info.identity) : nil
                 }
                 if let generation = info.generation { self.writeGeneration = max(self.writeGeneration, generation) }
                 self.logger.debug(
@@ -385,7 +412,12 @@ public final class StateDirectory {
         if self.staging != nil {
             self.staging?.append((name, contents))
         } else {
-            try self.storage.apply([(name, contents)])
+            do {
+                try self.storage.apply([(name, contents)])
+            } catch {
+                self.committedPermanent = nil
+                throw error
+            }
         }
     }
 

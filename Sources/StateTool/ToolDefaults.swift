@@ -18,6 +18,13 @@ public enum ToolDefaults {
         }
     }
 
+    /// `--registry`, else the configuration's `registry`, else — when a host configuration exists — vtpmd's
+    /// default (`/var/lib/vtpm/registry.sqlite`), so the tool records where vtpmd looks; nil (no registry)
+    /// without any.
+    public static func registry(_ given: String?, _ host: HostConfiguration) -> String? {
+        given ?? host.registryPath ?? (host.source != nil ? "/var/lib/vtpm/registry.sqlite" : nil)
+    }
+
     /// `--ca`, else the configuration's `ca`.
     /// - Throws: ``StateToolError`` when neither names one.
     public static func caDirectory(_ given: String?, _ host: HostConfiguration) throws -> String {

@@ -267,6 +267,13 @@ public struct CommandLineOptions: Sendable {
         if let vmID {
             guard let parsed = VMID(vmID) else { throw OptionError("--vm-id: '\(vmID)' is not \(VMID.syntax)") }
             vm = parsed
+        } else if host.vmID != nil || host.vmIDFrom != nil, case .connectedDescriptor = c.control {
+            // swtpm_setup's own run (control over the socketpair it passes as clientfd=): it writes its EKs
+            // and certificates itself, so the TPM it manufactures must be a plain one; the VM's first real
+            // start then adopts it (foreign-state) under the host configuration's identity.
+            c.identityNote =
+                "control over an inherited connection (swtpm_setup): the host configuration's "
+                + "clone-rekey is not applied to this run"
         } else if let fixed = host.vmID {
             vm = fixed
         } else if let pattern = host.vmIDFrom {
@@ -315,6 +322,7 @@ public struct CommandLineOptions: Sendable {
         )
         if let onRollback { identity.onRollback = onRollback }
         if let foreignState { identity.foreignState = foreignState }
+        identity.loadCAAtStart = self.runas != nil
         c.identity = identity
     }
 

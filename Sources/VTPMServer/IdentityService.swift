@@ -26,6 +26,9 @@ public struct IdentityConfiguration: Sendable {
     public var hostKeyPath: String
     public var onRollback: RollbackPolicy = .rekey
     public var foreignState: ForeignStatePolicy = .adopt
+    /// Load the host CA at start instead of at the first certificate: needed with `--runas`, whose
+    /// user may not read the CA key (loading it is a measurable part of a start otherwise).
+    public var loadCAAtStart = false
 
     public static let defaultRegistryPath = "/var/lib/vtpm/registry.sqlite"
     public static let defaultHostKeyPath = "/var/lib/vtpm/host.key"
@@ -95,12 +98,19 @@ final class IdentityService {
         self.coordinator = CloneRekeyCoordinator(
             vmID: configuration.vmID,
             registry: self.registry,
-            ca: configuration.caDirectory.map { directory in .deferred({ try HostCA.loadOrCreate(at: directory) }) }
-                ?? .none,
+            ca: try Self.certificateAuthority(configuration),
             policy: DecisionPolicy(onRollback: configuration.onRollback, foreignState: configuration.foreignState)
         )
         self.generation = try self.registry.currentGeneration(vmID: configuration.vmID)?.generation ?? 0
         self.refreshCheckpoint()
+    }
+
+    static func certificateAuthority(
+        _ configuration: IdentityConfiguration
+    ) throws -> CloneRekeyCoordinator.CertificateAuthority {
+        guard let directory = configuration.caDirectory else { return .none }
+        if configuration.loadCAAtStart { return .loaded(try HostCA.loadOrCreate(at: directory)) }
+        return .deferred({ try HostCA.loadOrCreate(at: directory) })
     }
 
     /// Records the permanent state's write generation as seen committed (at a checkpoint, at a clean

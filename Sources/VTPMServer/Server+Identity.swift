@@ -42,7 +42,9 @@ extension Server {
             return TPMFrame.rcFailure
         }
         guard let kind = CloneRekeyCoordinator.RekeyKind(decision) else {
-            // Move, adopt, kept rollback: a plain INIT with the blobs, permanent first (R10).
+            // Move, adopt, kept rollback: a plain INIT with the blobs, permanent first (R10). Its writes are
+            // numbered past what the registry saw committed (a fresh or reused directory starts lower).
+            if let recorded = outcome.recordedStateWrite { store.advanceWriteGeneration(past: recorded) }
             store.beginStaging()
             self.storage.lastFailure = nil
             do {
@@ -127,12 +129,16 @@ extension Server {
             self.logger.error("clone-rekey: \(outcome.decision.name) failed, nothing changed: \(cause)")
             return .failed(TPMFrame.rcFailure)
         }
-        if let problem = result.registryError {
-            // The state is committed; the registry learns the generation from the next claim.
-            self.logger.error("registry: the new generation \(result.generation) was not recorded: \(problem)")
-        }
         identity.generation = result.generation
-        identity.recordedStateWrite = store.permanentWriteGeneration
+        if let problem = result.registryError {
+            // The state is committed; the registry learns the generation from the next claim, and the
+            // state's write generation when the loop is idle.
+            self.logger.error("registry: the new generation \(result.generation) was not recorded: \(problem)")
+            identity.recordedStateWrite = nil
+            identity.stateWriteDue = true
+        } else {
+            identity.recordedStateWrite = store.permanentWriteGeneration
+        }
         identity.refreshCheckpoint()
         identity.checkpointOutstanding = true
         store.identityForNewTPM = nil
@@ -156,13 +162,19 @@ extension Server {
                 currentGeneration: identity.generation,
                 detail: detail
             )
-            if case .move = outcome.decision, let origin = outcome.origin, origin.vmID == identity.vmID {
-                // The state records the generation it arrived with (a migration from a host with its own
-                // registry may bring a newer one), or the next start would take it for an older one.
-                let stored = try store.identity()
-                if stored?.vmID != identity.vmID || stored?.generation != origin.generation {
-                    try store.recordIdentity(InstanceIdentity(vmID: identity.vmID, generation: origin.generation))
-                }
+            // The state now records this VM at the generation it is kept under (a move: the generation it
+            // arrived with; adopt and kept rollback: the current one), whatever the directory's earlier file
+            // or marker said, or the next start would take it for another VM's or an older state.
+            let stored = try store.identity()
+            if stored?.vmID != identity.vmID || stored?.generation != identity.generation {
+                if let recorded = outcome.recordedStateWrite { store.advanceWriteGeneration(past: recorded) }
+                try store.recordIdentity(
+                    InstanceIdentity(
+                        vmID: identity.vmID,
+                        generation: identity.generation,
+                        parent: stored?.vmID == identity.vmID ? stored?.parent : nil
+                    )
+                )
             }
         } catch {
             self.logger.error("registry: \(error)")
@@ -204,8 +216,10 @@ extension Server {
         }
         if outcome.rule == .currentAtRest {
             // Our own current state: nothing to decide (the registry learns its write after the INIT, if
-            // it moved: a start after a clean stop writes nothing).
+            // it moved: a start after a clean stop writes nothing). New writes are numbered past the
+            // registry's record (a file swtpm rewrote has no numbering of its own).
             identity.recordedStateWrite = outcome.recordedStateWrite
+            if let recorded = outcome.recordedStateWrite { store.advanceWriteGeneration(past: recorded) }
             self.identityChecked = true
             return .proceed
         }
@@ -216,9 +230,7 @@ extension Server {
                 // write is numbered past what the registry saw, so the next start finds it current.
                 store.beginStaging()
                 do {
-                    if let recorded = try identity.coordinator.recordedStateWrite() {
-                        store.advanceWriteGeneration(past: recorded)
-                    }
+                    if let recorded = outcome.recordedStateWrite { store.advanceWriteGeneration(past: recorded) }
                     try store.recordIdentity(InstanceIdentity(vmID: identity.vmID, generation: identity.generation))
                     try store.commitStaged()
                 } catch {

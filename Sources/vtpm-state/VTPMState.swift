@@ -239,7 +239,7 @@ extension VTPMState {
                     path: self.state.state,
                     vmID: try ToolDefaults.vmID(self.vmID, host, statePath: self.state.state),
                     caDirectory: self.ca ?? host.caDirectory,
-                    registryPath: self.registry.registry ?? host.registryPath,
+                    registryPath: ToolDefaults.registry(self.registry.registry, host),
                     overwrite: self.overwrite,
                     options: try self.options()
                 )
@@ -277,7 +277,7 @@ extension VTPMState {
                     target: self.to,
                     vmID: try ToolDefaults.vmID(self.vmID, host, statePath: self.to),
                     caDirectory: try ToolDefaults.caDirectory(self.ca.ca, host),
-                    registryPath: self.registry.registry ?? host.registryPath
+                    registryPath: ToolDefaults.registry(self.registry.registry, host)
                 )
                 print(outcome.summary)
             }
@@ -307,7 +307,7 @@ extension VTPMState {
                     path: self.state.state,
                     vmID: self.vmID ?? ToolDefaults.optionalVMID(host, statePath: self.state.state),
                     caDirectory: try ToolDefaults.caDirectory(self.ca.ca, host),
-                    registryPath: self.registry.registry ?? host.registryPath
+                    registryPath: ToolDefaults.registry(self.registry.registry, host)
                 )
                 print(outcome.summary)
             }

@@ -115,6 +115,14 @@ import VMIdentity
         #expect(p.vmID(forPath: "/srv/\(uuid)/tpm2") == nil)
     }
 
+    @Test func aUUIDPlaceholderSpansExactlyOneUUID() throws {
+        let p = try VMIDPattern("/srv/{uuid}-*/tpm")
+        let uuid = "6f1c1a52-3c1e-4a57-9d0e-4f3b2a1c0d9e"
+        #expect(p.vmID(forPath: "/srv/\(uuid)-a/tpm") == VMID(uuid))
+        #expect(p.vmID(forPath: "/srv/\(uuid)/tpm") == nil)
+        #expect(p.vmID(forPath: "/srv/6f1c1a52-a/tpm") == nil)
+    }
+
     @Test func proxmoxVolumesByNumber() throws {
         let dir = try VMIDPattern("/var/lib/vz/images/{name}/vm-*-disk-*.raw")
         #expect(dir.vmID(forPath: "/var/lib/vz/images/101/vm-101-disk-1.raw") == VMID("101"))

@@ -187,6 +187,30 @@ struct CloneRekeyWireTests {
         }
     }
 
+    /// A state that migrated into a fresh directory (its writes there start from nothing) is this VM's current
+    /// state at the next start, although the registry saw the source commit further: not a rollback.
+    @Test func aMigratedStateRestartsAsTheCurrentOne() throws {
+        try withTemporaryDirectory { host in
+            let vm = "0c0c0c0c-0000-4000-8000-0000000000c1"
+            let a = try Node(host, vmID: vm, name: "a")
+            try a.start()
+            _ = try a.tool("tpm2_nvdefine", ["0x1500016", "-C", "o", "-s", "8"])
+            let ek = try a.ekPublic(host)
+            let outgoing = try a.blobs()
+            #expect(try a.control().result(.shutdown) == 0)
+            #expect(a.daemon.waitForExit() == 0)
+            let b = try Node(host, vmID: vm, name: "b")
+            #expect(try b.load(outgoing) == 0)
+            #expect(b.logText.contains("decision=move"), "\(b.logText)")
+            #expect(try b.control().result(.shutdown) == 0)
+            #expect(b.daemon.waitForExit() == 0)
+            let again = try Node(host, vmID: vm, name: "b")
+            try again.start()
+            #expect(!again.logText.contains("decision=rollback"), "\(again.logText)")
+            #expect(try again.ekPublic(host) == ek)
+        }
+    }
+
     @Test func rollbackKeepPolicyKeepsTheEK() throws {
         try withTemporaryDirectory { host in
             let a = try Node(

@@ -323,6 +323,31 @@ struct HostConfigurationIdentityTests {
         }
     }
 
+    /// libvirt's first start runs swtpm_setup on the VM's path (with vtpmd in swtpm's place): that run stays a
+    /// plain TPM, so swtpm_setup's own EK certificate can be written; the VM's first start adopts the state.
+    @Test func swtpmSetupsRunIsPlainAndTheFirstStartAdoptsIt() throws {
+        try withTemporaryDirectory { dir in
+            let host = try Host(dir)
+            let state = host.libvirtState(Self.vmA)
+            try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
+            let setup = try runCommand(
+                "swtpm_setup",
+                [
+                    "--tpm2", "--tpm", "\(Binaries.vtpmd) socket", "--tpmstate", state, "--create-ek-cert",
+                    "--overwrite",
+                ],
+                environment: host.env
+            )
+            #expect(setup.status == 0, "\(setup.output)")
+            #expect(!FileManager.default.fileExists(atPath: "\(dir)/registry.sqlite"))
+            let setupCertificate = try host.ekCertificate("dir=\(state)")
+            #expect(setupCertificate.vmID == nil)
+            let identity = try host.initAndStop("vm-a", daemon: try host.libvirt(Self.vmA, name: "vm-a"))
+            #expect(identity["vm_id"] as? String == Self.vmA && identity["last_decision"] as? String == "adopt")
+            #expect(try host.ekCertificate("dir=\(state)").serialNumber == setupCertificate.serialNumber)
+        }
+    }
+
     @Test(
         arguments: [
             ("bogus = 1\n", "vtpmd.conf:1: bogus: unknown key"),
