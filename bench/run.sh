@@ -425,6 +425,20 @@ fmt() { if [[ $1 == "-" ]]; then echo "-"; else printf "%.${2:-0}f" "$1"; fi; }
         printf '%-44s %10s %10s %10s %12s %12s\n' "$label" "$(fmt "$f" "$prec")" "$(fmt "$w" "$prec")" \
             "$(fmt "$v" "$prec")" "$(ratio "$v" "$w")" "$(ratio "$v" "$f")"
     done
+    if [[ " ${ACTIVE[*]} " == *" vtpmd-config "* ]]; then
+        echo
+        echo "vtpmd-config: swtpm's command line + --config (vm-id-from the state path, host CA, registry, host key)"
+        printf '%-44s %10s %10s %14s %14s\n' metric swtpm config config/swtpm config/vtpmd
+        for m in "spawn-to-first-response, existing state (ms)|SPAWN_E_V" \
+                 "spawn-to-first-response, fresh state (ms)|SPAWN_F_V"; do
+            IFS='|' read -r label arrname <<< "$m"
+            w=$(med "$arrname" swtpm); v=$(med "$arrname" vtpmd); c=$(med "$arrname" vtpmd-config)
+            printf '%-44s %10s %10s %14s %14s\n' "$label" "$(fmt "$w" 2)" "$(fmt "$c" 2)" "$(ratio "$c" "$w")" \
+                "$(ratio "$c" "$v")"
+        done
+        echo "(fresh state: vtpmd-config provisions the TPM - EKs, EK certificates, identity indices - which swtpm"
+        echo " leaves to swtpm_setup; existing state: the decision at start, registry and host key included)"
+    fi
 } | tee -a "$RESULTS"
 
 # ---------------------------------------------------------------- clone-rekey and savevm
