@@ -52,7 +52,7 @@ public final class SQLiteRegistry: RegistryStore {
         try Self.mapErrors("migrate", path: path) {
             // A registry at the current version (every start but the first after an upgrade) needs no
             // write transaction; the migration re-checks the version inside its own.
-            let current = try self.queue.read { db in try Schema.isCurrent(db) }
+            let current = try self.queue.read { db in Schema.isCurrent(db) }
             if !current { try self.queue.write { db in try Schema.migrate(db) } }
         }
     }

@@ -91,11 +91,12 @@ enum Schema {
 
     /// Whether the database is at ``currentVersion`` (a read; false also for a new or damaged database,
     /// which ``migrate(_:)`` then handles or reports).
-    static func isCurrent(_ db: Database) throws -> Bool {
-        guard try db.tableExists("schema_version") else { return false }
-        let rows = try Row.fetchAll(db, sql: "SELECT version FROM schema_version")
-        guard rows.count == 1 else { return false }
-        return try rows[0].decode(Int64.self, forColumn: "version") == currentVersion
+    static func isCurrent(_ db: Database) -> Bool {
+        // A plain SELECT (GRDB's tableExists loads the whole schema): a missing table is an error, i.e. false.
+        guard let rows = try? Row.fetchAll(db, sql: "SELECT version FROM schema_version"), rows.count == 1 else {
+            return false
+        }
+        return (try? rows[0].decode(Int64.self, forColumn: "version")) == currentVersion
     }
 
     /// Brings the schema to ``currentVersion`` in one transaction.

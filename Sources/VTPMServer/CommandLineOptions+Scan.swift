@@ -16,7 +16,7 @@ extension CommandLineOptions {
         guard let subcommand = arguments.first, subcommand == "socket" || subcommand == "chardev" else { return nil }
         let chardev = subcommand == "chardev"
         var options = CommandLineOptions()
-        var seen: Set<String> = []
+        var seen: [String] = []
         var index = 1
         while index < arguments.count {
             let argument = arguments[index]
@@ -29,14 +29,15 @@ extension CommandLineOptions {
                     inlineValue = String(name[name.index(after: equals)...])
                     name = String(name[..<equals])
                 }
-            } else if argument.count == 2, argument.hasPrefix("-"), let short = Self.shortNames[argument] {
+            } else if let short = Self.longName(ofShort: argument) {
                 name = short
             } else {
                 return nil
             }
             if chardev && (name == "server" || name == "port") { return nil }
-            guard seen.insert(name).inserted else { return nil }
-            if Self.flagNames.contains(name) {
+            guard !seen.contains(name) else { return nil }
+            seen.append(name)
+            if name == "tpm2" || name == "daemon" || name == "terminate" {
                 guard inlineValue == nil else { return nil }
                 switch name {
                 case "tpm2": options.tpm2 = true
@@ -45,7 +46,6 @@ extension CommandLineOptions {
                 }
                 continue
             }
-            guard Self.valueNames.contains(name) else { return nil }
             let value: String
             if let inlineValue {
                 value = inlineValue
@@ -87,12 +87,15 @@ extension CommandLineOptions {
         return (options, chardev)
     }
 
-    private static let flagNames: Set<String> = ["tpm2", "daemon", "terminate"]
-    private static let shortNames: [String: String] = [
-        "-p": "port", "-f": "fd", "-r": "runas", "-d": "daemon", "-t": "terminate",
-    ]
-    private static let valueNames: Set<String> = [
-        "tpmstate", "ctrl", "server", "flags", "pid", "log", "locality", "key", "migration-key", "seccomp", "runas",
-        "config", "vm-id", "ca", "registry", "host-key", "on-rollback", "foreign-state", "fd", "port",
-    ]
+    /// `-p` and friends (no Dictionary or Set: this runs at every start, and their first use costs time).
+    private static func longName(ofShort argument: String) -> String? {
+        switch argument {
+        case "-p": return "port"
+        case "-f": return "fd"
+        case "-r": return "runas"
+        case "-d": return "daemon"
+        case "-t": return "terminate"
+        default: return nil
+        }
+    }
 }
