@@ -70,9 +70,7 @@ public struct HostConfiguration: Sendable, Hashable {
         guard !path.isEmpty else { throw HostConfigurationError(file: path, line: nil, key: nil, "empty file name") }
         let bytes: [UInt8]
         do {
-            let slash = path.lastIndex(of: "/")
-            let directory = slash.map { path[..<$0].isEmpty ? "/" : String(path[..<$0]) } ?? "."
-            let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
+            let (directory, name) = splitPath(path)
             let handle = try DirectoryHandle.open(directory)
             defer { handle.close() }
             guard let status = try handle.status(name) else {
@@ -188,9 +186,7 @@ public struct HostConfiguration: Sendable, Hashable {
     /// vtpmd may not read (a `/etc/vtpm` of mode 0750 for a vtpmd running as another user) is an error,
     /// not a silent "clone-rekey off".
     private static func exists(_ path: String) throws(HostConfigurationError) -> Bool {
-        let slash = path.lastIndex(of: "/")
-        let directory = slash.map { path[..<$0].isEmpty ? "/" : String(path[..<$0]) } ?? "."
-        let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
+        let (directory, name) = splitPath(path)
         do {
             let handle = try DirectoryHandle.open(directory)
             defer { handle.close() }

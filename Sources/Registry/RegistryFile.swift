@@ -61,9 +61,7 @@ enum RegistryFile {
 
     /// The status of `path` itself (a symlink is not followed), or nil if nothing is there.
     private static func status(_ path: String) throws -> FileStatus? {
-        let slash = path.lastIndex(of: "/")
-        let directory = slash.map { path[..<$0].isEmpty ? "/" : String(path[..<$0]) } ?? "."
-        let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
+        let (directory, name) = splitPath(path)
         do {
             let handle = try DirectoryHandle.open(directory)
             defer { handle.close() }

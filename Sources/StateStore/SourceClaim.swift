@@ -168,9 +168,7 @@ public struct HostKey: Sendable, CustomStringConvertible {
     /// Loads `path`, or creates it (0600, atomically) when it does not exist. The file must be a
     /// regular file of ours that nobody else can read or write.
     public static func loadOrCreate(path: String) throws(StateStoreError) -> HostKey {
-        let slash = path.lastIndex(of: "/")
-        let dirPath = slash.map { path[..<$0].isEmpty ? "/" : String(path[..<$0]) } ?? "."
-        let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
+        let (dirPath, name) = splitPath(path)
         let dir: DirectoryHandle
         do { dir = try DirectoryHandle.open(dirPath) } catch {
             throw StateStoreError(.io, "host key directory: \(error)")

@@ -334,11 +334,17 @@ package func writeSmallFile(path: String, contents: [UInt8], mode: UInt32) throw
     try writeAll(fd: fd, contents, object: path)
 }
 
+/// `path` as the directory to open and the name inside it (`"/a/b"` → `("/a", "b")`, `"b"` → `(".", "b")`), for
+/// the `*at` calls that never re-resolve the last component.
+package func splitPath(_ path: String) -> (directory: String, name: String) {
+    guard let slash = path.lastIndex(of: "/") else { return (".", path) }
+    let directory = path[..<slash].isEmpty ? "/" : String(path[..<slash])
+    return (directory, String(path[path.index(after: slash)...]))
+}
+
 /// Reads a whole file by path (key files, passphrase files), without following a final symlink.
 package func readWholeFile(path: String, maxSize: Int) throws -> [UInt8] {
-    let slash = path.lastIndex(of: "/")
-    let dirPath = slash.map { path[..<$0].isEmpty ? "/" : String(path[..<$0]) } ?? "."
-    let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
+    let (dirPath, name) = splitPath(path)
     let dir = try DirectoryHandle.open(dirPath)
     defer { dir.close() }
     guard let bytes = try dir.readFile(name, maxSize: maxSize, strictMode: false) else {
