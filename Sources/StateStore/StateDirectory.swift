@@ -71,14 +71,22 @@ public final class StateDirectory {
     private var carriedIdentity: InstanceIdentity? = nil
     /// The plain permanent state as last loaded or stored.
     public private(set) var permanentState: [UInt8]? = nil
+    /// What this process knows of a permanent-state file.
+    private struct PermanentFile {
+        var plain: [UInt8]
+        var identity: InstanceIdentity?
+        /// The integrity record's write generation; nil for a file written by swtpm.
+        var writeGeneration: UInt64?
+        /// The file is in the form vtpmd would write now (its integrity record, encrypted exactly when a key
+        /// is configured, intact), so a rewrite of the same bytes and identity may be skipped.
+        var inCurrentForm: Bool
+    }
+    /// The permanent state on disk (as loaded, or as last committed by this process), and the last one staged.
+    private var committedPermanent: PermanentFile? = nil
+    private var stagedPermanent: PermanentFile? = nil
     /// The write generation (integrity record) of the permanent state on disk: as loaded, or as last
     /// committed by this process; nil before either, or for a file written by swtpm.
-    public private(set) var permanentWriteGeneration: UInt64? = nil
-    /// The write generation of a permanent state staged but not yet committed.
-    private var stagedPermanentWrite: UInt64? = nil
-    /// The permanent state (libtpms bytes and identity record) known to be on disk, and the last one staged.
-    private var committedPermanent: (plain: [UInt8], identity: InstanceIdentity?)? = nil
-    private var stagedPermanent: (plain: [UInt8], identity: InstanceIdentity?)? = nil
+    public var permanentWriteGeneration: UInt64? { self.committedPermanent?.writeGeneration }
     /// The in-memory view before `beginStaging`, restored by `discardStaged`.
     private var beforeStaging: (permanentState: [UInt8]?, carriedIdentity: InstanceIdentity?)? = nil
 
@@ -149,13 +157,12 @@ public final class StateDirectory {
             try self.storage.apply(ordered)
         } catch {
             // What is on disk is no longer known (a linear file is rewritten in place).
-            self.committedPermanent = nil
+            self.committedPermanent?.inCurrentForm = false
+            self.stagedPermanent = nil
             throw error
         }
-        if let staged = self.stagedPermanentWrite { self.permanentWriteGeneration = staged }
         if let staged = self.stagedPermanent { self.committedPermanent = staged }
         if ordered.contains(where: { $0.name == "permall" && $0.contents == nil }) { self.committedPermanent = nil }
-        self.stagedPermanentWrite = nil
         self.stagedPermanent = nil
         if ordered.contains(where: { $0.name == Self.instanceName && $0.contents != nil }) {
             self.instanceMarkerPresent = true
@@ -165,7 +172,6 @@ public final class StateDirectory {
     /// Drops staged writes; the storage stays as it was.
     public func discardStaged() {
         self.staging = nil
-        self.stagedPermanentWrite = nil
         self.stagedPermanent = nil
         // What a discarded attempt loaded or stored must not be taken for the stored state later.
         if let before = self.beforeStaging {
@@ -216,11 +222,12 @@ public final class StateDirectory {
                     self.carriedIdentity = marker
                 }
                 if self.staging?.contains(where: { $0.name == blob }) != true {
-                    self.permanentWriteGeneration = info.generation
-                    // A rewrite of the same bytes may be skipped only when the file is in the form vtpmd would
-                    // write now: its integrity record, and encrypted exactly when a key is configured.
-                    let current = info.generation != nil && info.encrypted == (self.options.stateKey != nil)
-                    self.committedPermanent = current ? (plain, info.identity) : nil
+                    self.committedPermanent = PermanentFile(
+                        plain: plain,
+                        identity: info.identity,
+                        writeGeneration: info.generation,
+                        inCurrentForm: info.generation != nil && info.encrypted == (self.options.stateKey != nil)
+                    )
                 }
                 if let generation = info.generation { self.writeGeneration = max(self.writeGeneration, generation) }
                 self.logger.debug(
@@ -240,8 +247,9 @@ public final class StateDirectory {
     public func store(_ blob: String, _ plain: [UInt8]) throws(StateStoreError) {
         try self.lock()
         let identity = blob == "permall" ? (self.carriedIdentity ?? self.identityForNewTPM) : nil
-        if blob == "permall", let committed = self.committedPermanent, committed.plain == plain,
-            committed.identity == identity, self.staging?.contains(where: { $0.name == blob }) != true
+        if blob == "permall", let committed = self.committedPermanent, committed.inCurrentForm,
+            committed.plain == plain, committed.identity == identity,
+            self.staging?.contains(where: { $0.name == blob }) != true
         {
             // libtpms writes the permanent state at every start even when nothing changed: the file on disk
             // already holds exactly these bytes (and identity), so there is nothing to make durable.
@@ -267,12 +275,16 @@ public final class StateDirectory {
         try self.put(blob, contents)
         if blob == "permall" {
             self.permanentState = plain
+            let file = PermanentFile(
+                plain: plain,
+                identity: identity,
+                writeGeneration: self.writeGeneration,
+                inCurrentForm: true
+            )
             if self.staging != nil {
-                self.stagedPermanentWrite = self.writeGeneration
-                self.stagedPermanent = (plain, identity)
+                self.stagedPermanent = file
             } else {
-                self.permanentWriteGeneration = self.writeGeneration
-                self.committedPermanent = (plain, identity)
+                self.committedPermanent = file
             }
         }
     }
@@ -415,7 +427,7 @@ public final class StateDirectory {
             do {
                 try self.storage.apply([(name, contents)])
             } catch {
-                self.committedPermanent = nil
+                self.committedPermanent?.inCurrentForm = false
                 throw error
             }
         }
