@@ -19,21 +19,26 @@ public final class CloneRekeyCoordinator {
         case clone
         /// An older state of this VM.
         case rollback
-        /// State without an identity, rekeyed (`foreign-state = rekey`), or an operator's rekey.
+        /// An operator's rekey (`vtpm-state rekey`).
         case rekey
+        /// State without an identity, rekeyed (`foreign-state = rekey`): recorded as a rekey, named
+        /// `rekey-foreign` in the history event as the decision is.
+        case rekeyForeign = "rekey-foreign"
 
         /// The decision's kind; nil for decisions that do not rekey.
         public init?(_ decision: Decision) {
             switch decision {
             case .clone: self = .clone
             case .rollback(rekey: true): self = .rollback
-            case .rekeyForeign: self = .rekey
+            case .rekeyForeign: self = .rekeyForeign
             default: return nil
             }
         }
 
-        var reason: Generation.Reason { Generation.Reason(rawValue: self.rawValue) }
-        var eventKind: LineageEvent.Kind { LineageEvent.Kind(rawValue: self.rawValue) }
+        var reason: Generation.Reason { self == .rekeyForeign ? .rekey : Generation.Reason(rawValue: self.rawValue) }
+        var eventKind: LineageEvent.Kind {
+            self == .rekeyForeign ? .rekey : LineageEvent.Kind(rawValue: self.rawValue)
+        }
     }
 
     /// Which EKs get a certificate (both EKs always exist: they are derived from the seed).
@@ -201,7 +206,7 @@ public final class CloneRekeyCoordinator {
             permanentState: permanentState,
             volatileState: volatileState,
             historyEvent: RekeyProcedure.historyEvent(
-                kind: kind == .rekey && parent == nil ? "rekey-foreign" : kind.rawValue,
+                kind: kind.rawValue,
                 source: parent?.description ?? "",
                 vmID: vmID.description,
                 generation: generation
