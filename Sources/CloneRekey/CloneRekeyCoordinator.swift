@@ -368,17 +368,19 @@ public final class CloneRekeyCoordinator {
     ///   - currentGeneration: The VM's generation before the decision.
     ///   - detail: Free text for the lineage event.
     /// - Throws: ``RegistryError``.
+    @discardableResult
     public func recordKept(
         _ decision: Decision,
         origin: StateOrigin?,
         currentGeneration: UInt64,
         detail: String
     ) throws -> UInt64 {
+        let kept = self.keptGeneration(decision, origin: origin, currentGeneration: currentGeneration)
         switch decision {
         case .move:
-            guard let origin, origin.vmID == self.vmID else { return origin?.generation ?? currentGeneration }
+            guard let origin, origin.vmID == self.vmID else { return kept }
             try self.registry?.recordArrival(origin)
-            return origin.generation
+            return kept
         case .adopt:
             if let registry = self.registry {
                 if try registry.currentGeneration(vmID: self.vmID) == nil {
@@ -396,15 +398,22 @@ public final class CloneRekeyCoordinator {
                     )
                 }
             }
-            return currentGeneration
+            return kept
         default:
             try self.registry?.appendEvent(
                 vmID: self.vmID,
                 generation: currentGeneration,
                 LineageEventDraft(kind: .rollback, source: origin, detail: detail)
             )
-            return currentGeneration
+            return kept
         }
+    }
+
+    /// The generation a state kept by `decision` belongs to: the one a move of this VM's state arrived
+    /// with, else the VM's current one.
+    public func keptGeneration(_ decision: Decision, origin: StateOrigin?, currentGeneration: UInt64) -> UInt64 {
+        if case .move = decision, let origin, origin.vmID == self.vmID { return origin.generation }
+        return currentGeneration
     }
 
     /// Records that the permanent state of `generation` was seen committed at `write` (a no-op without a

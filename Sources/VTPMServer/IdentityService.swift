@@ -126,6 +126,20 @@ final class IdentityService {
         }
     }
 
+    /// The state now belongs to a new generation (a rekey, a new TPM), committed to disk. When the registry
+    /// recorded it, the state's write generation was recorded with it; otherwise that record is due when
+    /// the server is idle.
+    func enterGeneration(_ generation: UInt64, registryRecorded: Bool) {
+        self.generation = generation
+        if registryRecorded {
+            self.recordedStateWrite = self.store?.permanentWriteGeneration
+        } else {
+            self.recordedStateWrite = nil
+            self.stateWriteDue = true
+        }
+        self.refreshCheckpoint()
+    }
+
     /// Re-reads the latest checkpoint of the current generation (at start and after a decision).
     func refreshCheckpoint() {
         self.currentCheckpoint = nil

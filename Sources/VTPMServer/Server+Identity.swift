@@ -36,15 +36,14 @@ extension Server {
         let decision = outcome.decision
         let origin = outcome.origin
         identity.lastDecision = decision.name
+        self.numberWritesPastTheRegistry(outcome, store: store)
         if case .reject(let reason) = decision {
             self.logDecision(outcome, generation: identity.generation, started: started)
             self.logger.error("clone-rekey: incoming state refused: \(reason)")
             return TPMFrame.rcFailure
         }
         guard let kind = CloneRekeyCoordinator.RekeyKind(decision) else {
-            // Move, adopt, kept rollback: a plain INIT with the blobs, permanent first (R10). Its writes are
-            // numbered past what the registry saw committed (a fresh or reused directory starts lower).
-            if let recorded = outcome.recordedStateWrite { store.advanceWriteGeneration(past: recorded) }
+            // Move, adopt, kept rollback: a plain INIT with the blobs, permanent first (R10).
             store.beginStaging()
             self.storage.lastFailure = nil
             do {
@@ -61,7 +60,12 @@ extension Server {
                 self.logger.error("CMD_INIT failed: \(self.storage.lastFailure?.message ?? "\(error)")")
                 return error.result == 0 ? ControlResult.fail : error.result
             }
-            self.recordKept(outcome, identity: identity, store: store, detail: "incoming state blobs")
+            do {
+                try self.recordKept(outcome, identity: identity, store: store, detail: "incoming state blobs")
+            } catch {
+                // The TPM runs the state; the next start decides on what the disk then records.
+                self.logger.error("clone-rekey: recording the kept state's identity failed: \(error)")
+            }
             if case .move = decision, let origin, origin.vmID == identity.vmID {
                 // Until it runs, the TPM is in exactly the state of that checkpoint.
                 identity.currentCheckpoint = origin.checkpoint
@@ -129,17 +133,11 @@ extension Server {
             self.logger.error("clone-rekey: \(outcome.decision.name) failed, nothing changed: \(cause)")
             return .failed(TPMFrame.rcFailure)
         }
-        identity.generation = result.generation
         if let problem = result.registryError {
-            // The state is committed; the registry learns the generation from the next claim, and the
-            // state's write generation when the loop is idle.
+            // The state is committed; the registry learns the generation from the next claim.
             self.logger.error("registry: the new generation \(result.generation) was not recorded: \(problem)")
-            identity.recordedStateWrite = nil
-            identity.stateWriteDue = true
-        } else {
-            identity.recordedStateWrite = store.permanentWriteGeneration
         }
-        identity.refreshCheckpoint()
+        identity.enterGeneration(result.generation, registryRecorded: result.registryError == nil)
         identity.checkpointOutstanding = true
         store.identityForNewTPM = nil
         self.identityChecked = true
@@ -147,40 +145,52 @@ extension Server {
         return volatile == nil ? .proceed : .done
     }
 
-    /// Records a decision that kept the endorsement identity (and a directory that recorded another
-    /// identity, e.g. a migration into a reused directory, records ours).
+    /// Records a decision that kept the endorsement identity. The disk first: the state records this VM at
+    /// the generation it is kept under (a move: the generation it arrived with; adopt and kept rollback: the
+    /// current one), whatever the directory's earlier file or marker said, or the next start would take it
+    /// for another VM's or an older state. Then the registry (its errors are logged).
+    /// - Throws: The storage's error when the identity cannot be recorded; the registry is then not touched.
     func recordKept(
         _ outcome: CloneRekeyCoordinator.DecisionOutcome,
         identity: IdentityService,
         store: StateDirectory,
         detail: String
-    ) {
+    ) throws(StateStoreError) {
+        let generation = identity.coordinator.keptGeneration(
+            outcome.decision,
+            origin: outcome.origin,
+            currentGeneration: identity.generation
+        )
+        let stored = try store.identity()
+        if stored?.vmID != identity.vmID || stored?.generation != generation {
+            try store.recordIdentity(
+                InstanceIdentity(
+                    vmID: identity.vmID,
+                    generation: generation,
+                    parent: stored?.vmID == identity.vmID ? stored?.parent : nil
+                )
+            )
+        }
         do {
-            identity.generation = try identity.coordinator.recordKept(
+            try identity.coordinator.recordKept(
                 outcome.decision,
                 origin: outcome.origin,
                 currentGeneration: identity.generation,
                 detail: detail
             )
-            // The state now records this VM at the generation it is kept under (a move: the generation it
-            // arrived with; adopt and kept rollback: the current one), whatever the directory's earlier file
-            // or marker said, or the next start would take it for another VM's or an older state.
-            let stored = try store.identity()
-            if stored?.vmID != identity.vmID || stored?.generation != identity.generation {
-                if let recorded = outcome.recordedStateWrite { store.advanceWriteGeneration(past: recorded) }
-                try store.recordIdentity(
-                    InstanceIdentity(
-                        vmID: identity.vmID,
-                        generation: identity.generation,
-                        parent: stored?.vmID == identity.vmID ? stored?.parent : nil
-                    )
-                )
-            }
         } catch {
             self.logger.error("registry: \(error)")
         }
+        identity.generation = generation
         identity.refreshCheckpoint()
         identity.recordStateWrite()
+    }
+
+    /// Numbers the state's next writes past the newest the registry saw committed for this VM's current
+    /// generation, whatever the decision: a state kept in a fresh or reused directory, or one swtpm
+    /// rewrote, has a lower numbering of its own, and would otherwise look older at the next start.
+    func numberWritesPastTheRegistry(_ outcome: CloneRekeyCoordinator.DecisionOutcome, store: StateDirectory) {
+        if let recorded = outcome.recordedStateWrite { store.advanceWriteGeneration(past: recorded) }
     }
 
     /// First CMD_INIT (or start with not-need-init) with clone-rekey on: the state found at rest goes
@@ -214,32 +224,28 @@ extension Server {
             self.logger.error("clone-rekey: cannot decide on the stored state: \(error)")
             return .failed(TPMFrame.rcFailure)
         }
+        self.numberWritesPastTheRegistry(outcome, store: store)
         if outcome.rule == .currentAtRest {
             // Our own current state: nothing to decide (the registry learns its write after the INIT, if
-            // it moved: a start after a clean stop writes nothing). New writes are numbered past the
-            // registry's record (a file swtpm rewrote has no numbering of its own).
+            // it moved: a start after a clean stop writes nothing).
             identity.recordedStateWrite = outcome.recordedStateWrite
-            if let recorded = outcome.recordedStateWrite { store.advanceWriteGeneration(past: recorded) }
             self.identityChecked = true
             return .proceed
         }
         identity.lastDecision = outcome.decision.name
         guard let kind = CloneRekeyCoordinator.RekeyKind(outcome.decision) else {
-            if outcome.decision == .adopt || outcome.decision == .rollback(rekey: false) {
-                // Taken over as this VM's current state: it records the current generation, and its next
-                // write is numbered past what the registry saw, so the next start finds it current.
-                store.beginStaging()
-                do {
-                    if let recorded = outcome.recordedStateWrite { store.advanceWriteGeneration(past: recorded) }
-                    try store.recordIdentity(InstanceIdentity(vmID: identity.vmID, generation: identity.generation))
-                    try store.commitStaged()
-                } catch {
-                    store.discardStaged()
-                    self.logger.error("clone-rekey: taking over the stored state failed: \(error)")
-                    return .failed(TPMFrame.rcFailure)
-                }
+            // Move, adopt, kept rollback: taken over as this VM's current state.
+            do {
+                try self.recordKept(
+                    outcome,
+                    identity: identity,
+                    store: store,
+                    detail: "state at rest (\(outcome.rule))"
+                )
+            } catch {
+                self.logger.error("clone-rekey: taking over the stored state failed: \(error)")
+                return .failed(TPMFrame.rcFailure)
             }
-            self.recordKept(outcome, identity: identity, store: store, detail: "state at rest (\(outcome.rule))")
             self.identityChecked = true
             self.logDecision(outcome, generation: identity.generation, started: started)
             return .proceed
@@ -308,6 +314,7 @@ extension Server {
             )
             return .failed(TPMFrame.rcFailure)
         }
+        var registryRecorded = true
         do {
             try coordinator.recordGeneration(
                 generation,
@@ -318,11 +325,10 @@ extension Server {
                 stateWrite: store.permanentWriteGeneration
             )
         } catch {
+            registryRecorded = false
             self.logger.error("registry: the new TPM's generation \(generation) was not recorded: \(error)")
         }
-        identity.generation = generation
-        identity.recordedStateWrite = store.permanentWriteGeneration
-        identity.refreshCheckpoint()
+        identity.enterGeneration(generation, registryRecorded: registryRecorded)
         self.identityChecked = true
         let micros = (ProcessControl.monotonicNanoseconds() - started) / 1000
         self.logger.notice(
