@@ -59,32 +59,13 @@ struct GuestHostConfigurationTests {
 
         // The same state read on the host: the certificate the guest read names the VM of the path and
         // certifies the EK the guest created.
-        let port = try freePortPair()
-        let plain = try Daemon(
-            Binaries.vtpmd,
-            [
-                "socket", "--tpm2", "--tpmstate", "dir=\(state)", "--server", "type=tcp,port=\(port)",
-                "--ctrl", "type=tcp,port=\(port + 1)", "--flags", "not-need-init,startup-clear",
-            ],
-            waitForPort: port
-        )
-        let tcti = ["TPM2TOOLS_TCTI": "swtpm:host=127.0.0.1,port=\(port)"]
-        let read = try runCommand("tpm2_nvread", ["0x1c00002", "-o", "\(root)/ek.der"], environment: tcti)
-        let created = try runCommand(
-            "tpm2_createek",
-            ["-c", "\(root)/ek.ctx", "-G", "rsa", "-u", "\(root)/ek.pub"],
-            environment: tcti
-        )
-        _ = plain.stop()
-        #expect(read.status == 0 && created.status == 0, "\(read.output) \(created.output)")
-        let der = try #require(fileBytes("\(root)/ek.der"))
-        let ekPublic = try #require(fileBytes("\(root)/ek.pub"))
-        #expect(try Self.sha256("\(root)/ek.der") == Self.lastLine(certificateDigest))
-        #expect(try Self.sha256("\(root)/ek.pub") == Self.lastLine(ekDigest))
-        let info = try EKCertificateInfo(der: der)
+        let endorsement = try Endorsement.read(Binaries.vtpmd, tpmstate: "dir=\(state)", work: root)
+        #expect(try Self.sha256(Endorsement.certificatePath(root)) == Self.lastLine(certificateDigest))
+        #expect(try Self.sha256(Endorsement.ekPublicPath(root)) == Self.lastLine(ekDigest))
+        let info = try EKCertificateInfo(der: endorsement.ekCertificate)
         #expect(info.vmID == VMID(Self.vm) && info.generation == 0)
         #expect(info.subject.contains("CN=\(Self.vm) gen 0"))
-        #expect(try info.publicKey == EKPublicKey(tpm2bPublic: ekPublic))
+        #expect(try info.publicKey == EKPublicKey(tpm2bPublic: endorsement.ekPublic))
         #expect(counter.split(separator: " ").count == 8)
         let log = (try? String(contentsOfFile: "\(root)/log/guest-swtpm.log", encoding: .utf8)) ?? ""
         #expect(log.contains("decision=manufacture") && log.contains("target_vm=\(Self.vm)"), "\(log)")

@@ -77,6 +77,21 @@ struct HostConfigurationIdentityTests {
             return (try JSONSerialization.jsonObject(with: Data(identity.stdout.utf8)) as? [String: Any]) ?? [:]
         }
 
+        /// The VM runs once more and stops cleanly: INIT (and, when asked, CMD_STORE_VOLATILE) write its state.
+        func runOnce(_ uuid: String, name: String, storeVolatile: Bool) throws {
+            let daemon = try self.libvirt(uuid, name: name)
+            #expect(try self.ctl(name, "init").status == 0)
+            if storeVolatile { #expect(try self.ctl(name, "store-volatile").status == 0) }
+            _ = try self.ctl(name, "shutdown")
+            #expect(daemon.waitForExit() == 0)
+        }
+
+        /// A backup put back in place of the state directory.
+        func restore(_ backup: String, to state: String) throws {
+            #expect(try runCommand("rm", ["-rf", state]).status == 0)
+            #expect(try runCommand("cp", ["-a", backup, state]).status == 0)
+        }
+
         func log(_ name: String) -> String {
             (try? String(contentsOfFile: "\(self.root)/log/\(name)-swtpm.log", encoding: .utf8)) ?? ""
         }
@@ -87,24 +102,9 @@ struct HostConfigurationIdentityTests {
 
         /// The EK certificate of a state (directory or file volume), read with tpm2_nvread from a plain vtpmd.
         func ekCertificate(_ tpmstate: String) throws -> EKCertificateInfo {
-            let port = try freePortPair()
-            let daemon = try Daemon(
-                Binaries.vtpmd,
-                [
-                    "socket", "--tpm2", "--tpmstate", tpmstate, "--server", "type=tcp,port=\(port)",
-                    "--ctrl", "type=tcp,port=\(port + 1)", "--flags", "not-need-init,startup-clear",
-                ],
-                waitForPort: port
+            try EKCertificateInfo(
+                der: Endorsement.read(Binaries.vtpmd, tpmstate: tpmstate, work: self.root).ekCertificate
             )
-            defer { _ = daemon.stop() }
-            let out = "\(self.root)/ek-\(port).der"
-            let read = try runCommand(
-                "tpm2_nvread",
-                ["0x1c00002", "-o", out],
-                environment: ["TPM2TOOLS_TCTI": "swtpm:host=127.0.0.1,port=\(port)"]
-            )
-            try #require(read.status == 0, "\(read.output)")
-            return try EKCertificateInfo(der: try #require(fileBytes(out)))
         }
     }
 
@@ -204,17 +204,12 @@ struct HostConfigurationIdentityTests {
             _ = try runCommand("cp", ["-a", state, backup])
             let ek0 = try host.ekCertificate("dir=\(state)")
 
-            // The VM runs on and writes NV (TPM2_NV_DefineSpace through a plain vtpmd with a data port would
-            // bypass the identity; use the identity daemon's control channel: INIT writes the state).
-            let a = try host.libvirt(Self.vmA, name: "vm-a")
-            #expect(try host.ctl("vm-a", "init").status == 0)
-            #expect(try host.ctl("vm-a", "store-volatile").status == 0)
-            _ = try host.ctl("vm-a", "shutdown")
-            #expect(a.waitForExit() == 0)
+            // The VM runs on and writes its state (TPM2_NV_DefineSpace through a plain vtpmd with a data port
+            // would bypass the identity; use the identity daemon's control channel: INIT writes the state).
+            try host.runOnce(Self.vmA, name: "vm-a", storeVolatile: true)
 
             // Same generation, older content: a restored backup.
-            _ = try runCommand("rm", ["-rf", state])
-            _ = try runCommand("cp", ["-a", backup, state])
+            try host.restore(backup, to: state)
             let restored = try host.initAndStop("vm-a", daemon: try host.libvirt(Self.vmA, name: "vm-a"))
             #expect(restored["last_decision"] as? String == "rollback", "\(host.log("vm-a"))")
             #expect(restored["generation"] as? Int == 1)
@@ -223,8 +218,7 @@ struct HostConfigurationIdentityTests {
             #expect(ek1.generation == 1 && ek1.publicKey != ek0.publicKey)
 
             // An older generation put back (the backup is generation 0, the VM is at 1): rollback again.
-            _ = try runCommand("rm", ["-rf", state])
-            _ = try runCommand("cp", ["-a", backup, state])
+            try host.restore(backup, to: state)
             let older = try host.initAndStop("vm-a", daemon: try host.libvirt(Self.vmA, name: "vm-a"))
             #expect(older["last_decision"] as? String == "rollback" && older["generation"] as? Int == 2)
             #expect(host.log("vm-a").contains("rule=older-generation"))
@@ -249,12 +243,8 @@ struct HostConfigurationIdentityTests {
             let backup = "\(dir)/backup"
             _ = try runCommand("cp", ["-a", state, backup])
             let ek0 = try host.ekCertificate("dir=\(state)")
-            let a = try host.libvirt(Self.vmA, name: "vm-a")
-            #expect(try host.ctl("vm-a", "init").status == 0)
-            _ = try host.ctl("vm-a", "shutdown")
-            #expect(a.waitForExit() == 0)
-            _ = try runCommand("rm", ["-rf", state])
-            _ = try runCommand("cp", ["-a", backup, state])
+            try host.runOnce(Self.vmA, name: "vm-a", storeVolatile: false)
+            try host.restore(backup, to: state)
             let kept = try host.initAndStop("vm-a", daemon: try host.libvirt(Self.vmA, name: "vm-a"))
             #expect(kept["last_decision"] as? String == "rollback" && kept["generation"] as? Int == 0)
             #expect(host.log("vm-a").contains("rule=older-write"), "\(host.log("vm-a"))")
@@ -305,7 +295,7 @@ struct HostConfigurationIdentityTests {
                 return (try JSONSerialization.jsonObject(with: Data(identity.stdout.utf8)) as? [String: Any]) ?? [:]
             }
             // Proxmox allocates the volume (zeros); vtpmd formats it.
-            FileManager.default.createFile(atPath: try volume("101"), contents: Data(count: 262_144))
+            #expect(FileManager.default.createFile(atPath: try volume("101"), contents: Data(count: 262_144)))
             let first = try proxmox("101")
             #expect(first["vm_id"] as? String == "101" && first["generation"] as? Int == 0)
             let ek101 = try host.ekCertificate("backend-uri=file://\(try volume("101"))")

@@ -6,32 +6,9 @@ import Testing
 /// the EK certificate (NV 0x01C00002) and the EK read back identical.
 @Suite(.serialized)
 struct StateCompatibilityTests {
-    struct Identity: Equatable {
-        var ekCertificate: [UInt8]
-        var ekPublic: [UInt8]
-    }
-
-    /// Starts `binary` on `state`, reads the EK certificate and the EK's public area, shuts down.
-    static func readIdentity(_ binary: String, state: String, work: String, extra: [String]) throws -> Identity {
-        let port = try freePortPair()
-        let daemon = try Daemon(
-            binary,
-            [
-                "socket", "--tpm2", "--tpmstate", "dir=\(state)", "--server", "type=tcp,port=\(port)",
-                "--ctrl", "type=tcp,port=\(port + 1)", "--flags", "not-need-init,startup-clear",
-            ] + extra,
-            waitForPort: port
-        )
-        let env = ["TPM2TOOLS_TCTI": "swtpm:host=127.0.0.1,port=\(port)"]
-        let cert = "\(work)/ekcert.der"
-        let pub = "\(work)/ek.pub"
-        let r1 = try runCommand("tpm2_nvread", ["0x1c00002", "-o", cert], environment: env)
-        try #require(r1.status == 0, "nvread on \(binary): \(r1.output)")
-        let r2 = try runCommand("tpm2_createek", ["-c", "\(work)/ek.ctx", "-G", "rsa", "-u", pub], environment: env)
-        try #require(r2.status == 0, "createek on \(binary): \(r2.output)")
-        _ = try runCommand("swtpm_ioctl", ["--tcp", "127.0.0.1:\(port + 1)", "-s"])
-        _ = daemon.waitForExit()
-        return Identity(ekCertificate: fileBytes(cert) ?? [], ekPublic: fileBytes(pub) ?? [])
+    /// Starts `binary` on the directory `state` and reads its endorsement.
+    static func readIdentity(_ binary: String, state: String, work: String, extra: [String]) throws -> Endorsement {
+        try Endorsement.read(binary, tpmstate: "dir=\(state)", work: work, extra: extra)
     }
 
     static let keyVariants: [String] = ["plain", "key"]

@@ -96,7 +96,7 @@ struct IdentityTests {
     @Test func aLinearStateFileCarriesTheIdentity() throws {
         try withTemporaryDirectory { dir in
             let path = "\(dir)/volume.raw"
-            FileManager.default.createFile(atPath: path, contents: Data(count: 65536))
+            #expect(FileManager.default.createFile(atPath: path, contents: Data(count: 65536)))
             let a = InstanceIdentity(vmID: VMID("101"), generation: 0)
             let b = InstanceIdentity(vmID: VMID("102"), generation: 1, parent: VMID("101"))
             do {

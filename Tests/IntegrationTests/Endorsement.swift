@@ -1,0 +1,42 @@
+import TestSupport
+import Testing
+
+/// A TPM state's endorsement as tpm2-tools read it: the RSA EK certificate (NV 0x01C00002) and the RSA EK's
+/// public area (`tpm2_createek -u`, a marshalled TPM2B_PUBLIC).
+struct Endorsement: Equatable {
+    var ekCertificate: [UInt8]
+    var ekPublic: [UInt8]
+
+    /// The files the two were written to, in `work` (to hash them as the guest does).
+    static func certificatePath(_ work: String) -> String { "\(work)/ekcert.der" }
+    static func ekPublicPath(_ work: String) -> String { "\(work)/ek.pub" }
+
+    /// Starts `binary socket --tpm2 --tpmstate TPMSTATE` (vtpmd or swtpm, without clone-rekey unless `extra`
+    /// asks for it) on a TCP port, reads the EK certificate and creates the RSA EK, and shuts it down.
+    /// - Parameters:
+    ///   - binary: The backend.
+    ///   - tpmstate: The `--tpmstate` value (`dir=...`, `backend-uri=file://...`).
+    ///   - work: Where the files go.
+    ///   - extra: More arguments.
+    static func read(_ binary: String, tpmstate: String, work: String, extra: [String] = []) throws -> Endorsement {
+        let port = try freePortPair()
+        let daemon = try Daemon(
+            binary,
+            [
+                "socket", "--tpm2", "--tpmstate", tpmstate, "--server", "type=tcp,port=\(port)",
+                "--ctrl", "type=tcp,port=\(port + 1)", "--flags", "not-need-init,startup-clear",
+            ] + extra,
+            waitForPort: port
+        )
+        let env = ["TPM2TOOLS_TCTI": "swtpm:host=127.0.0.1,port=\(port)"]
+        let cert = self.certificatePath(work)
+        let pub = self.ekPublicPath(work)
+        let r1 = try runCommand("tpm2_nvread", ["0x1c00002", "-o", cert], environment: env)
+        try #require(r1.status == 0, "nvread on \(binary): \(r1.output)")
+        let r2 = try runCommand("tpm2_createek", ["-c", "\(work)/ek.ctx", "-G", "rsa", "-u", pub], environment: env)
+        try #require(r2.status == 0, "createek on \(binary): \(r2.output)")
+        _ = try runCommand("swtpm_ioctl", ["--tcp", "127.0.0.1:\(port + 1)", "-s"])
+        _ = daemon.waitForExit()
+        return Endorsement(ekCertificate: fileBytes(cert) ?? [], ekPublic: fileBytes(pub) ?? [])
+    }
+}
