@@ -153,27 +153,14 @@ enum IdentityRecord {
         if let vmID { w.write(bytes: vmID.encoded) } else { w.write(UInt8(0)) }
     }
 
+    /// An optional vm-id: `u8 0`, or the binary form ``VMID/decode(prefixOf:)`` reads.
     static func readOptional(_ r: inout ByteReader, what: String) throws -> VMID? {
         let kind = try r.readUInt8()
-        switch kind {
-        case 0:
-            return nil
-        case 1:
-            return try self.required(VMID(uuidBytes: try r.readBytes(count: 16)), what)
-        case 2:
-            let length = try r.readUInt8()
-            let name = try r.readBytes(count: Int(length))
-            guard let (vmID, _) = VMID.decode(prefixOf: ([2, length] + name)[...]) else {
-                throw StateStoreError(.malformed, "\(what) holds a bad vm-id name")
-            }
-            return vmID
-        default:
-            throw StateStoreError(.malformed, "\(what) has an unknown vm-id kind \(kind)")
+        if kind == 0 { return nil }
+        guard let (vmID, count) = VMID.decode(prefixOf: r.bytes[(r.offset - 1)...]) else {
+            throw StateStoreError(.malformed, "\(what) holds a bad vm-id (kind \(kind))")
         }
-    }
-
-    private static func required(_ vmID: VMID?, _ what: String) throws -> VMID {
-        guard let vmID else { throw StateStoreError(.malformed, "\(what) holds a bad vm-id") }
+        try r.skip(count - 1)
         return vmID
     }
 }

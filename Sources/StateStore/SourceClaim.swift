@@ -102,9 +102,7 @@ public struct SourceClaim: Hashable, Sendable, CustomStringConvertible {
             case 1:
                 vmID = VMID(uuidBytes: try r.readBytes(count: 16))
             case 2:
-                let length = Int(try r.readUInt8())
-                let name = String(decoding: try r.readBytes(count: length), as: UTF8.self)
-                vmID = VMID(name).flatMap { $0.isUUID ? nil : $0 }
+                vmID = VMID(nameBytes: try r.readBytes(count: Int(try r.readUInt8())))
             default:
                 throw StateStoreError(.unsupportedVersion, "source claim version \(version) is unknown")
             }

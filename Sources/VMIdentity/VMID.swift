@@ -101,13 +101,22 @@ public struct VMID: Hashable, Sendable, Comparable, CustomStringConvertible, Cod
             guard rest.count >= 16 else { return nil }
             return (VMID(storage: .uuid(Array(rest.prefix(16)))), 17)
         case 2:
-            guard let length = rest.first, length > 0, rest.count >= 1 + Int(length) else { return nil }
-            let name = String(decoding: rest.dropFirst().prefix(Int(length)), as: UTF8.self)
-            guard self.isValidName(name), self.parseUUID(name) == nil else { return nil }
-            return (VMID(storage: .name(name)), 2 + Int(length))
+            guard let length = rest.first, rest.count >= 1 + Int(length),
+                let vmID = VMID(nameBytes: Array(rest.dropFirst().prefix(Int(length))))
+            else { return nil }
+            return (vmID, 2 + Int(length))
         default:
             return nil
         }
+    }
+
+    /// A name from the bytes of the binary form's kind 2: nil unless they are a valid name, and never a UUID
+    /// (a UUID has its own kind; spelling one as a name is not a second encoding of it).
+    /// - Parameter nameBytes: The name's UTF-8 bytes.
+    public init?(nameBytes: [UInt8]) {
+        let name = String(decoding: nameBytes, as: UTF8.self)
+        guard Self.isValidName(name), Self.parseUUID(name) == nil else { return nil }
+        self.storage = .name(name)
     }
 
     // MARK: Codable (as its canonical text)
