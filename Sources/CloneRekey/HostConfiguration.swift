@@ -59,21 +59,35 @@ public struct HostConfiguration: Sendable, Hashable {
     ) throws(HostConfigurationError) -> HostConfiguration {
         if let explicitPath { return try self.read(path: explicitPath) }
         if let named = environment[self.environmentVariable], !named.isEmpty { return try self.read(path: named) }
-        if try Self.exists(defaultPath) { return try self.read(path: defaultPath) }
-        return HostConfiguration()
+        return try self.read(path: defaultPath, mayBeMissing: true) ?? HostConfiguration()
     }
 
     /// Reads and parses one file: a regular file (no symlink followed for its last component), at most
     /// 64 KiB, not writable by group or others (it chooses the CA that certifies EKs).
     /// - Throws: ``HostConfigurationError``.
     public static func read(path: String) throws(HostConfigurationError) -> HostConfiguration {
+        // Never nil: without `mayBeMissing` a missing file throws.
+        try self.read(path: path, mayBeMissing: false) ?? HostConfiguration()
+    }
+
+    /// Reads one file; with `mayBeMissing`, nil when it (or its directory) does not exist. Only "no such file
+    /// or directory" counts as absent: a directory vtpmd may not read (a `/etc/vtpm` of mode 0750 for a
+    /// vtpmd running as another user) is an error, not a silent "clone-rekey off".
+    private static func read(path: String, mayBeMissing: Bool) throws(HostConfigurationError) -> HostConfiguration? {
         guard !path.isEmpty else { throw HostConfigurationError(file: path, line: nil, key: nil, "empty file name") }
         let bytes: [UInt8]
         do {
             let (directory, name) = splitPath(path)
-            let handle = try DirectoryHandle.open(directory)
+            let handle: DirectoryHandle
+            do {
+                handle = try DirectoryHandle.open(directory)
+            } catch {
+                if error.isNotFound && mayBeMissing { return nil }
+                throw error
+            }
             defer { handle.close() }
             guard let status = try handle.status(name) else {
+                if mayBeMissing { return nil }
                 throw HostConfigurationError(file: path, line: nil, key: nil, "cannot read: no such file")
             }
             guard status.mode & 0o022 == 0 else {
@@ -180,22 +194,6 @@ public struct HostConfiguration: Sendable, Hashable {
         while let first = slice.first, blank(first) { slice = slice.dropFirst() }
         while let last = slice.last, blank(last) { slice = slice.dropLast() }
         return slice
-    }
-
-    /// Whether the default file exists. Only "no such file or directory" counts as absent: a directory
-    /// vtpmd may not read (a `/etc/vtpm` of mode 0750 for a vtpmd running as another user) is an error,
-    /// not a silent "clone-rekey off".
-    private static func exists(_ path: String) throws(HostConfigurationError) -> Bool {
-        let (directory, name) = splitPath(path)
-        do {
-            let handle = try DirectoryHandle.open(directory)
-            defer { handle.close() }
-            return try handle.status(name) != nil
-        } catch let error where error.isNotFound {
-            return false
-        } catch {
-            throw HostConfigurationError(file: path, line: nil, key: nil, "cannot read: \(error)")
-        }
     }
 }
 
