@@ -38,15 +38,12 @@ public enum ToolDefaults {
     /// - Throws: ``StateToolError`` when none gives one.
     public static func vmID(_ given: String?, _ host: HostConfiguration, statePath: String) throws -> String {
         if let given { return given }
-        if let fixed = host.vmID { return fixed.description }
+        if let found = self.optionalVMID(host, statePath: statePath) { return found }
         if let pattern = host.vmIDFrom {
-            guard let vm = pattern.vmID(forPath: self.absolute(statePath)) else {
-                throw StateToolError(
-                    .invalidArgument,
-                    "\(statePath) does not match vm-id-from '\(pattern)' (\(host.source ?? "")): give --vm-id"
-                )
-            }
-            return vm.description
+            throw StateToolError(
+                .invalidArgument,
+                "\(statePath) does not match vm-id-from '\(pattern)' (\(host.source ?? "")): give --vm-id"
+            )
         }
         throw StateToolError(.invalidArgument, "give --vm-id (or vm-id-from in the host configuration)")
     }
