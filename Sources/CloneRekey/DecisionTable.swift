@@ -121,23 +121,24 @@ public enum DecisionTable {
         recordedStateWrite: UInt64? = nil
     ) -> Rule {
         let claim: StateOrigin
+        var atRest = false
+        var stateWrite: UInt64? = nil
         switch incoming {
         case .invalid(let reason): return .invalidClaim(reason: reason)
         case .unwrapped, .atRestWithoutIdentity: return .foreign
         case .claimed(let c): claim = c
-        case .atRest(let recorded, let write):
-            guard recorded.vmID == ownVMID else { return .otherVM }
-            guard let ownGeneration, recorded.generation <= ownGeneration else { return .generationUnknown }
-            guard recorded.generation == ownGeneration else { return .olderGeneration }
-            if let recordedStateWrite, let write, write < recordedStateWrite { return .olderWrite }
-            return .currentAtRest
+        case .atRest(let recorded, let write): (claim, atRest, stateWrite) = (recorded, true, write)
         }
-        let source = claim.vmID
-        guard source == ownVMID else { return .otherVM }
+        // The rows blobs and states at rest share: whose state, and which generation of it.
+        guard claim.vmID == ownVMID else { return .otherVM }
         guard let ownGeneration, claim.generation <= ownGeneration else { return .generationUnknown }
         guard claim.generation == ownGeneration else { return .olderGeneration }
+        if atRest {
+            if let recordedStateWrite, let stateWrite, stateWrite < recordedStateWrite { return .olderWrite }
+            return .currentAtRest
+        }
         guard let checkpoint = claim.checkpoint else { return .noCheckpointClaimed }
-        guard let latest = latestCheckpoint, latest.vmID == source, latest.generation == claim.generation
+        guard let latest = latestCheckpoint, latest.vmID == claim.vmID, latest.generation == claim.generation
         else { return .checkpointUnknown }
         if checkpoint < latest.checkpoint { return .olderCheckpoint }
         if checkpoint > latest.checkpoint { return .checkpointUnknown }
