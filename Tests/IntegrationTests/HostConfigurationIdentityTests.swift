@@ -192,6 +192,19 @@ struct HostConfigurationIdentityTests {
             #expect(cIdentity["vm_id"] as? String == vmC && cIdentity["last_decision"] as? String == "clone")
             let ekC = try host.ekCertificate("dir=\(host.libvirtState(vmC))")
             #expect(ekC.vmID?.description == vmC && ekC.publicKey != ekA.publicKey)
+
+            // A directory renamed in place (KubeVirt's clone renames the state directory to the new UUID):
+            // B's directory moved under D's UUID.
+            let vmD = "dddddddd-2222-4333-8444-555555555555"
+            let parentD = "\(dir)/var/lib/libvirt/swtpm/\(vmD)"
+            try FileManager.default.createDirectory(atPath: parentD, withIntermediateDirectories: true)
+            try FileManager.default.moveItem(atPath: host.libvirtState(Self.vmB), toPath: host.libvirtState(vmD))
+            let d = try host.libvirt(vmD, name: "vm-d")
+            let dIdentity = try host.initAndStop("vm-d", daemon: d)
+            #expect(dIdentity["vm_id"] as? String == vmD && dIdentity["last_decision"] as? String == "clone")
+            let ekD = try host.ekCertificate("dir=\(host.libvirtState(vmD))")
+            #expect(ekD.vmID?.description == vmD && ekD.parentVMID?.description == Self.vmB)
+            #expect(ekD.publicKey != ekB.publicKey)
         }
     }
 
