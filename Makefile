@@ -2,7 +2,7 @@
 SWIFT ?= swift
 GUEST_DIR := qemu/out
 
-.PHONY: all deps build release guest test unit-test demo bench swtpm-compat lint clean
+.PHONY: all deps build release guest test unit-test demo bench swtpm-compat lint clean install deb
 
 all: build
 
@@ -20,6 +20,43 @@ RELEASE_FLAGS := -c release --static-swift-stdlib -Xswiftc -use-ld=lld -Xlinker 
 release: deps
 	$(SWIFT) build $(RELEASE_FLAGS) --product vtpmd
 	$(SWIFT) build $(RELEASE_FLAGS) --product vtpm-state
+	$(SWIFT) build $(RELEASE_FLAGS) --product vtpmctl
+
+# Installation. `make install` puts vtpmd, vtpmctl and vtpm-state in $(PREFIX)/bin, swtpm's names for
+# them (swtpm = vtpmd, swtpm_setup = vtpm-state) in $(PREFIX)/libexec/swift-vtpm/swtpm-names (put that
+# directory first in PATH, or install with SWTPM_NAMES=1 to have them in $(PREFIX)/bin), and the host
+# configuration in $(SYSCONFDIR)/vtpm/vtpmd.conf unless one exists. `make deb` builds the Debian package,
+# which takes /usr/bin/swtpm and /usr/bin/swtpm_setup over with dpkg-divert (packaging/debian/).
+PREFIX ?= /usr/local
+SYSCONFDIR ?= /etc
+DESTDIR ?=
+SWTPM_NAMES ?= 0
+VERSION ?= 0.8.0
+RELEASE_BIN = $(shell $(SWIFT) build $(RELEASE_FLAGS) --show-bin-path)
+NAMES_DIR = $(if $(filter 1,$(SWTPM_NAMES)),$(DESTDIR)$(PREFIX)/bin,$(DESTDIR)$(PREFIX)/libexec/swift-vtpm/swtpm-names)
+
+install: release
+	install -d -m 0755 $(DESTDIR)$(PREFIX)/bin $(NAMES_DIR) $(DESTDIR)$(SYSCONFDIR)/vtpm \
+		$(DESTDIR)$(SYSCONFDIR)/apparmor.d/abstractions $(DESTDIR)$(PREFIX)/share/doc/swift-vtpm
+	install -m 0755 -s $(RELEASE_BIN)/vtpmd $(RELEASE_BIN)/vtpmctl $(RELEASE_BIN)/vtpm-state $(DESTDIR)$(PREFIX)/bin/
+	ln -f $(DESTDIR)$(PREFIX)/bin/vtpmd $(NAMES_DIR)/swtpm
+	ln -f $(DESTDIR)$(PREFIX)/bin/vtpm-state $(NAMES_DIR)/swtpm_setup
+	[ -e $(DESTDIR)$(SYSCONFDIR)/vtpm/vtpmd.conf ] || install -m 0644 packaging/vtpmd.conf $(DESTDIR)$(SYSCONFDIR)/vtpm/vtpmd.conf
+	install -m 0644 packaging/apparmor/swift-vtpm $(DESTDIR)$(SYSCONFDIR)/apparmor.d/abstractions/swift-vtpm
+	install -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/swift-vtpm/README.md
+
+DEB_ROOT := .build/deb/root
+DEB_FILE := .build/deb/swift-vtpm_$(VERSION)_amd64.deb
+
+deb: release
+	rm -rf $(DEB_ROOT) && install -d -m 0755 $(DEB_ROOT)/DEBIAN
+	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/$(DEB_ROOT) PREFIX=/usr SWTPM_NAMES=1
+	sed 's/@VERSION@/$(VERSION)/' packaging/debian/control.in >$(DEB_ROOT)/DEBIAN/control
+	echo "Installed-Size: $$(du -sk --exclude=DEBIAN $(DEB_ROOT) | cut -f1)" >>$(DEB_ROOT)/DEBIAN/control
+	install -m 0755 packaging/debian/preinst packaging/debian/postinst packaging/debian/postrm $(DEB_ROOT)/DEBIAN/
+	install -m 0644 packaging/debian/conffiles $(DEB_ROOT)/DEBIAN/
+	dpkg-deb --root-owner-group --build $(DEB_ROOT) $(DEB_FILE)
+	@echo "built $(DEB_FILE)"
 
 guest: deps
 	./qemu/build-guest.sh $(GUEST_DIR)

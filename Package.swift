@@ -77,7 +77,8 @@ let package = Package(
         .target(
             name: "StateTool",
             dependencies: [
-                "TPMEngine", "TPMWire", "StateStore", "CloneRekey", "EndorsementCA", "Registry", "VMIdentity",
+                "VTPMServer", "_VTPMPosix", "TPMEngine", "TPMWire", "StateStore", "CloneRekey", "EndorsementCA",
+                "Registry", "VMIdentity",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -1,5 +1,6 @@
 import CloneRekey
 import Foundation
+public import StateStore
 import TPMEngine
 import TPMWire
 
@@ -161,4 +162,78 @@ private func parseNames<T: RawRepresentable & CaseIterable & Hashable>(
         result.insert(value)
     }
     return result
+}
+
+extension StateProvisioner {
+    /// Sets the active PCR banks of the TPM at rest in `location` (swtpm_setup's `--reconfigure`, which
+    /// libvirt runs before every start of a domain with `<active_pcr_banks>`): TPM2_Startup(CLEAR),
+    /// TPM2_PCR_Allocate, TPM2_Shutdown(CLEAR) on an in-memory copy; the permanent state is written only
+    /// when the allocation changed, and keeps its identity record. The new banks become active at the
+    /// TPM's next reset, the VM's start.
+    /// - Returns: Whether the state was changed.
+    /// - Throws: ``StateToolError``; nothing is written then.
+    public static func reconfigurePCRBanks(
+        location: StateLocation,
+        stateKey: StateKey?,
+        banks: Set<PCRBankName>
+    ) throws -> Bool {
+        var options = StateDirectory.Options()
+        options.stateKey = stateKey
+        let store = StateDirectory(location: location, options: options, logger: OpenedState.silentLogger)
+        let permanent: [UInt8]
+        do {
+            try store.lock()
+            guard let loaded = try store.load("permall") else {
+                throw StateToolError(.notFound, "\(location.path) holds no TPM to reconfigure")
+            }
+            permanent = loaded
+        } catch let error as StateStoreError {
+            if error.code == .locked {
+                throw StateToolError(.locked, "\(location.path) is locked: a running vtpmd or swtpm is using it")
+            }
+            throw StateToolError(.damaged, "cannot read the TPM in \(location.path): \(error.message)")
+        }
+        let engine = try self.engine(InMemoryEngineStorage())
+        defer { engine.terminate() }
+        let tpm = EngineCommandRunner(engine: engine)
+        let wanted = Set(banks.map(\.algorithm))
+        do {
+            try engine.setState(.permanent, permanent)
+            try engine.setState(.volatile, [])
+            try engine.initialize()
+            try self.startup(tpm)
+            let current = try tpm.run(TPM2Commands.getPCRAllocation(), TPM2Responses.parsePCRAllocation)
+            let active = current.filter { !$0.pcrs.isEmpty }
+            if Set(active.map(\.hashAlgorithm)) == wanted,
+                active.allSatisfy({ $0.pcrs.count == TPM2Commands.implementedPCRCount })
+            {
+                return false
+            }
+            let missing = banks.filter { bank in !current.contains { $0.hashAlgorithm == bank.algorithm } }
+            guard missing.isEmpty else {
+                throw StateToolError(
+                    .invalidArgument,
+                    "libtpms does not implement the PCR bank(s) \(missing.map(\.rawValue).sorted().joined(separator: ", "))"
+                )
+            }
+            let selection = current.map { bank in
+                TPM2Responses.PCRBank(
+                    hashAlgorithm: bank.hashAlgorithm,
+                    pcrs: wanted.contains(bank.hashAlgorithm) ? Array(0..<TPM2Commands.implementedPCRCount) : []
+                )
+            }
+            let result = try tpm.run(TPM2Commands.pcrAllocate(selection), TPM2Responses.parsePCRAllocate)
+            guard result.success else {
+                throw StateToolError(.engine, "TPM2_PCR_Allocate refused the banks \(self.names(wanted))")
+            }
+            try tpm.run(TPM2Commands.shutdown(.clear))
+            let allocated = try engine.state(.permanent)
+            try store.store("permall", allocated)
+            return true
+        } catch let error as StateToolError {
+            throw error
+        } catch {
+            throw StateToolError(.engine, "reconfiguring the PCR banks of \(location.path) failed: \(error)")
+        }
+    }
 }

@@ -2,7 +2,7 @@ import CloneRekey
 import EndorsementCA
 import Foundation
 import Registry
-import StateStore
+public import StateStore
 import TPMEngine
 import VMIdentity
 
@@ -54,6 +54,28 @@ public enum StateProvisioner {
         overwrite: Bool,
         options: CreateOptions = CreateOptions()
     ) throws -> Outcome {
+        try self.create(
+            location: .directory(path),
+            vmID: vmID,
+            caDirectory: caDirectory,
+            registryPath: registryPath,
+            overwrite: overwrite,
+            options: options
+        )
+    }
+
+    /// ``create(path:vmID:caDirectory:registryPath:overwrite:options:)`` for a directory or a linear file
+    /// (swtpm's `file://` backend), encrypted with `stateKey` when given.
+    public static func create(
+        location: StateLocation,
+        vmID: String,
+        caDirectory: String?,
+        registryPath: String?,
+        overwrite: Bool,
+        stateKey: StateKey? = nil,
+        options: CreateOptions = CreateOptions()
+    ) throws -> Outcome {
+        let path = location.path
         let vm = try self.parseVMID(vmID)
         guard caDirectory != nil || options.endorsementKeys == [.rsa, .ecc] else {
             throw StateToolError(.invalidArgument, "--ek needs --ca: without a CA no EK certificate is written")
@@ -63,7 +85,7 @@ public enum StateProvisioner {
         }
         let ca = try caDirectory.map(self.loadCA)
         // Refused before any work; checked again once the directory is locked.
-        try self.refuseExistingTPM(path, overwrite: overwrite)
+        if case .directory = location { try self.refuseExistingTPM(path, overwrite: overwrite) }
         let coordinator = try self.coordinator(vm, ca: ca, registryPath: registryPath)
         let generation = try self.nextGeneration(coordinator, atLeast: 0)
         let engine = try self.engine(InMemoryEngineStorage())
@@ -82,7 +104,7 @@ public enum StateProvisioner {
                 certify: certify
             )
         }
-        let store = try self.openTarget(path, overwrite: overwrite)
+        let store = try self.openTarget(location, overwrite: overwrite, stateKey: stateKey)
         let identity = InstanceIdentity(vmID: vm, generation: generation, creator: "vtpm-state")
         try self.commit(store, identity: identity, permanent)
         try self.record(coordinator, generation: generation, kind: .manufacture, parent: nil, store: store)
@@ -245,6 +267,38 @@ public enum StateProvisioner {
 
     /// A locked target directory: created (0700) when missing; one holding a TPM only with `overwrite`.
     static func openTarget(_ path: String, overwrite: Bool) throws -> StateDirectory {
+        try self.openTarget(.directory(path), overwrite: overwrite, stateKey: nil)
+    }
+
+    /// A locked target: a directory created (0700) when missing, or a linear file (created 0600 when
+    /// missing, formatted when empty or all zero); one holding a TPM only with `overwrite`.
+    static func openTarget(_ location: StateLocation, overwrite: Bool, stateKey: StateKey?) throws -> StateDirectory {
+        let path = location.path
+        if case .linearFile = location {
+            var options = StateDirectory.Options()
+            options.stateKey = stateKey
+            let store = StateDirectory(location: location, options: options, logger: OpenedState.silentLogger)
+            do {
+                try store.lock()
+                let present = try store.presentStates()
+                if !present.isEmpty && !overwrite {
+                    throw StateToolError(
+                        .exists,
+                        "\(path) already holds a TPM (\(present.map(\.name).sorted().joined(separator: ", "))); "
+                            + "refusing to replace it without --overwrite"
+                    )
+                }
+            } catch let error as StateStoreError {
+                if error.code == .locked {
+                    throw StateToolError(
+                        .locked,
+                        "state file \(path) is locked: a running vtpmd or swtpm is using it; stop it first"
+                    )
+                }
+                throw StateToolError(.notFound, "cannot open state file \(path): \(error.message)")
+            }
+            return store
+        }
         if OpenedState.kind(path) != nil {
             try self.refuseExistingTPM(path, overwrite: overwrite)
         } else {
@@ -258,7 +312,9 @@ public enum StateProvisioner {
                 throw StateToolError(.notFound, "cannot create state directory \(path): \(error)")
             }
         }
-        let store = StateDirectory(path: path, options: StateDirectory.Options(), logger: OpenedState.silentLogger)
+        var options = StateDirectory.Options()
+        options.stateKey = stateKey
+        let store = StateDirectory(path: path, options: options, logger: OpenedState.silentLogger)
         do { try store.lock() } catch {
             if error.code == .locked {
                 throw StateToolError(

@@ -1,6 +1,6 @@
 import CloneRekey
 import Registry
-import StateStore
+package import StateStore
 import VMIdentity
 import _VTPMPosix
 
@@ -330,7 +330,11 @@ public struct CommandLineOptions: Sendable {
 
     /// swtpm's key syntax: `file=F|fd=N[,format=hex|binary]` or `pwdfile=F|pwdfd=N[,kdf=pbkdf2|sha512]`,
     /// `mode=aes-cbc|aes-128-cbc|aes-256-cbc`, `remove[=true|false]`.
-    static func parseKey(_ text: String, option: String, strictAllowed: Bool = false) throws(OptionError) -> StateKey {
+    package static func parseKey(
+        _ text: String,
+        option: String,
+        strictAllowed: Bool = false
+    ) throws(OptionError) -> StateKey {
         let o = try OptionString(
             text,
             option: option,

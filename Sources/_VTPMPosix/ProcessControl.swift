@@ -105,6 +105,25 @@ package enum ProcessControl {
         if setuid(uid) != 0 { throw PosixError(errno: currentErrno(), function: "setuid", object: user) }
     }
 
+    /// Replaces this process with `path` run with `arguments` (`arguments[0]` is the program name it
+    /// sees), keeping the environment and every descriptor not marked close-on-exec. Wraps `execv`;
+    /// returns only by throwing.
+    package static func replaceProcess(path: String, arguments: [String]) throws(PosixError) -> Never {
+        var pointers: [UnsafeMutablePointer<CChar>?] = unsafe arguments.map { unsafe strdup($0) }
+        unsafe pointers.append(nil)
+        _ = unsafe execv(path, &pointers)
+        let code = currentErrno()
+        for unsafepointer in unsafe pointers { unsafe free(pointer) }
+        throw PosixError(errno: code, function: "execv", object: path)
+    }
+
+    /// The device and inode of `path` (symbolic links followed), or nil when it cannot be stat-ed.
+    package static func fileIdentity(_ path: String) -> (device: UInt64, inode: UInt64)? {
+        var st = stat()
+        guard unsafe stat(path, &st) == 0 else { return nil }
+        return (UInt64(st.st_dev), UInt64(st.st_ino))
+    }
+
     package static var processID: Int32 { getpid() }
     package static var effectiveUserID: UInt32 { geteuid() }
 

@@ -3,8 +3,34 @@ import CloneRekey
 import Foundation
 import StateTool
 
-/// `vtpm-state`: the offline state tool. Argument parsing only; the work is in `StateTool`.
+/// The program: `vtpm-state`, or swtpm_setup's stand-in when run under that name (the Debian package
+/// installs it as /usr/bin/swtpm_setup) or as `vtpm-state swtpm_setup ...`.
 @main
+enum Main {
+    static func main() {
+        let arguments = CommandLine.arguments
+        let name = arguments.first.map { String($0.split(separator: "/").last ?? "") } ?? ""
+        if name == "swtpm_setup" {
+            exit(
+                SwtpmSetup.main(
+                    arguments: Array(arguments.dropFirst()),
+                    environment: ProcessInfo.processInfo.environment
+                )
+            )
+        }
+        if arguments.count > 1 && arguments[1] == "swtpm_setup" {
+            exit(
+                SwtpmSetup.main(
+                    arguments: Array(arguments.dropFirst(2)),
+                    environment: ProcessInfo.processInfo.environment
+                )
+            )
+        }
+        VTPMState.main()
+    }
+}
+
+/// `vtpm-state`: the offline state tool. Argument parsing only; the work is in `StateTool`.
 struct VTPMState: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vtpm-state",
