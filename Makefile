@@ -31,7 +31,7 @@ PREFIX ?= /usr/local
 SYSCONFDIR ?= /etc
 DESTDIR ?=
 SWTPM_NAMES ?= 0
-VERSION ?= 0.8.0
+VERSION ?= $(shell sed -n 's/.*static let version = "\(.*\)".*/\1/p' Sources/VTPMServer/Capabilities.swift)
 RELEASE_BIN = $(shell $(SWIFT) build $(RELEASE_FLAGS) --show-bin-path)
 NAMES_DIR = $(if $(filter 1,$(SWTPM_NAMES)),$(DESTDIR)$(PREFIX)/bin,$(DESTDIR)$(PREFIX)/libexec/swift-vtpm/swtpm-names)
 
@@ -49,7 +49,7 @@ DEB_ROOT := .build/deb/root
 DEB_FILE := .build/deb/swift-vtpm_$(VERSION)_amd64.deb
 
 deb: release
-	rm -rf $(DEB_ROOT) && install -d -m 0755 $(DEB_ROOT)/DEBIAN
+	rm -rf .build/deb && install -d -m 0755 $(DEB_ROOT)/DEBIAN
 	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/$(DEB_ROOT) PREFIX=/usr SWTPM_NAMES=1
 	sed 's/@VERSION@/$(VERSION)/' packaging/debian/control.in >$(DEB_ROOT)/DEBIAN/control
 	echo "Installed-Size: $$(du -sk --exclude=DEBIAN $(DEB_ROOT) | cut -f1)" >>$(DEB_ROOT)/DEBIAN/control
@@ -62,7 +62,7 @@ guest: deps
 	./qemu/build-guest.sh $(GUEST_DIR)
 
 # Everything: unit tests, real-binary integration tests, QEMU guest tests.
-test: deps guest
+test: deps guest deb
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --no-parallel
 

@@ -4,6 +4,7 @@ set -euo pipefail
 packages=(
     libtpms-dev swtpm swtpm-tools tpm2-tools libtss2-tcti-swtpm0
     qemu-system-x86 qemu-utils linux-image-amd64 busybox-static cpio socat libsqlite3-dev gcc make
+    libvirt-daemon-system libvirt-clients virtinst
 )
 missing=()
 for p in "${packages[@]}"; do

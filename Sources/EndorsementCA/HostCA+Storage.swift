@@ -88,7 +88,7 @@ extension HostCA {
         guard status.kind == .regular else {
             throw EndorsementCAError(.hostileFile, "\(keyPath) is not a regular file")
         }
-        guard status.owner == Self.effectiveUserID() else {
+        guard Self.isTrustedOwner(status.owner, directory: try Self.status(handle, ".")?.owner) else {
             throw EndorsementCAError(.hostileFile, "\(keyPath) is owned by uid \(status.owner), not by us")
         }
         guard status.mode & 0o077 == 0 else {
@@ -160,7 +160,7 @@ extension HostCA {
             guard let status = try handle.status(".") else {
                 throw EndorsementCAError(.notFound, "the CA directory \(path) vanished")
             }
-            guard status.owner == Self.effectiveUserID(), status.mode & 0o022 == 0 else {
+            guard Self.isTrustedOwner(status.owner, directory: status.owner), status.mode & 0o022 == 0 else {
                 throw EndorsementCAError(
                     .hostileFile,
                     "the CA directory \(path) must be owned by us and not writable by group or others "
@@ -173,6 +173,12 @@ extension HostCA {
             if let error = error as? EndorsementCAError { throw error }
             throw EndorsementCAError(.io, "cannot inspect the CA directory: \(error)")
         }
+    }
+
+    /// Files of the CA are ours; root (an operator's vtpm-state) also trusts a CA directory that another
+    /// user owns alone (the package's, owned by the swtpm user), and that user's files in it.
+    private static func isTrustedOwner(_ owner: UInt32, directory: UInt32?) -> Bool {
+        owner == Self.effectiveUserID() || (Self.effectiveUserID() == 0 && owner == directory)
     }
 
     /// Our effective uid, as the owner of a file we just created would have it.

@@ -43,7 +43,7 @@ final class DirectoryStorage: BlobStorage {
         self.logger = logger
     }
 
-    var isLocked: Bool { self.lockDescriptor >= 0 }
+    var isLocked: Bool { self.lockDescriptor >= 0 || (self.options.readOnly && self.directory != nil) }
     var keepsInstanceMarker: Bool { true }
 
     func close() {
@@ -65,6 +65,10 @@ final class DirectoryStorage: BlobStorage {
             dir = try DirectoryHandle.open(self.path)
         } catch {
             throw StateStoreError(.io, "cannot open state directory: \(error)")
+        }
+        if self.options.readOnly {
+            self.directory = dir
+            return
         }
         do {
             self.lockDescriptor = try dir.lock(StateDirectory.lockName)
@@ -104,6 +108,9 @@ final class DirectoryStorage: BlobStorage {
 
     func apply(_ changes: [(name: String, contents: [UInt8]?)]) throws(StateStoreError) {
         let dir = try self.handle()
+        guard !self.options.readOnly else {
+            throw StateStoreError(.io, "\(self.path) was opened read-only (in use by a running vtpmd)")
+        }
         for change in changes {
             let name = Self.fileName(change.name)
             if let contents = change.contents {

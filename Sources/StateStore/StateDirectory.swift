@@ -45,6 +45,9 @@ public final class StateDirectory {
         public var durable = true
         /// The state-encryption key (`--key`).
         public var stateKey: StateKey? = nil
+        /// Read a directory without taking its lock (one a running vtpmd holds): every file is read
+        /// as it was last renamed into place, and nothing is written (writes fail).
+        public var readOnly = false
         public init() {}
     }
 

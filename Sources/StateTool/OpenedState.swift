@@ -15,6 +15,8 @@ final class OpenedState {
     let files: [StateReport.File]
     /// The plain libtpms permanent state, nil when it is damaged.
     let permanentState: [UInt8]?
+    /// A running vtpmd or swtpm holds the directory: it was read without the lock.
+    let inUse: Bool
 
     /// The file names `vtpm-state` looks at, in report order.
     static let fileNames = [
@@ -24,10 +26,11 @@ final class OpenedState {
 
     static let silentLogger = Logger(label: "vtpm.statetool", factory: { _ in SwiftLogNoOpLogHandler() })
 
-    /// Opens and locks `path`.
+    /// Opens and locks `path`; with `readingInUse`, a directory a running vtpmd or swtpm holds is read
+    /// without its lock instead (each file as last renamed into place; nothing is written).
     /// - Throws: ``StateToolError``: `notFound` for a missing directory or one without a TPM state,
-    ///   `locked` when a running vtpmd or swtpm holds it.
-    static func open(_ path: String) throws -> OpenedState {
+    ///   `locked` when a running vtpmd or swtpm holds it (without `readingInUse`).
+    static func open(_ path: String, readingInUse: Bool = false) throws -> OpenedState {
         guard Self.kind(path) == .typeDirectory else {
             throw StateToolError(.notFound, "state directory \(path) does not exist")
         }
@@ -38,17 +41,27 @@ final class OpenedState {
         guard !present.isEmpty else {
             throw StateToolError(.notFound, "\(path) holds no TPM state (no \(StateDirectory.fileName("permall")))")
         }
-        let store = StateDirectory(path: path, options: StateDirectory.Options(), logger: Self.silentLogger)
+        var store = StateDirectory(path: path, options: StateDirectory.Options(), logger: Self.silentLogger)
+        var inUse = false
         do {
             try store.lock()
         } catch {
-            if error.code == .locked {
+            guard error.code == .locked else {
+                throw StateToolError(.notFound, "cannot open state directory \(path): \(error.message)")
+            }
+            guard readingInUse else {
                 throw StateToolError(
                     .locked,
                     "state directory \(path) is locked: a running vtpmd or swtpm is using it; stop it first"
                 )
             }
-            throw StateToolError(.notFound, "cannot open state directory \(path): \(error.message)")
+            var options = StateDirectory.Options()
+            options.readOnly = true
+            store = StateDirectory(path: path, options: options, logger: Self.silentLogger)
+            do { try store.lock() } catch {
+                throw StateToolError(.notFound, "cannot open state directory \(path): \(error.message)")
+            }
+            inUse = true
         }
         var files: [StateReport.File] = []
         var identity: InstanceIdentity? = nil
@@ -91,7 +104,14 @@ final class OpenedState {
                 at: 0
             )
         }
-        return OpenedState(path: path, store: store, identity: identity, files: files, permanentState: permanent)
+        return OpenedState(
+            path: path,
+            store: store,
+            identity: identity,
+            files: files,
+            permanentState: permanent,
+            inUse: inUse
+        )
     }
 
     private init(
@@ -99,8 +119,10 @@ final class OpenedState {
         store: StateDirectory,
         identity: InstanceIdentity?,
         files: [StateReport.File],
-        permanentState: [UInt8]?
+        permanentState: [UInt8]?,
+        inUse: Bool
     ) {
+        self.inUse = inUse
         self.path = path
         self.store = store
         self.identity = identity

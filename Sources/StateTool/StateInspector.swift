@@ -16,7 +16,7 @@ public enum StateInspector {
     /// - Returns: The report; a damaged file or a TPM libtpms refuses is reported in it (``StateReport/isIntact``).
     /// - Throws: ``StateToolError`` for a missing, empty or locked directory.
     public static func inspect(path: String) throws -> StateReport {
-        let opened = try OpenedState.open(path)
+        let opened = try OpenedState.open(path, readingInUse: true)
         return try self.report(opened).report
     }
 
@@ -33,6 +33,7 @@ public enum StateInspector {
             nvIndices: [],
             pcrBanks: []
         )
+        if opened.inUse { report.inUse = true }
         var keys: [String: EKPublicKey] = [:]
         var certificates: [String: [UInt8]] = [:]
         let permanent: [UInt8]

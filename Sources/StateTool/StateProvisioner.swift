@@ -135,6 +135,8 @@ public enum StateProvisioner {
         if let sourceVM = opened.identity?.vmID, sourceVM == vm {
             throw StateToolError(.invalidArgument, "the clone needs another vm-id than its source (\(vm))")
         }
+        try self.refuseExistingTPM(target, overwrite: false)
+        try TargetOwnership.createDirectories(target, mirroring: source)
         let store = try self.openTarget(target, overwrite: false)
         let coordinator = try self.coordinator(vm, ca: ca, registryPath: registryPath)
         let parent = opened.identity.flatMap { identity in
@@ -157,6 +159,7 @@ public enum StateProvisioner {
             creator: "vtpm-state"
         )
         try self.commit(store, identity: identity, rekeyed)
+        TargetOwnership.giveFilesToDirectoryOwner(target)
         try self.record(coordinator, generation: generation, kind: .clone, parent: parent, store: store)
         return Outcome(
             state: target,

@@ -5,6 +5,9 @@ extension StateReport {
     /// - Returns: The text, ending with a newline.
     public func renderText() -> String {
         var lines: [String] = ["state \(self.state)"]
+        if self.inUse == true {
+            lines.append("in use by a running vtpmd or swtpm: read without its lock, nothing written")
+        }
         if self.identity.recorded, let vmID = self.identity.vmID {
             var line = "identity: vm \(vmID) generation \(self.identity.generation ?? 0)"
             if let parent = self.identity.parent { line += ", clone of \(parent)" }

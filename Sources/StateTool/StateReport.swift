@@ -130,6 +130,9 @@ public struct StateReport: Codable, Hashable, Sendable {
     public var formatVersion = 1
     /// The state directory.
     public var state: String
+    /// A running vtpmd or swtpm held the directory: it was read without the lock (each file as last
+    /// written; nothing was changed).
+    public var inUse: Bool?
     /// The recorded identity.
     public var identity: Identity
     /// The state files and their integrity.

@@ -13,15 +13,18 @@ extension Server {
     static let firstControlRead = 4104
 
     /// Reads one control command from the control connection, executes it, replies.
-    func serveControl() {
+    /// - Parameter received: Bytes of the command already read (a peer that waited its turn).
+    func serveControl(received: [UInt8] = []) {
         let fd = self.controlConnection
         let start = ProcessControl.monotonicNanoseconds()
-        let first: (bytes: [UInt8], fds: [Int32])
-        do {
-            first = try Socket.receive(fd, max: Self.firstControlRead)
-        } catch {
-            self.closeControlConnection()
-            return
+        var first: (bytes: [UInt8], fds: [Int32]) = (received, [])
+        if received.isEmpty {
+            do {
+                first = try Socket.receive(fd, max: Self.firstControlRead)
+            } catch {
+                self.closeControlConnection()
+                return
+            }
         }
         var passed = first.fds
         defer { for extra in passed { closeDescriptor(extra) } }

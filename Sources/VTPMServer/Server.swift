@@ -24,6 +24,8 @@ public final class Server {
 
     var controlListener: Int32 = -1
     var controlConnection: Int32 = -1
+    /// Further control connections (read-only queries, or waiting their turn): see ``ControlPeer``.
+    var controlPeers: [ControlPeer] = []
     var dataListener: Int32 = -1
     var dataConnection: Int32 = -1
     /// The data connection came from SET_DATAFD (QEMU) rather than the --server listener.
@@ -142,12 +144,16 @@ public final class Server {
     /// connection. Returns the process exit status.
     public func run() -> Int32 {
         while !self.shouldExit {
+            self.promoteControlPeer()
+            if self.shouldExit { break }
             var fds: [(fd: Int32, events: PollEvents)] = [(self.signalDescriptor, .readable)]
             if self.controlConnection >= 0 {
                 fds.append((self.controlConnection, .readable))
+                if self.acceptsControlPeers { fds.append((self.controlListener, .readable)) }
             } else if self.controlListener >= 0 {
                 fds.append((self.controlListener, .readable))
             }
+            for peer in self.controlPeers where !peer.parked { fds.append((peer.fd, .readable)) }
             if self.dataConnection >= 0 {
                 fds.append((self.dataConnection, .readable))
             } else if self.dataListener >= 0 {
@@ -158,7 +164,7 @@ public final class Server {
             let idleWork = self.identity?.stateWriteDue == true
             let ready: [PollEvents]
             do {
-                ready = try pollDescriptors(fds, timeoutMilliseconds: idleWork ? 0 : -1)
+                ready = try pollDescriptors(fds, timeoutMilliseconds: idleWork ? 0 : self.controlPeerTimeout())
             } catch {
                 self.logger.error("poll failed: \(error)")
                 self.exitStatus = 1
@@ -168,6 +174,7 @@ public final class Server {
                 self.identity?.recordStateWrite()
                 continue
             }
+            self.expireControlPeers()
             let epoch = self.connectionEpoch
             for (index, entry) in fds.enumerated() where !ready[index].isEmpty {
                 if self.shouldExit || self.connectionEpoch != epoch { break }
@@ -180,7 +187,9 @@ public final class Server {
                 case self.controlConnection:
                     self.serveControl()
                 case self.controlListener:
-                    if let fd = try? Socket.accept(self.controlListener) {
+                    if self.controlConnection >= 0 {
+                        self.acceptControlPeer()
+                    } else if let fd = try? Socket.accept(self.controlListener) {
                         self.controlConnection = fd
                         self.connectionEpoch += 1
                     }
@@ -192,7 +201,7 @@ public final class Server {
                         self.connectionEpoch += 1
                     }
                 default:
-                    break
+                    self.serveControlPeer(entry.fd)
                 }
             }
         }
@@ -234,6 +243,8 @@ public final class Server {
         for fd in [self.controlConnection, self.dataConnection, self.controlListener, self.dataListener] where fd >= 0 {
             closeDescriptor(fd)
         }
+        for peer in self.controlPeers { closeDescriptor(peer.fd) }
+        self.controlPeers = []
         if case .unix(let path, _, _, _) = self.configuration.control { removePath(path) }
         if case .unix(let path, _, _, _) = self.configuration.server { removePath(path) }
         if let pidFile = self.configuration.pidFile { removePath(pidFile) }

@@ -47,6 +47,13 @@ package struct DirectoryHandle: Sendable {
 
     package func close() { _ = Glibc.close(self.fd) }
 
+    /// The directory's owner when no one else can write to it (mode without group/other write), else nil.
+    package func exclusiveOwner() -> UInt32? {
+        var st = stat()
+        guard unsafe fstat(self.fd, &st) == 0, st.st_mode & 0o022 == 0 else { return nil }
+        return UInt32(st.st_uid)
+    }
+
     /// Status of `name` without following symlinks, or nil if it does not exist. Wraps `fstatat`.
     package func status(_ name: String) throws(PosixError) -> FileStatus? {
         var st = stat()
@@ -81,7 +88,9 @@ package struct DirectoryHandle: Sendable {
         let status = FileStatus(st)
         guard status.kind == .regular else { throw HostileFileError(name: self.describe(name), reason: .notRegular) }
         if strictMode {
-            guard status.owner == geteuid() else {
+            // Ours, or (for root, e.g. an operator's vtpm-state) the owner of a directory only its owner
+            // can write to: libvirt's state directories belong to the swtpm user.
+            guard status.owner == geteuid() || (geteuid() == 0 && status.owner == self.exclusiveOwner()) else {
                 throw HostileFileError(name: self.describe(name), reason: .wrongOwner)
             }
             guard status.mode & 0o022 == 0 else {

@@ -113,7 +113,7 @@ package enum ProcessControl {
         unsafe pointers.append(nil)
         _ = unsafe execv(path, &pointers)
         let code = currentErrno()
-        for unsafepointer in unsafe pointers { unsafe free(pointer) }
+        unsafe pointers.forEach { unsafe free($0) }
         throw PosixError(errno: code, function: "execv", object: path)
     }
 

@@ -16,6 +16,11 @@ struct VTPMD: ParsableCommand {
     /// The plain command lines of a VM start are scanned directly (`CommandLineOptions.scan`: half of
     /// the start-up time otherwise); everything else — help, errors, `--print-*` — goes to ArgumentParser.
     static func main() {
+        // `swtpm --version` (no front end), as swtpm answers it.
+        if Array(CommandLine.arguments.dropFirst()) == ["--version"] {
+            print(Capabilities.versionText)
+            return
+        }
         if let (options, chardev) = CommandLineOptions.scan(Array(CommandLine.arguments.dropFirst())) {
             do {
                 try Launcher.launch(SwtpmOptions.withEnvironment(options), actions: .run, chardev: chardev)

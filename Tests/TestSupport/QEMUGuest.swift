@@ -139,18 +139,10 @@ public final class QEMUGuest: Sendable {
     /// The QMP connection (also reachable through `qmp`, `hmp`, `events`).
     public let qmpClient: QMPClient
 
-    private struct Console {
-        var cursor = 0  // bytes of the serial output already consumed by waits and commands
-        var counter = 0
-        var history: [String] = []
-    }
-
     private let process: Process
-    private let serialInput: FileHandle
-    private let serial: PipeCollector
     private let stderr: PipeCollector
-    private let console = Mutex(Console())
-    private let token = ExecutableLookup.randomToken()
+    /// The serial console.
+    public let console: GuestConsole
 
     private init(
         configuration: Configuration,
@@ -162,10 +154,19 @@ public final class QEMUGuest: Sendable {
     ) {
         self.configuration = configuration
         self.process = process
-        self.serialInput = serialInput
-        self.serial = serial
         self.stderr = stderr
         self.qmpClient = qmp
+        self.console = GuestConsole(
+            input: serialInput,
+            output: serial,
+            isAlive: { process.isRunning },
+            context: {
+                var lines: [String] = []
+                if !process.isRunning { lines.append("QEMU exited with status \(process.terminationStatus)") }
+                if !stderr.text.isEmpty { lines.append("QEMU stderr:\n\(stderr.text)") }
+                return lines.joined(separator: "\n")
+            }
+        )
     }
 
     deinit {
@@ -174,7 +175,6 @@ public final class QEMUGuest: Sendable {
             ExecutableLookup.send(SIGKILL, to: process.processIdentifier)
             _ = ExecutableLookup.waitForExit(process, timeout: .seconds(5))
         }
-        try? serialInput.close()
     }
 
     // MARK: - Lifecycle
@@ -254,130 +254,31 @@ public final class QEMUGuest: Sendable {
     }
 
     /// Waits for the guest's ready line (`VTPM-GUEST-READY`, printed by init after a boot or
-    /// reboot) after everything consumed so far, then prepares the shell for `run` (turns tty
-    /// echo off) and checks it answers.
-    /// - Parameter timeout: boot budget (TCG boot to ready takes about 5 s on an idle host).
-    /// - Throws: `QEMUGuestError(.timeout)` or `.exited`, with the console tail.
-    public func waitForReady(timeout: Duration = .seconds(120)) throws {
-        let clock = ContinuousClock()
-        let deadline = clock.now + timeout
-        try waitForConsole(Self.readyMarker, timeout: timeout)
-        // the shell starts with line editing (raw mode, own echo); once echo is off, busybox
-        // ash reads plain lines and echoes nothing, so the console shows only command output
-        let setup = "VTPM-SETUP-\(token)"
-        let split = "VTPM-SET\"\"UP-\(token)"
-        try type("stty -echo; PS2=''; echo \(split)\n")
-        _ = try waitForConsole(setup, timeout: max(deadline - clock.now, .seconds(10)))
-        try waitForShell(timeout: max(deadline - clock.now, .seconds(10)))
-    }
+    /// reboot), then prepares the shell for `run`; see ``GuestConsole/waitForReady(timeout:)``.
+    public func waitForReady(timeout: Duration = .seconds(120)) throws { try console.waitForReady(timeout: timeout) }
 
-    /// Checks that the guest shell answers a command. Use this instead of `waitForReady` for a
-    /// guest that resumes rather than boots (`-loadvm`, `-incoming`, HMP `loadvm`).
-    /// - Throws: `QEMUGuestError(.timeout)` or `.exited`.
-    public func waitForShell(timeout: Duration = .seconds(60)) throws {
-        let result = try run("true", timeout: timeout)
-        guard result.status == 0 else {
-            throw QEMUGuestError(.commandFailed, "guest shell answered `true` with status \(result.status)")
-        }
-    }
+    /// Checks that the guest shell answers a command (a guest that resumes rather than boots).
+    public func waitForShell(timeout: Duration = .seconds(60)) throws { try console.waitForShell(timeout: timeout) }
 
-    /// Waits until `text` appears on the console after the consumed part and consumes up to the
-    /// end of that line.
-    /// - Returns: the whole line containing `text`.
-    /// - Throws: `QEMUGuestError(.timeout)` or `.exited` (with the console tail and QEMU's stderr).
+    /// Waits until `text` appears on the console; see ``GuestConsole/waitForConsole(_:timeout:)``.
     @discardableResult
     public func waitForConsole(_ text: String, timeout: Duration = .seconds(60)) throws -> String {
-        let needle = Array(text.utf8)
-        let start = console.withLock { $0.cursor }
-        let found: (line: String, end: Int)? = serial.wait(timeout: timeout) { bytes, _ in
-            guard let at = PipeCollector.find(needle, in: bytes, from: start),
-                let nl = PipeCollector.find([0x0A], in: bytes, from: at + needle.count)
-            else { return nil }
-            var lineStart = at
-            while lineStart > start && bytes[lineStart - 1] != 0x0A { lineStart -= 1 }
-            return (PipeCollector.text(Array(bytes[lineStart..<nl])), nl + 1)
-        }
-        guard let found else {
-            let code: QEMUGuestError.Code = process.isRunning ? .timeout : .exited
-            throw failure(code, "\(text) did not appear on the console within \(timeout)")
-        }
-        console.withLock { $0.cursor = max($0.cursor, found.end) }
-        return found.line
+        try console.waitForConsole(text, timeout: timeout)
     }
 
-    /// Runs a shell command in the guest and returns what it printed (stdout and stderr merged,
-    /// `\r` removed, nothing trimmed) and its exit status. Stdin is /dev/null.
-    ///
-    /// The command is typed as `echo <begin>; { <command>\n} </dev/null 2>&1; echo <end>:$?`
-    /// with markers unique to this call, so it may be any shell text (`a && b`, pipes, `cmd &`,
-    /// several lines) but no single line may exceed 4000 bytes (the tty line limit).
-    /// - Throws: `QEMUGuestError(.timeout)` (a Ctrl-C is sent to the guest first), `.exited`.
+    /// Runs a shell command in the guest; see ``GuestConsole/run(_:timeout:)``.
     public func run(_ command: String, timeout: Duration = .seconds(60)) throws -> (output: String, status: Int32) {
-        let id = console.withLock { c in
-            c.counter += 1
-            c.history.append(command)
-            return "\(token)-\(c.counter)"
-        }
-        let begin = Array("VTPM-BEGIN-\(id)".utf8)
-        let end = Array("VTPM-END-\(id):".utf8)
-        let text = "echo VTPM-BEG\"\"IN-\(id); { \(command)\n} </dev/null 2>&1; echo VTPM-E\"\"ND-\(id):$?\n"
-        if let long = text.split(separator: "\n").first(where: { $0.utf8.count > 4000 }) {
-            throw QEMUGuestError(
-                .commandFailed,
-                "a command line of \(long.utf8.count) bytes exceeds the guest tty limit; split it"
-            )
-        }
-        let start = console.withLock { $0.cursor }
-        try type(text)
-        let result: (output: String, status: Int32, end: Int)? = serial.wait(timeout: timeout) { bytes, _ in
-            guard let b = PipeCollector.find(begin, in: bytes, from: start),
-                let nl = PipeCollector.find([0x0A], in: bytes, from: b + begin.count),
-                let e = PipeCollector.find(end, in: bytes, from: nl + 1)
-            else { return nil }
-            var i = e + end.count
-            var digits = ""
-            while i < bytes.count, bytes[i] >= 0x30, bytes[i] <= 0x39 {
-                digits.append(Character(UnicodeScalar(bytes[i])))
-                i += 1
-            }
-            guard i < bytes.count, bytes[i] == 0x0D || bytes[i] == 0x0A, let status = Int32(digits) else {
-                return nil
-            }
-            while i < bytes.count, bytes[i] != 0x0A { i += 1 }
-            return (PipeCollector.text(Array(bytes[(nl + 1)..<e])), status, min(i + 1, bytes.count))
-        }
-        guard let result else {
-            guard process.isRunning else {
-                throw failure(.exited, "QEMU exited while running guest command: \(command)")
-            }
-            try? type("\u{03}")  // interrupt the command so later commands have a chance
-            throw failure(.timeout, "guest command did not finish within \(timeout): \(command)")
-        }
-        console.withLock { $0.cursor = max($0.cursor, result.end) }
-        return (result.output, result.status)
+        try console.run(command, timeout: timeout)
     }
 
     /// Runs a command and requires exit status 0.
-    /// - Returns: the command's output.
-    /// - Throws: `QEMUGuestError(.commandFailed)` with the output, or as `run`.
     @discardableResult
     public func check(_ command: String, timeout: Duration = .seconds(60)) throws -> String {
-        let (output, status) = try run(command, timeout: timeout)
-        guard status == 0 else {
-            throw QEMUGuestError(.commandFailed, "guest command `\(command)` exited with \(status):\n\(output)")
-        }
-        return output
+        try console.check(command, timeout: timeout)
     }
 
     /// Types raw text on the serial console (no newline added).
-    /// - Throws: `QEMUGuestError(.exited)` when QEMU is gone.
-    public func type(_ text: String) throws {
-        do {
-            try serialInput.write(contentsOf: Data(text.utf8))
-        } catch {
-            throw failure(.exited, "cannot type on the serial console: \(error)")
-        }
-    }
+    public func type(_ text: String) throws { try console.type(text) }
 
     // MARK: - QMP / HMP
 
@@ -513,30 +414,19 @@ public final class QEMUGuest: Sendable {
     // MARK: - Diagnostics
 
     /// Everything the guest wrote on its serial console so far (`\r` removed).
-    public var transcript: String { serial.text }
+    public var transcript: String { console.transcript }
 
     /// The commands given to `run`/`check` so far, oldest first (the console does not echo them).
-    public var history: [String] { console.withLock { $0.history } }
+    public var history: [String] { console.history }
 
     /// QEMU's own stderr (warnings, errors).
     public var qemuStderr: String { stderr.text }
 
     /// The last `lines` lines of the console, for failure messages.
-    public func transcriptTail(lines: Int = 40) -> String {
-        transcript.split(separator: "\n", omittingEmptySubsequences: false).suffix(lines).joined(separator: "\n")
-    }
+    public func transcriptTail(lines: Int = 40) -> String { console.transcriptTail(lines: lines) }
 
     private func failure(_ code: QEMUGuestError.Code, _ what: String) -> QEMUGuestError {
-        var message = what
-        if !process.isRunning {
-            message += "\nQEMU exited with status \(process.terminationStatus)"
-        }
-        let err = stderr.text
-        if !err.isEmpty { message += "\nQEMU stderr:\n\(err)" }
-        let recent = history.suffix(3).map { "$ \($0)" }.joined(separator: "\n")
-        if !recent.isEmpty { message += "\n--- last commands ---\n\(recent)" }
-        message += "\n--- console tail ---\n\(transcriptTail())"
-        return QEMUGuestError(code, message)
+        console.failure(code, what)
     }
 
     /// Creates an empty qcow2 image with `qemu-img create -f qcow2 <path> <size>`.
