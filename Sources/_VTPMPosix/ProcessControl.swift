@@ -113,7 +113,7 @@ package enum ProcessControl {
         unsafe pointers.append(nil)
         _ = unsafe execv(path, &pointers)
         let code = currentErrno()
-        unsafe pointers.forEach { unsafe free($0) }
+        for index in 0..<arguments.count { unsafe free(pointers[index]) }
         throw PosixError(errno: code, function: "execv", object: path)
     }
 
