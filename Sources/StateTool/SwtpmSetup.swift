@@ -1,4 +1,4 @@
-import CloneRekey
+public import CloneRekey
 import Foundation
 import StateStore
 import VMIdentity
@@ -194,7 +194,7 @@ public enum SwtpmSetup {
 
     /// The vm-id and where it came from: the host configuration first (what vtpmd will derive from the
     /// same path), then `--vmid` (`NAME:UUID` or a vm-id).
-    static func identity(
+    public static func identity(
         _ options: SwtpmSetupOptions,
         _ host: HostConfiguration,
         statePath: String

@@ -111,6 +111,8 @@ package enum ProcessControl {
     package static func replaceProcess(path: String, arguments: [String]) throws(PosixError) -> Never {
         var pointers: [UnsafeMutablePointer<CChar>?] = unsafe arguments.map { unsafe strdup($0) }
         unsafe pointers.append(nil)
+        // What this process printed must come out before another program takes the descriptors over.
+        _ = unsafe fflush(nil)
         _ = unsafe execv(path, &pointers)
         let code = currentErrno()
         for index in 0..<arguments.count { unsafe free(pointers[index]) }

@@ -260,3 +260,57 @@ struct ControlChannelTests {
         }
     }
 }
+
+/// Control connections beside the one being served (QEMU's while the VM runs): read-only queries are
+/// answered at once, anything else waits its turn, as swtpm's listen backlog makes it wait.
+@Suite(.serialized)
+struct ControlPeerTests {
+    @Test func aReadOnlyQueryIsAnsweredWhileAnotherConnectionIsServed() throws {
+        try withTemporaryDirectory { dir in
+            let v = try VTPMDInstance(dir: dir)
+            let first = try v.control()
+            #expect(try first.result(.initialize(flags: 0)) == 0)
+            // `first` stays open (QEMU's connection); a second client's queries are answered now.
+            let second = try v.control()
+            #expect(try second.request(.getCapability, replySize: 8) == [0, 0, 0, 0, 0, 0, 0xff, 0xff])
+            #expect(try second.request(.getConfig, replySize: 8) == [0, 0, 0, 0, 0, 0, 0, 0])
+            #expect(try second.request(.getTPMEstablished, replySize: 8).prefix(4) == [0, 0, 0, 0])
+            // Two queries in one write are both answered, in order.
+            try second.send(ControlRequest.getCapability.encoded + ControlRequest.getConfig.encoded)
+            #expect(try second.read(16) == [0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0])
+            // The first connection is still served as before.
+            #expect(try first.request(.getCapability, replySize: 8) == [0, 0, 0, 0, 0, 0, 0xff, 0xff])
+        }
+    }
+
+    @Test func aCommandThatChangesStateWaitsUntilTheServedConnectionCloses() throws {
+        try withTemporaryDirectory { dir in
+            let v = try VTPMDInstance(dir: dir)
+            var first: ControlClient? = try v.control()
+            #expect(try first?.result(.initialize(flags: 0)) == 0)
+            let second = try v.control()
+            try second.send(ControlRequest.stop.encoded)
+            // No answer while `first` is served: STOP waits, and the TPM keeps running for `first`.
+            #expect(try second.read(4, timeout: 500).isEmpty)
+            #expect(try first?.request(.getTPMEstablished, replySize: 8).prefix(4) == [0, 0, 0, 0])
+            first = nil
+            // `first` closed: the waiting STOP is executed and answered.
+            #expect(try second.read(4, timeout: 3000) == [0, 0, 0, 0])
+            #expect(try second.result(.getTPMEstablished, replySize: 8) == ControlResult.badOrdinal)
+        }
+    }
+
+    @Test func aQueryThatStopsHalfwayIsClosedAtTheDeadlineAndDelaysNothing() throws {
+        try withTemporaryDirectory { dir in
+            let v = try VTPMDInstance(dir: dir)
+            let first = try v.control()
+            #expect(try first.result(.initialize(flags: 0)) == 0)
+            let stalled = try v.control()
+            try stalled.send([0, 0])
+            // The served connection is answered meanwhile, and the stalled one is closed after 500 ms.
+            #expect(try first.request(.getCapability, replySize: 8) == [0, 0, 0, 0, 0, 0, 0xff, 0xff])
+            #expect(stalled.isClosed(timeout: 3000))
+            #expect(v.log.contains("incomplete query"))
+        }
+    }
+}

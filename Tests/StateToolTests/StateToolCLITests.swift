@@ -86,7 +86,7 @@ struct StateToolCLITests {
 
     // MARK: inspect
 
-    @Test func inspectsAStateMadeByVTPMDAndRefusesItWhileVTPMDRuns() throws {
+    @Test func inspectsAStateMadeByVTPMDAndReadsItWithoutWritingWhileVTPMDRuns() throws {
         try withTemporaryDirectory { host in
             let state = "\(host)/a"
             let (daemon, port) = try self.startVTPMD(host, state: state, vmID: Self.vmA)
@@ -95,11 +95,14 @@ struct StateToolCLITests {
                 Thread.sleep(forTimeInterval: 0.01)
             }
             Thread.sleep(forTimeInterval: 0.2)
-            // Locked by the running vtpmd: refused, nothing changed.
+            // Locked by the running vtpmd: read without the lock, nothing changed; a rekey is refused.
             let before = self.snapshot(state)
-            let locked = try self.tool(["inspect", "--state", state])
-            #expect(locked.status == 1)
-            #expect(locked.stderr.contains("locked"), "\(locked.output)")
+            let running = try self.tool(["inspect", "--state", state])
+            #expect(running.status == 0, "\(running.output)")
+            #expect(running.stdout.contains("in use by a running vtpmd"), "\(running.output)")
+            #expect(running.stdout.contains("identity: vm \(Self.vmA) generation 0"), "\(running.output)")
+            let rekey = try self.tool(["rekey", "--state", state, "--ca", "\(host)/ca"])
+            #expect(rekey.status == 1 && rekey.stderr.contains("locked"), "\(rekey.output)")
             #expect(self.snapshot(state) == before)
             try self.stopVTPMD(daemon, port: port)
 
