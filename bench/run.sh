@@ -46,7 +46,10 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 OUT=$HERE/out
 TB=$OUT/tpmbench
-SWTPM=${SWTPM:-/usr/bin/swtpm}
+# With swift-vtpm's package installed, swtpm's own programs are the diverted *.distrib ones.
+SWTPM_DEFAULT=/usr/bin/swtpm
+[[ -x /usr/bin/swtpm.distrib ]] && SWTPM_DEFAULT=/usr/bin/swtpm.distrib
+SWTPM=${SWTPM:-$SWTPM_DEFAULT}
 VTPMD=${VTPMD:-/work/main/.build/release/vtpmd}
 read -r -a VTPMD_EXTRA <<< "${VTPMD_ARGS:-}"
 SERVERS=${SERVERS:-"floor swtpm vtpmd vtpmd-nofsync"}
@@ -65,7 +68,9 @@ REKEY=${REKEY:-1}
 REKEY_COUNT=${REKEY_COUNT:-30}
 SAVEVM_COUNT=${SAVEVM_COUNT:-100}
 SETUP_REPEAT=${SETUP_REPEAT:-10}
-SWTPM_SETUP=${SWTPM_SETUP:-/usr/bin/swtpm_setup}
+SWTPM_SETUP_DEFAULT=/usr/bin/swtpm_setup
+[[ -x /usr/bin/swtpm_setup.distrib ]] && SWTPM_SETUP_DEFAULT=/usr/bin/swtpm_setup.distrib
+SWTPM_SETUP=${SWTPM_SETUP:-$SWTPM_SETUP_DEFAULT}
 STATETOOL=${STATETOOL:-1}
 STATETOOL_REPEAT=${STATETOOL_REPEAT:-10}
 VTPM_STATE=${VTPM_STATE:-$(dirname "$VTPMD")/vtpm-state}
@@ -575,7 +580,20 @@ if [[ $STATETOOL != 0 ]]; then
             t1=$(date +%s%N)
             ST_MS[$name]+=" $(awk -v d=$((t1 - t0)) 'BEGIN { printf "%.1f", d / 1e6 }')"
         }
+        # The swtpm_setup stand-in (vtpm-state under swtpm_setup's name, as the Debian package installs it) on
+        # libvirt's first-start call, configured by a host configuration file, against swtpm_setup on the same call.
+        mkdir -p "$STDIR/bin" "$STDIR/libvirt/$VM_SRC/tpm2" "$STDIR/libvirt-swtpm/$VM_SRC/tpm2"
+        ln -sf "$VTPM_STATE" "$STDIR/bin/swtpm_setup"
+        printf 'vm-id-from = %s/libvirt/{uuid}/tpm2\nca = %s/ca\nregistry = %s/registry.sqlite\n' \
+            "$STDIR" "$STDIR" "$STDIR" >"$STDIR/vtpmd.conf"
+        libvirt_call() { # DIR: libvirt 9.0's swtpm_setup arguments, --overwrite in place of --not-overwrite
+            echo --tpm2 --tpm-state "$1" --vmid "guest:$VM_SRC" --logfile "$STDIR/setup.log" --createek \
+                --create-ek-cert --create-platform-cert --lock-nvram --overwrite
+        }
         for ((i = 1; i <= STATETOOL_REPEAT; i++)); do
+            timed standin env VTPMD_CONFIG="$STDIR/vtpmd.conf" "$STDIR/bin/swtpm_setup" \
+                $(libvirt_call "$STDIR/libvirt/$VM_SRC/tpm2")
+            timed swtpm-libvirt "$SWTPM_SETUP" $(libvirt_call "$STDIR/libvirt-swtpm/$VM_SRC/tpm2")
             timed vtpm "$VTPM_STATE" create --state "$STDIR/vtpm" --vm-id "$VM_SRC" --ca "$STDIR/ca" --overwrite
             timed vtpm-sha256 "$VTPM_STATE" create --state "$STDIR/vtpm-sha256" --vm-id "$VM_DST" --ca "$STDIR/ca" \
                 --pcr-banks sha256 --overwrite
@@ -583,7 +601,11 @@ if [[ $STATETOOL != 0 ]]; then
         done
         "$VTPM_STATE" verify --state "$STDIR/vtpm" --ca "$STDIR/ca" >>"$OUT/statetool.log" 2>&1 ||
             die "the state vtpm-state created does not verify (see $OUT/statetool.log)"
-        for s in vtpm vtpm-sha256 swtpm; do record 0 "statetool-$s" create "runs_ms=$(tr ' ' , <<< "${ST_MS[$s]# }")"; done
+        "$VTPM_STATE" verify --state "$STDIR/libvirt/$VM_SRC/tpm2" --ca "$STDIR/ca" >>"$OUT/statetool.log" 2>&1 ||
+            die "the state the swtpm_setup stand-in created does not verify (see $OUT/statetool.log)"
+        for s in vtpm vtpm-sha256 swtpm standin swtpm-libvirt; do
+            record 0 "statetool-$s" create "runs_ms=$(tr ' ' , <<< "${ST_MS[$s]# }")"
+        done
         {
             echo
             echo "State tool: vtpm-state create vs swtpm_setup (wall ms per run incl. process start, $STATETOOL_REPEAT runs each, interleaved; STATETOOL=0 skips)"
@@ -602,6 +624,22 @@ if [[ $STATETOOL != 0 ]]; then
                     "$(printf '%s\n' ${ST_MS[$s]} | sort -g | tail -1)" "$extra"
             done
             echo "command: vtpm-state create --state DIR --vm-id UUID --ca DIR --overwrite [--pcr-banks sha256]; binary $VTPM_STATE"
+            echo
+            echo "Provisioning on libvirt's path: swtpm_setup stand-in vs swtpm_setup, libvirt 9.0's first-start call (wall ms)"
+            printf '%-58s %9s %9s %9s\n' "" p50 min max
+            w=$(median ${ST_MS[swtpm-libvirt]})
+            for s in standin swtpm-libvirt; do
+                case $s in
+                standin) label="vtpm-state as swtpm_setup (host configuration)" ;;
+                swtpm-libvirt) label="swtpm_setup 0.7.1 (swtpm_localca)" ;;
+                esac
+                v=$(median ${ST_MS[$s]})
+                extra=""
+                [[ $s == swtpm-libvirt ]] || extra="   /swtpm_setup: $(ratio "$v" "$w")"
+                printf '%-58s %9s %9s %9s%s\n' "$label" "$v" "$(printf '%s\n' ${ST_MS[$s]} | sort -g | head -1)" \
+                    "$(printf '%s\n' ${ST_MS[$s]} | sort -g | tail -1)" "$extra"
+            done
+            echo "command: swtpm_setup $(libvirt_call DIR)"
         } | tee -a "$RESULTS"
     fi
 fi

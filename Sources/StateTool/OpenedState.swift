@@ -30,7 +30,7 @@ final class OpenedState {
     /// without its lock instead (each file as last renamed into place; nothing is written).
     /// - Throws: ``StateToolError``: `notFound` for a missing directory or one without a TPM state,
     ///   `locked` when a running vtpmd or swtpm holds it (without `readingInUse`).
-    static func open(_ path: String, readingInUse: Bool = false) throws -> OpenedState {
+    static func open(_ path: String, readingInUse: Bool = false, stateKey: StateKey? = nil) throws -> OpenedState {
         guard Self.kind(path) == .typeDirectory else {
             throw StateToolError(.notFound, "state directory \(path) does not exist")
         }
@@ -41,7 +41,9 @@ final class OpenedState {
         guard !present.isEmpty else {
             throw StateToolError(.notFound, "\(path) holds no TPM state (no \(StateDirectory.fileName("permall")))")
         }
-        var store = StateDirectory(path: path, options: StateDirectory.Options(), logger: Self.silentLogger)
+        var options = StateDirectory.Options()
+        options.stateKey = stateKey
+        var store = StateDirectory(path: path, options: options, logger: Self.silentLogger)
         var inUse = false
         do {
             try store.lock()
@@ -55,7 +57,6 @@ final class OpenedState {
                     "state directory \(path) is locked: a running vtpmd or swtpm is using it; stop it first"
                 )
             }
-            var options = StateDirectory.Options()
             options.readOnly = true
             store = StateDirectory(path: path, options: options, logger: Self.silentLogger)
             do { try store.lock() } catch {
@@ -79,7 +80,7 @@ final class OpenedState {
                     guard let plain = try store.load(blob) else { continue }
                     if blob == "permall" { permanent = plain }
                     if let raw = FileManager.default.contents(atPath: full),
-                        let info = try? StateFile.decode([UInt8](raw), key: nil).info
+                        let info = try? StateFile.decode([UInt8](raw), key: stateKey).info
                     {
                         file.writer = info.generation == nil ? "swtpm" : "vtpmd"
                         file.writeGeneration = info.generation

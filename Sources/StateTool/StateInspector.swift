@@ -1,7 +1,7 @@
 import CloneRekey
 import EndorsementCA
 import Foundation
-import StateStore
+public import StateStore
 import TPMEngine
 import TPMWire
 import VMIdentity
@@ -15,8 +15,8 @@ public enum StateInspector {
     /// - Parameter path: The state directory.
     /// - Returns: The report; a damaged file or a TPM libtpms refuses is reported in it (``StateReport/isIntact``).
     /// - Throws: ``StateToolError`` for a missing, empty or locked directory.
-    public static func inspect(path: String) throws -> StateReport {
-        let opened = try OpenedState.open(path, readingInUse: true)
+    public static func inspect(path: String, stateKey: StateKey? = nil) throws -> StateReport {
+        let opened = try OpenedState.open(path, readingInUse: true, stateKey: stateKey)
         return try self.report(opened).report
     }
 

@@ -126,18 +126,19 @@ public enum StateProvisioner {
         target: String,
         vmID: String,
         caDirectory: String,
-        registryPath: String?
+        registryPath: String?,
+        stateKey: StateKey? = nil
     ) throws -> Outcome {
         let vm = try self.parseVMID(vmID)
         let ca = try self.loadCA(caDirectory)
-        let opened = try OpenedState.open(source)
+        let opened = try OpenedState.open(source, stateKey: stateKey)
         let permanent = try opened.requirePermanentState()
         if let sourceVM = opened.identity?.vmID, sourceVM == vm {
             throw StateToolError(.invalidArgument, "the clone needs another vm-id than its source (\(vm))")
         }
         try self.refuseExistingTPM(target, overwrite: false)
         try TargetOwnership.createDirectories(target, mirroring: source)
-        let store = try self.openTarget(target, overwrite: false)
+        let store = try self.openTarget(.directory(target), overwrite: false, stateKey: stateKey)
         let coordinator = try self.coordinator(vm, ca: ca, registryPath: registryPath)
         let parent = opened.identity.flatMap { identity in
             identity.vmID.map { StateOrigin(vmID: $0, generation: identity.generation, checkpoint: nil) }
@@ -179,11 +180,16 @@ public enum StateProvisioner {
     ///   - registryPath: A registry to record the generation in, or nil.
     /// - Returns: What was written.
     /// - Throws: ``StateToolError``; on any error nothing is written.
-    public static func rekey(path: String, vmID: String?, caDirectory: String, registryPath: String?) throws -> Outcome
-    {
+    public static func rekey(
+        path: String,
+        vmID: String?,
+        caDirectory: String,
+        registryPath: String?,
+        stateKey: StateKey? = nil
+    ) throws -> Outcome {
         let given = try vmID.map(self.parseVMID)
         let ca = try self.loadCA(caDirectory)
-        let opened = try OpenedState.open(path)
+        let opened = try OpenedState.open(path, stateKey: stateKey)
         let permanent = try opened.requirePermanentState()
         let recordedVM = opened.identity?.vmID
         if let given, let recordedVM, given != recordedVM {

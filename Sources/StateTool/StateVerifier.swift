@@ -1,6 +1,6 @@
 import EndorsementCA
 import Foundation
-import StateStore
+public import StateStore
 import VMIdentity
 
 /// `vtpm-state verify`: the EK certificates in a state belong to it.
@@ -41,14 +41,14 @@ public enum StateVerifier {
     ///   - caDirectory: The host CA directory (`ca.pem`, `ca-key.pem`).
     /// - Returns: The findings (``Result/passed`` false on any mismatch).
     /// - Throws: ``StateToolError`` for a missing, locked or damaged directory or an unusable CA.
-    public static func verify(path: String, caDirectory: String) throws -> Result {
+    public static func verify(path: String, caDirectory: String, stateKey: StateKey? = nil) throws -> Result {
         let ca: HostCA
         do {
             ca = try HostCA.load(from: caDirectory)
         } catch {
             throw StateToolError(.certificateAuthority, "cannot load the CA in \(caDirectory): \(error)")
         }
-        let opened = try OpenedState.open(path, readingInUse: true)
+        let opened = try OpenedState.open(path, readingInUse: true, stateKey: stateKey)
         _ = try opened.requirePermanentState()
         let (report, keys, certificates) = try StateInspector.report(opened)
         if let error = report.tpmError { throw StateToolError(.engine, "\(path): \(error)") }

@@ -1,6 +1,8 @@
 public import CloneRekey
 import Foundation
+public import StateStore
 import VMIdentity
+import VTPMServer
 
 /// vtpm-state's defaults from the host configuration vtpmd reads (`--config`, `VTPMD_CONFIG`,
 /// `/etc/vtpm/vtpmd.conf`): its `ca`, `registry`, `vm-id` and `vm-id-from`. Options on the command line win.
@@ -23,6 +25,16 @@ public enum ToolDefaults {
     /// without any.
     public static func registry(_ given: String?, _ host: HostConfiguration) -> String? {
         given ?? host.registryPath ?? (host.source != nil ? "/var/lib/vtpm/registry.sqlite" : nil)
+    }
+
+    /// The state key of `--key`, in swtpm's and vtpmd's syntax (`pwdfile=F|pwdfd=N[,kdf=]` or
+    /// `file=F|fd=N[,format=]`, `mode=aes-128-cbc|aes-256-cbc`), read as vtpmd reads it; nil without one.
+    /// - Throws: ``StateToolError`` (`invalidArgument`) naming what is wrong.
+    public static func stateKey(_ text: String?) throws -> StateKey? {
+        guard let text else { return nil }
+        do { return try CommandLineOptions.parseKey(text, option: "--key") } catch {
+            throw StateToolError(.invalidArgument, "\(error)")
+        }
     }
 
     /// `--ca`, else the configuration's `ca`.

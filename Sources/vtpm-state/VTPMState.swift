@@ -75,6 +75,17 @@ struct ConfigOption: ParsableArguments {
     }
 }
 
+/// `--key`: the key the state is encrypted with, as vtpmd's `--key` (libvirt's `<encryption secret>`).
+struct KeyOption: ParsableArguments {
+    @Option(
+        help: ArgumentHelp(
+            "The state's key, as vtpmd's --key: pwdfile=F|pwdfd=N or file=F|fd=N, mode=aes-128-cbc|aes-256-cbc.",
+            valueName: "KEY"
+        )
+    )
+    var key: String?
+}
+
 struct CAOption: ParsableArguments {
     @Option(
         name: .long,
@@ -134,11 +145,15 @@ extension VTPMState {
             discussion: "Exit status 1 when a file is damaged or the TPM does not load. Never prints secrets."
         )
         @OptionGroup var state: StateOption
+        @OptionGroup var key: KeyOption
         @Flag(help: "Print JSON (format documented in README.md).") var json = false
 
         func run() throws {
             try runTool {
-                let report = try StateInspector.inspect(path: self.state.state)
+                let report = try StateInspector.inspect(
+                    path: self.state.state,
+                    stateKey: try ToolDefaults.stateKey(self.key.key)
+                )
                 print(self.json ? try report.renderJSON() : report.renderText(), terminator: "")
                 if !report.isIntact {
                     printError("vtpm-state: \(self.state.state) is damaged or does not load")
@@ -154,11 +169,16 @@ extension VTPMState {
         )
         @OptionGroup var state: StateOption
         @OptionGroup var ca: CAOption
+        @OptionGroup var key: KeyOption
         @Flag(help: "Print JSON.") var json = false
 
         func run() throws {
             try runTool {
-                let result = try StateVerifier.verify(path: self.state.state, caDirectory: try self.ca.resolved())
+                let result = try StateVerifier.verify(
+                    path: self.state.state,
+                    caDirectory: try self.ca.resolved(),
+                    stateKey: try ToolDefaults.stateKey(self.key.key)
+                )
                 print(self.json ? try result.renderJSON() : result.renderText(), terminator: "")
                 if !result.passed { throw ExitCode.failure }
             }
@@ -290,6 +310,7 @@ extension VTPMState {
         var vmID: String?
         @OptionGroup var ca: CAOption
         @OptionGroup var registry: RegistryOption
+        @OptionGroup var key: KeyOption
 
         func validate() throws {
             if self.from == self.to { throw ValidationError("--from and --to must be different directories") }
@@ -303,7 +324,8 @@ extension VTPMState {
                     target: self.to,
                     vmID: try ToolDefaults.vmID(self.vmID, host, statePath: self.to),
                     caDirectory: try ToolDefaults.caDirectory(self.ca.ca, host),
-                    registryPath: ToolDefaults.registry(self.registry.registry, host)
+                    registryPath: ToolDefaults.registry(self.registry.registry, host),
+                    stateKey: try ToolDefaults.stateKey(self.key.key)
                 )
                 print(outcome.summary)
             }
@@ -325,6 +347,7 @@ extension VTPMState {
         var vmID: String?
         @OptionGroup var ca: CAOption
         @OptionGroup var registry: RegistryOption
+        @OptionGroup var key: KeyOption
 
         func run() throws {
             try runTool {
@@ -333,7 +356,8 @@ extension VTPMState {
                     path: self.state.state,
                     vmID: self.vmID ?? ToolDefaults.optionalVMID(host, statePath: self.state.state),
                     caDirectory: try ToolDefaults.caDirectory(self.ca.ca, host),
-                    registryPath: ToolDefaults.registry(self.registry.registry, host)
+                    registryPath: ToolDefaults.registry(self.registry.registry, host),
+                    stateKey: try ToolDefaults.stateKey(self.key.key)
                 )
                 print(outcome.summary)
             }

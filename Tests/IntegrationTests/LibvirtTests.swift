@@ -56,6 +56,18 @@ final class LibvirtTests {
         )
     }
 
+    /// Seals "A secret" under the SRK (0x81000001) and persists the sealed object at 0x81000010.
+    static func seal(_ console: GuestConsole) throws {
+        try console.check(
+            "cd /data && printf 'A secret' > secret && tpm2_createprimary -C o -c srk.ctx -Q"
+                + " && tpm2_evictcontrol -C o -c srk.ctx 0x81000001 -Q && tpm2_flushcontext -t"
+                + " && tpm2_create -C 0x81000001 -i secret -u seal.pub -r seal.priv -Q"
+                + " && tpm2_load -C 0x81000001 -u seal.pub -r seal.priv -c seal.ctx -Q"
+                + " && tpm2_evictcontrol -C o -c seal.ctx 0x81000010 -Q && tpm2_flushcontext -t",
+            timeout: .seconds(120)
+        )
+    }
+
     static func akSigns(_ console: GuestConsole) throws -> Bool {
         try console.run(
             "cd /tmp && echo hello > msg && tpm2_sign -c 0x81010002 -g sha256 -s rsassa -o sig msg"
@@ -204,14 +216,7 @@ final class LibvirtTests {
             }
         }
         var console = try source.start()
-        try console.check(
-            "cd /data && printf 'A secret' > secret && tpm2_createprimary -C o -c srk.ctx -Q"
-                + " && tpm2_evictcontrol -C o -c srk.ctx 0x81000001 -Q && tpm2_flushcontext -t"
-                + " && tpm2_create -C 0x81000001 -i secret -u seal.pub -r seal.priv -Q"
-                + " && tpm2_load -C 0x81000001 -u seal.pub -r seal.priv -c seal.ctx -Q"
-                + " && tpm2_evictcontrol -C o -c seal.ctx 0x81000010 -Q && tpm2_flushcontext -t",
-            timeout: .seconds(120)
-        )
+        try Self.seal(console)
         let sourceEK = try Self.ekDigest(console)
         try Self.stop(source)
         let sourceFiles = try Self.fileDigests(source.stateDirectory)
@@ -270,8 +275,16 @@ final class LibvirtTests {
             domain.remove()
             try? FileManager.default.removeItem(atPath: domain.directory)
         }
+        var clones: [LibvirtDomain] = []
+        defer {
+            for clone in clones {
+                clone.remove()
+                try? FileManager.default.removeItem(atPath: clone.directory)
+            }
+        }
         var console = try domain.start()
         #expect(try Self.certificate(console, names: domain.uuid).namesVM)
+        try Self.seal(console)
         let ek0 = try Self.ekDigest(console)
         #expect(try Self.encrypted(domain.stateDirectory))
         try Libvirt.virsh(["snapshot-create-as", domain.name, "s1"])
@@ -287,6 +300,25 @@ final class LibvirtTests {
         console = try domain.start()
         #expect(try Self.certificate(console, names: domain.uuid).namesVM)
         #expect(try Self.identity(domain)["generation"] as? Int == 1)
+        try Self.stop(domain)
+
+        // The clone recipe with the secret's passphrase (virt-clone keeps the <encryption secret>).
+        let clone = try Self.virtClone(domain, label: "encclone")
+        clones.append(clone)
+        let passphrase = "\(clone.directory)/passphrase"
+        try Data("passphrase-\(secretUUID)".utf8).write(to: URL(fileURLWithPath: passphrase))
+        let recipe = try runCommand(
+            "/usr/bin/vtpm-state",
+            [
+                "clone", "--from", domain.stateDirectory, "--to", clone.stateDirectory, "--key",
+                "pwdfile=\(passphrase),mode=aes-256-cbc",
+            ]
+        )
+        #expect(recipe.status == 0, "\(recipe.output)")
+        #expect(try Self.encrypted(clone.stateDirectory))
+        console = try clone.start()
+        #expect(try console.check("tpm2_unseal -c 0x81000010") == "A secret")
+        #expect(try Self.certificate(console, names: clone.uuid).namesVM)
     }
 
     @Test(.timeLimit(.minutes(5)))
