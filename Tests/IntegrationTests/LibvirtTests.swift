@@ -109,9 +109,23 @@ final class LibvirtTests {
         #expect(log.contains("Starting vTPM manufacturing (swift-vtpm)"), "\(log)")
         #expect(log.contains("VM identity \(domain.uuid)"), "\(log)")
 
-        // The guest's EK certificate names the domain and chains to the host CA.
+        // The guest's EK certificate names the domain and chains to the host CA: the bytes the guest read,
+        // checked with openssl against the package's CA.
         let certificate = try Self.certificate(console, names: domain.uuid)
         #expect(certificate.namesVM)
+        let der = GuestCloneTests.bytes(fromOD: try console.check("od -An -tx1 -v /tmp/ek.der"))
+        try Data(der).write(to: URL(fileURLWithPath: "\(domain.directory)/guest-ek.der"))
+        let pem = try runCommand(
+            "openssl",
+            ["x509", "-inform", "der", "-in", "\(domain.directory)/guest-ek.der", "-out", "\(domain.directory)/guest-ek.pem"]
+        )
+        #expect(pem.status == 0, "\(pem.output)")
+        let chain = try runCommand(
+            "openssl",
+            ["verify", "-CAfile", "/var/lib/vtpm/ca/ca.pem", "\(domain.directory)/guest-ek.pem"]
+        )
+        #expect(chain.status == 0, "\(chain.output)")
+        #expect(String(try runCommand("sha256sum", ["\(domain.directory)/guest-ek.der"]).stdout.prefix(64)) == certificate.digest)
         try Self.persistAK(console)
         let ek = try Self.ekDigest(console)
 
