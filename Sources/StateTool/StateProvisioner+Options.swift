@@ -81,28 +81,7 @@ extension StateProvisioner {
         try self.startup(tpm)
         let implemented = try tpm.run(TPM2Commands.getPCRAllocation(), TPM2Responses.parsePCRAllocation)
         let wanted = Set(pcrBanks.map(\.algorithm))
-        let missing = pcrBanks.filter { bank in !implemented.contains { $0.hashAlgorithm == bank.algorithm } }
-        guard missing.isEmpty else {
-            throw StateToolError(
-                .invalidArgument,
-                "libtpms does not implement the PCR bank(s) \(missing.map(\.rawValue).sorted().joined(separator: ", "))"
-            )
-        }
-        // Every implemented bank is listed: one left out would keep its current allocation.
-        let selection = implemented.map { bank in
-            TPM2Responses.PCRBank(
-                hashAlgorithm: bank.hashAlgorithm,
-                pcrs: wanted.contains(bank.hashAlgorithm) ? Array(0..<TPM2Commands.implementedPCRCount) : []
-            )
-        }
-        let result = try tpm.run(TPM2Commands.pcrAllocate(selection), TPM2Responses.parsePCRAllocate)
-        guard result.success else {
-            throw StateToolError(
-                .engine,
-                "TPM2_PCR_Allocate refused the banks \(self.names(wanted)) (NV needed \(result.sizeNeeded) bytes, "
-                    + "available \(result.sizeAvailable))"
-            )
-        }
+        try self.allocate(tpm, pcrBanks, implemented: implemented)
         try tpm.run(TPM2Commands.shutdown(.clear))
         let allocated = try engine.state(.permanent)
         engine.terminate()
@@ -127,6 +106,37 @@ extension StateProvisioner {
         let permanent = try engine.state(.permanent)
         engine.terminate()
         return permanent
+    }
+
+    /// TPM2_PCR_Allocate (platform authorization, empty at rest) of all PCRs of `pcrBanks` and none of the
+    /// other implemented banks (a bank left out of the selection would keep its allocation).
+    private static func allocate(
+        _ tpm: EngineCommandRunner,
+        _ pcrBanks: Set<PCRBankName>,
+        implemented: [TPM2Responses.PCRBank]
+    ) throws {
+        let wanted = Set(pcrBanks.map(\.algorithm))
+        let missing = pcrBanks.filter { bank in !implemented.contains { $0.hashAlgorithm == bank.algorithm } }
+        guard missing.isEmpty else {
+            throw StateToolError(
+                .invalidArgument,
+                "libtpms does not implement the PCR bank(s) \(missing.map(\.rawValue).sorted().joined(separator: ", "))"
+            )
+        }
+        let selection = implemented.map { bank in
+            TPM2Responses.PCRBank(
+                hashAlgorithm: bank.hashAlgorithm,
+                pcrs: wanted.contains(bank.hashAlgorithm) ? Array(0..<TPM2Commands.implementedPCRCount) : []
+            )
+        }
+        let result = try tpm.run(TPM2Commands.pcrAllocate(selection), TPM2Responses.parsePCRAllocate)
+        guard result.success else {
+            throw StateToolError(
+                .engine,
+                "TPM2_PCR_Allocate refused the banks \(self.names(wanted)) (NV needed \(result.sizeNeeded) bytes, "
+                    + "available \(result.sizeAvailable))"
+            )
+        }
     }
 
     private static func startup(_ tpm: EngineCommandRunner) throws {
@@ -209,23 +219,7 @@ extension StateProvisioner {
             {
                 return false
             }
-            let missing = banks.filter { bank in !current.contains { $0.hashAlgorithm == bank.algorithm } }
-            guard missing.isEmpty else {
-                throw StateToolError(
-                    .invalidArgument,
-                    "libtpms does not implement the PCR bank(s) \(missing.map(\.rawValue).sorted().joined(separator: ", "))"
-                )
-            }
-            let selection = current.map { bank in
-                TPM2Responses.PCRBank(
-                    hashAlgorithm: bank.hashAlgorithm,
-                    pcrs: wanted.contains(bank.hashAlgorithm) ? Array(0..<TPM2Commands.implementedPCRCount) : []
-                )
-            }
-            let result = try tpm.run(TPM2Commands.pcrAllocate(selection), TPM2Responses.parsePCRAllocate)
-            guard result.success else {
-                throw StateToolError(.engine, "TPM2_PCR_Allocate refused the banks \(self.names(wanted))")
-            }
+            try self.allocate(tpm, banks, implemented: current)
             try tpm.run(TPM2Commands.shutdown(.clear))
             let allocated = try engine.state(.permanent)
             try store.store("permall", allocated)

@@ -40,3 +40,15 @@ struct Endorsement: Equatable {
         return Endorsement(ekCertificate: fileBytes(cert) ?? [], ekPublic: fileBytes(pub) ?? [])
     }
 }
+
+/// Guest shell commands the guest tests share.
+enum GuestCommands {
+    /// Seals "A secret" under an SRK persisted at 0x81000001 and persists the sealed object at 0x81000010
+    /// (files in /data).
+    static let seal =
+        "cd /data && printf 'A secret' > secret && tpm2_createprimary -C o -c srk.ctx -Q"
+        + " && tpm2_evictcontrol -C o -c srk.ctx 0x81000001 -Q && tpm2_flushcontext -t"
+        + " && tpm2_create -C 0x81000001 -i secret -u seal.pub -r seal.priv -Q"
+        + " && tpm2_load -C 0x81000001 -u seal.pub -r seal.priv -c seal.ctx -Q"
+        + " && tpm2_evictcontrol -C o -c seal.ctx 0x81000010 -Q && tpm2_flushcontext -t"
+}

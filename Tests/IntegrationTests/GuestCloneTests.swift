@@ -52,14 +52,7 @@ struct GuestCloneTests {
                 + " && tpm2_evictcontrol -C o -c ak.ctx 0x81010002 -Q && tpm2_flushcontext -t",
             timeout: .seconds(120)
         )
-        try a.check(
-            "cd /data && printf 'A secret' > secret && tpm2_createprimary -C o -c srk.ctx -Q"
-                + " && tpm2_evictcontrol -C o -c srk.ctx 0x81000001 -Q && tpm2_flushcontext -t"
-                + " && tpm2_create -C 0x81000001 -i secret -u seal.pub -r seal.priv -Q"
-                + " && tpm2_load -C 0x81000001 -u seal.pub -r seal.priv -c seal.ctx -Q"
-                + " && tpm2_evictcontrol -C o -c seal.ctx 0x81000010 -Q && tpm2_flushcontext -t",
-            timeout: .seconds(120)
-        )
+        try a.check(GuestCommands.seal, timeout: .seconds(120))
         #expect(try a.check("tpm2_unseal -c 0x81000010") == "A secret")
         // A signing key whose policy is PolicyNV(counter == its value now).
         try a.check(

@@ -62,6 +62,40 @@ struct HostConfigurationIdentityTests {
 
         func socket(_ name: String) -> String { "\(self.root)/run/1-\(name)-swtpm.sock" }
 
+        /// Proxmox's TPM volume of VM `vm` (a directory-storage raw file); its directory is created.
+        func proxmoxVolume(_ vm: String) throws -> String {
+            try FileManager.default.createDirectory(
+                atPath: "\(self.root)/images/\(vm)",
+                withIntermediateDirectories: true
+            )
+            return "\(self.root)/images/\(vm)/vm-\(vm)-disk-1.raw"
+        }
+
+        /// vtpmd on Proxmox VE's exact swtpm command line for VM `vm` (`--daemon`, `--pid`), then CMD_INIT, the
+        /// identity vtpmd reports, and a shutdown.
+        func proxmoxRun(_ vm: String) throws -> [String: Any] {
+            let socket = "\(self.root)/run/\(vm).swtpm"
+            let pid = "\(self.root)/run/\(vm).swtpm.pid"
+            let started = try runCommand(
+                Binaries.vtpmd,
+                [
+                    "socket", "--tpmstate", "backend-uri=file://\(try self.proxmoxVolume(vm)),mode=0600",
+                    "--ctrl", "type=unixio,path=\(socket),mode=0600", "--pid", "file=\(pid)", "--terminate",
+                    "--daemon", "--log", "file=\(self.root)/log/\(vm)-swtpm.log,level=1,prefix=[id=1733490000]",
+                    "--tpm2",
+                ],
+                environment: self.env
+            )
+            try #require(started.status == 0, "\(started.output)")
+            #expect(try runCommand(Binaries.vtpmctl, ["init", "--unix", socket]).status == 0)
+            let identity = try runCommand(Binaries.vtpmctl, ["identity", "--json", "--unix", socket])
+            _ = try runCommand(Binaries.vtpmctl, ["shutdown", "--unix", socket])
+            for _ in 0..<300 where FileManager.default.fileExists(atPath: pid) {
+                Thread.sleep(forTimeInterval: 0.01)
+            }
+            return (try JSONSerialization.jsonObject(with: Data(identity.stdout.utf8)) as? [String: Any]) ?? [:]
+        }
+
         func ctl(_ name: String, _ arguments: String...) throws -> CommandResult {
             try runCommand(Binaries.vtpmctl, arguments + ["--unix", self.socket(name)], timeout: .seconds(30))
         }
@@ -279,34 +313,8 @@ struct HostConfigurationIdentityTests {
                 host-key = \(dir)/host.key
                 """
             )
-            func volume(_ vm: String) throws -> String {
-                try FileManager.default.createDirectory(
-                    atPath: "\(dir)/images/\(vm)",
-                    withIntermediateDirectories: true
-                )
-                return "\(dir)/images/\(vm)/vm-\(vm)-disk-1.raw"
-            }
-            func proxmox(_ vm: String) throws -> [String: Any] {
-                let socket = "\(dir)/run/\(vm).swtpm"
-                let pid = "\(dir)/run/\(vm).swtpm.pid"
-                let started = try runCommand(
-                    Binaries.vtpmd,
-                    [
-                        "socket", "--tpmstate", "backend-uri=file://\(try volume(vm)),mode=0600",
-                        "--ctrl", "type=unixio,path=\(socket),mode=0600", "--pid", "file=\(pid)", "--terminate",
-                        "--daemon", "--log", "file=\(dir)/log/\(vm)-swtpm.log,level=1,prefix=[id=1733490000]", "--tpm2",
-                    ],
-                    environment: host.env
-                )
-                try #require(started.status == 0, "\(started.output)")
-                #expect(try runCommand(Binaries.vtpmctl, ["init", "--unix", socket]).status == 0)
-                let identity = try runCommand(Binaries.vtpmctl, ["identity", "--json", "--unix", socket])
-                _ = try runCommand(Binaries.vtpmctl, ["shutdown", "--unix", socket])
-                for _ in 0..<200 where FileManager.default.fileExists(atPath: pid) {
-                    Thread.sleep(forTimeInterval: 0.01)
-                }
-                return (try JSONSerialization.jsonObject(with: Data(identity.stdout.utf8)) as? [String: Any]) ?? [:]
-            }
+            let volume = host.proxmoxVolume
+            let proxmox = host.proxmoxRun
             // Proxmox allocates the volume (zeros); vtpmd formats it.
             #expect(FileManager.default.createFile(atPath: try volume("101"), contents: Data(count: 262_144)))
             let first = try proxmox("101")

@@ -58,14 +58,7 @@ final class LibvirtTests {
 
     /// Seals "A secret" under the SRK (0x81000001) and persists the sealed object at 0x81000010.
     static func seal(_ console: GuestConsole) throws {
-        try console.check(
-            "cd /data && printf 'A secret' > secret && tpm2_createprimary -C o -c srk.ctx -Q"
-                + " && tpm2_evictcontrol -C o -c srk.ctx 0x81000001 -Q && tpm2_flushcontext -t"
-                + " && tpm2_create -C 0x81000001 -i secret -u seal.pub -r seal.priv -Q"
-                + " && tpm2_load -C 0x81000001 -u seal.pub -r seal.priv -c seal.ctx -Q"
-                + " && tpm2_evictcontrol -C o -c seal.ctx 0x81000010 -Q && tpm2_flushcontext -t",
-            timeout: .seconds(120)
-        )
+        try console.check(GuestCommands.seal, timeout: .seconds(120))
     }
 
     static func akSigns(_ console: GuestConsole) throws -> Bool {
@@ -117,7 +110,10 @@ final class LibvirtTests {
         try Data(der).write(to: URL(fileURLWithPath: "\(domain.directory)/guest-ek.der"))
         let pem = try runCommand(
             "openssl",
-            ["x509", "-inform", "der", "-in", "\(domain.directory)/guest-ek.der", "-out", "\(domain.directory)/guest-ek.pem"]
+            [
+                "x509", "-inform", "der", "-in", "\(domain.directory)/guest-ek.der", "-out",
+                "\(domain.directory)/guest-ek.pem",
+            ]
         )
         #expect(pem.status == 0, "\(pem.output)")
         let chain = try runCommand(
@@ -125,7 +121,10 @@ final class LibvirtTests {
             ["verify", "-CAfile", "/var/lib/vtpm/ca/ca.pem", "\(domain.directory)/guest-ek.pem"]
         )
         #expect(chain.status == 0, "\(chain.output)")
-        #expect(String(try runCommand("sha256sum", ["\(domain.directory)/guest-ek.der"]).stdout.prefix(64)) == certificate.digest)
+        #expect(
+            String(try runCommand("sha256sum", ["\(domain.directory)/guest-ek.der"]).stdout.prefix(64))
+                == certificate.digest
+        )
         try Self.persistAK(console)
         let ek = try Self.ekDigest(console)
 

@@ -85,13 +85,7 @@ struct SwtpmSetupStandInTests {
                 host-key = \(dir)/host.key
                 """
             )
-            func volume(_ vm: String) throws -> String {
-                try FileManager.default.createDirectory(
-                    atPath: "\(dir)/images/\(vm)",
-                    withIntermediateDirectories: true
-                )
-                return "\(dir)/images/\(vm)/vm-\(vm)-disk-1.raw"
-            }
+            let volume = host.proxmoxVolume
             // Proxmox allocates a raw volume of zeros, then runs swtpm_setup on it.
             #expect(FileManager.default.createFile(atPath: try volume("101"), contents: Data(count: 4 << 20)))
             let setup = try Self.swtpmSetup(
@@ -107,27 +101,7 @@ struct SwtpmSetupStandInTests {
             #expect(ek101.vmID == VMID("101") && ek101.generation == 0)
 
             // Proxmox's swtpm command line on it: the provisioned identity, no decision.
-            func start(_ vm: String) throws -> [String: Any] {
-                let socket = "\(dir)/run/\(vm).swtpm"
-                let pid = "\(dir)/run/\(vm).swtpm.pid"
-                let started = try runCommand(
-                    Binaries.vtpmd,
-                    [
-                        "socket", "--tpmstate", "backend-uri=file://\(try volume(vm)),mode=0600",
-                        "--ctrl", "type=unixio,path=\(socket),mode=0600", "--pid", "file=\(pid)", "--terminate",
-                        "--daemon", "--log", "file=\(dir)/log/\(vm)-swtpm.log,level=1", "--tpm2",
-                    ],
-                    environment: host.env
-                )
-                try #require(started.status == 0, "\(started.output)")
-                #expect(try runCommand(Binaries.vtpmctl, ["init", "--unix", socket]).status == 0)
-                let identity = try runCommand(Binaries.vtpmctl, ["identity", "--json", "--unix", socket])
-                _ = try runCommand(Binaries.vtpmctl, ["shutdown", "--unix", socket])
-                for _ in 0..<300 where FileManager.default.fileExists(atPath: pid) {
-                    Thread.sleep(forTimeInterval: 0.01)
-                }
-                return (try JSONSerialization.jsonObject(with: Data(identity.stdout.utf8)) as? [String: Any]) ?? [:]
-            }
+            let start = host.proxmoxRun
             let first = try start("101")
             #expect(first["vm_id"] as? String == "101" && first["last_decision"] as? String == "none", "\(first)")
 
