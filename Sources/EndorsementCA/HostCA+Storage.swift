@@ -203,7 +203,12 @@ extension HostCA {
 
     private static func readIfPresent(_ handle: DirectoryHandle, _ name: String) throws -> [UInt8]? {
         do {
-            return try handle.readFile(name, maxSize: Self.maximumFileSize, strictMode: true)
+            return try handle.readFile(
+                name,
+                maxSize: Self.maximumFileSize,
+                strictMode: true,
+                trustedOwner: handle.exclusiveOwner()
+            )
         } catch let error as HostileFileError {
             throw EndorsementCAError(.hostileFile, error.description)
         } catch {

@@ -94,7 +94,12 @@ final class DirectoryStorage: BlobStorage {
         do {
             // Group/other write access is refused unless the operator configured such a mode.
             let strict = self.options.fileMode & 0o022 == 0
-            return try dir.readFile(name, maxSize: StateDirectory.maximumFileSize, strictMode: strict)
+            return try dir.readFile(
+                name,
+                maxSize: StateDirectory.maximumFileSize,
+                strictMode: strict,
+                trustedOwner: self.options.trustDirectoryOwner ? dir.exclusiveOwner() : nil
+            )
         } catch let error as HostileFileError {
             throw StateStoreError(.hostileFile, error.description)
         } catch {

@@ -48,6 +48,9 @@ public final class StateDirectory {
         /// Read a directory without taking its lock (one a running vtpmd holds): every file is read
         /// as it was last renamed into place, and nothing is written (writes fail).
         public var readOnly = false
+        /// Run by root, also accept files owned by the user who alone can write the directory (an operator's
+        /// vtpm-state on libvirt's swtpm-user directories); vtpmd itself reads only its own files.
+        public var trustDirectoryOwner = false
         public init() {}
     }
 

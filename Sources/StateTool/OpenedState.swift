@@ -43,6 +43,7 @@ final class OpenedState {
         }
         var options = StateDirectory.Options()
         options.stateKey = stateKey
+        options.trustDirectoryOwner = true
         var store = StateDirectory(path: path, options: options, logger: Self.silentLogger)
         var inUse = false
         do {

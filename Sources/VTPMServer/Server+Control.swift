@@ -13,12 +13,13 @@ extension Server {
     static let firstControlRead = 4104
 
     /// Reads one control command from the control connection, executes it, replies.
-    /// - Parameter received: Bytes of the command already read (a peer that waited its turn).
-    func serveControl(received: [UInt8] = []) {
+    /// - Parameter received: Bytes of the command already read, and descriptors that came with them (a peer
+    ///   that waited its turn).
+    func serveControl(received: (bytes: [UInt8], fds: [Int32]) = ([], [])) {
         let fd = self.controlConnection
         let start = ProcessControl.monotonicNanoseconds()
-        var first: (bytes: [UInt8], fds: [Int32]) = (received, [])
-        if received.isEmpty {
+        var first = received
+        if received.bytes.isEmpty {
             do {
                 first = try Socket.receive(fd, max: Self.firstControlRead)
             } catch {

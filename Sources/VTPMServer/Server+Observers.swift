@@ -11,6 +11,8 @@ struct ControlPeer {
     let fd: Int32
     /// Bytes received and not yet answered.
     var buffer: [UInt8] = []
+    /// Descriptors that came with them (SET_DATAFD), handed on when the peer is served.
+    var descriptors: [Int32] = []
     /// When the first byte of the unanswered message arrived (for the control deadline).
     var since: UInt64 = 0
     /// Waiting to be served (its buffer starts with a command that is not read-only).
@@ -61,7 +63,9 @@ extension Server {
         guard let index = self.controlPeers.firstIndex(where: { $0.fd == fd }) else { return }
         let more: [UInt8]
         do {
-            more = try Socket.read(fd, max: Self.firstControlRead)
+            let received = try Socket.receive(fd, max: Self.firstControlRead)
+            more = received.bytes
+            self.controlPeers[index].descriptors += received.fds
         } catch {
             self.dropControlPeer(at: index)
             return
@@ -125,11 +129,12 @@ extension Server {
         let peer = self.controlPeers.remove(at: index)
         self.controlConnection = peer.fd
         self.connectionEpoch += 1
-        self.serveControl(received: peer.buffer)
+        self.serveControl(received: (peer.buffer, peer.descriptors))
     }
 
     func dropControlPeer(at index: Int) {
         closeDescriptor(self.controlPeers[index].fd)
+        for fd in self.controlPeers[index].descriptors { closeDescriptor(fd) }
         self.controlPeers.remove(at: index)
         self.connectionEpoch += 1
     }

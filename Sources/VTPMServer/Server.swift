@@ -243,7 +243,7 @@ public final class Server {
         for fd in [self.controlConnection, self.dataConnection, self.controlListener, self.dataListener] where fd >= 0 {
             closeDescriptor(fd)
         }
-        for peer in self.controlPeers { closeDescriptor(peer.fd) }
+        for peer in self.controlPeers { ([peer.fd] + peer.descriptors).forEach(closeDescriptor) }
         self.controlPeers = []
         if case .unix(let path, _, _, _) = self.configuration.control { removePath(path) }
         if case .unix(let path, _, _, _) = self.configuration.server { removePath(path) }

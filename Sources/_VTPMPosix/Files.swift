@@ -47,8 +47,11 @@ package struct DirectoryHandle: Sendable {
 
     package func close() { _ = Glibc.close(self.fd) }
 
-    /// The directory's owner when no one else can write to it (mode without group/other write), else nil.
+    /// The directory's owner when we are root and no one else can write to it (mode without group/other
+    /// write), else nil: root's tools may trust that user's files in it (libvirt's state directories and the
+    /// package's CA belong to the swtpm user).
     package func exclusiveOwner() -> UInt32? {
+        guard geteuid() == 0 else { return nil }
         var st = stat()
         guard unsafe fstat(self.fd, &st) == 0, st.st_mode & 0o022 == 0 else { return nil }
         return UInt32(st.st_uid)
@@ -69,7 +72,14 @@ package struct DirectoryHandle: Sendable {
     /// Reads a whole regular file under the hostile-file policy: no symlinks, regular files only,
     /// owned by us, not writable by group/others (when `strictMode`), at most `maxSize` bytes.
     /// Returns nil when the file does not exist. Never changes the file's mode.
-    package func readFile(_ name: String, maxSize: Int, strictMode: Bool = true) throws -> [UInt8]? {
+    /// - Parameter trustedOwner: Another owner accepted besides us (root's tools reading a directory that
+    ///   another user owns alone; see ``exclusiveOwner()``).
+    package func readFile(
+        _ name: String,
+        maxSize: Int,
+        strictMode: Bool = true,
+        trustedOwner: UInt32? = nil
+    ) throws -> [UInt8]? {
         let fd: Int32
         do {
             fd = try retryingEINTR("openat", self.describe(name)) {
@@ -88,9 +98,7 @@ package struct DirectoryHandle: Sendable {
         let status = FileStatus(st)
         guard status.kind == .regular else { throw HostileFileError(name: self.describe(name), reason: .notRegular) }
         if strictMode {
-            // Ours, or (for root, e.g. an operator's vtpm-state) the owner of a directory only its owner
-            // can write to: libvirt's state directories belong to the swtpm user.
-            guard status.owner == geteuid() || (geteuid() == 0 && status.owner == self.exclusiveOwner()) else {
+            guard status.owner == geteuid() || (trustedOwner != nil && status.owner == trustedOwner) else {
                 throw HostileFileError(name: self.describe(name), reason: .wrongOwner)
             }
             guard status.mode & 0o022 == 0 else {

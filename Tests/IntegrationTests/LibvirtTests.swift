@@ -133,10 +133,18 @@ final class LibvirtTests {
         let before = try Self.identity(domain)
         #expect(before["vm_id"] as? String == domain.uuid)
         #expect(before["generation"] as? Int == 0)
-        let inspect = try runCommand(Binaries.vtpmState, ["inspect", "--state", domain.stateDirectory])
+        let inspect = try runCommand(
+            Binaries.vtpmState,
+            ["inspect", "--state", domain.stateDirectory],
+            environment: hostConfigurationOfThisHost
+        )
         #expect(inspect.status == 0, "\(inspect.output)")
         #expect(inspect.stdout.contains("in use by a running vtpmd"), "\(inspect.output)")
-        let verify = try runCommand(Binaries.vtpmState, ["verify", "--state", domain.stateDirectory])
+        let verify = try runCommand(
+            Binaries.vtpmState,
+            ["verify", "--state", domain.stateDirectory],
+            environment: hostConfigurationOfThisHost
+        )
         #expect(
             verify.status == 0 && verify.stdout.contains("names vm \(domain.uuid) generation 0"),
             "\(verify.output)"
@@ -201,7 +209,11 @@ final class LibvirtTests {
         let ek1 = try Self.ekDigest(console)
         #expect(ek1 != ek0)
         #expect(try Self.certificate(console, names: domain.uuid).namesVM)
-        let verify = try runCommand(Binaries.vtpmState, ["verify", "--state", domain.stateDirectory])
+        let verify = try runCommand(
+            Binaries.vtpmState,
+            ["verify", "--state", domain.stateDirectory],
+            environment: hostConfigurationOfThisHost
+        )
         #expect(verify.status == 0 && verify.stdout.contains("generation 1"), "\(verify.output)")
 
         // on-rollback = keep in the host configuration: the snapshot's TPM as it was.
@@ -239,7 +251,8 @@ final class LibvirtTests {
         clones.append(clone)
         let recipe = try runCommand(
             "/usr/bin/vtpm-state",
-            ["clone", "--from", source.stateDirectory, "--to", clone.stateDirectory]
+            ["clone", "--from", source.stateDirectory, "--to", clone.stateDirectory],
+            environment: hostConfigurationOfThisHost
         )
         #expect(recipe.status == 0, "\(recipe.output)")
         let owner = try FileManager.default.attributesOfItem(atPath: "\(clone.stateDirectory)/tpm2-00.permall")
@@ -248,7 +261,11 @@ final class LibvirtTests {
         #expect(try console.check("tpm2_unseal -c 0x81000010") == "A secret")
         #expect(try Self.ekDigest(console) != sourceEK)
         #expect(try Self.certificate(console, names: clone.uuid).namesVM)
-        let lineage = try runCommand("/usr/bin/vtpm-state", ["lineage", "--vm-id", clone.uuid])
+        let lineage = try runCommand(
+            "/usr/bin/vtpm-state",
+            ["lineage", "--vm-id", clone.uuid],
+            environment: hostConfigurationOfThisHost
+        )
         #expect(lineage.stdout.contains(source.uuid), "\(lineage.output)")
         clone.destroy()
 
@@ -325,7 +342,8 @@ final class LibvirtTests {
             [
                 "clone", "--from", domain.stateDirectory, "--to", clone.stateDirectory, "--key",
                 "pwdfile=\(passphrase),mode=aes-256-cbc",
-            ]
+            ],
+            environment: hostConfigurationOfThisHost
         )
         #expect(recipe.status == 0, "\(recipe.output)")
         #expect(try Self.encrypted(clone.stateDirectory))
@@ -411,7 +429,11 @@ final class LibvirtTests {
 
     /// Whether vtpm-state reports the permanent state as encrypted.
     static func encrypted(_ directory: String) throws -> Bool {
-        let inspect = try runCommand(Binaries.vtpmState, ["inspect", "--state", directory, "--json"])
+        let inspect = try runCommand(
+            Binaries.vtpmState,
+            ["inspect", "--state", directory, "--json"],
+            environment: hostConfigurationOfThisHost
+        )
         guard let report = try JSONSerialization.jsonObject(with: Data(inspect.stdout.utf8)) as? [String: Any],
             let files = report["files"] as? [[String: Any]],
             let permall = files.first(where: { $0["name"] as? String == "tpm2-00.permall" })

@@ -33,6 +33,20 @@ public struct CommandResult: Sendable {
     public var output: String { self.stdout + self.stderr }
 }
 
+/// The environment of a program a test starts: the test process's, then `extra`; a `VTPMD_CONFIG` of "" in
+/// `extra` removes it (see ``hostConfigurationOfThisHost``).
+public func testEnvironment(_ extra: [String: String]) -> [String: String] {
+    var env = ProcessInfo.processInfo.environment
+    for (k, v) in extra { env[k] = v }
+    if env["VTPMD_CONFIG"] == "" { env["VTPMD_CONFIG"] = nil }
+    return env
+}
+
+/// For `environment:`: no `VTPMD_CONFIG` at all, so the program reads the host's `/etc/vtpm/vtpmd.conf` as an
+/// operator's shell (or libvirtd) would. Tests that install the Debian package (`LibvirtTests`) put that file
+/// in place for the length of each test; `make test` runs suites one at a time, so no other test sees it.
+public let hostConfigurationOfThisHost = ["VTPMD_CONFIG": ""]
+
 /// Runs a program to completion (with a timeout) and collects its output.
 public func runCommand(
     _ executable: String,
@@ -44,9 +58,7 @@ public func runCommand(
     let process = Process()
     process.executableURL = try ExecutableLookup.find(executable)
     process.arguments = arguments
-    var env = ProcessInfo.processInfo.environment
-    for (k, v) in environment { env[k] = v }
-    process.environment = env
+    process.environment = testEnvironment(environment)
     let out = Pipe()
     let err = Pipe()
     process.standardInput = FileHandle.nullDevice
@@ -85,11 +97,7 @@ public final class Daemon: Sendable {
         let process = Process()
         process.executableURL = try ExecutableLookup.find(executable)
         process.arguments = arguments
-        if !environment.isEmpty {
-            var env = ProcessInfo.processInfo.environment
-            for (k, v) in environment { env[k] = v }
-            process.environment = env
-        }
+        process.environment = testEnvironment(environment)
         let o = Pipe()
         let e = Pipe()
         process.standardInput = FileHandle.nullDevice

@@ -33,7 +33,8 @@ public enum Libvirt {
     /// Starts virtlogd and libvirtd unless they run, and waits until virsh answers.
     public static func startDaemons() throws {
         for daemon in ["virtlogd", "libvirtd"] where !self.isRunning(daemon) {
-            let started = try runCommand(daemon, ["-d"])
+            // libvirtd's children (swtpm_setup, swtpm) read the host's configuration.
+            let started = try runCommand(daemon, ["-d"], environment: hostConfigurationOfThisHost)
             guard started.status == 0 else { throw LibvirtError("\(daemon) -d failed: \(started.output)") }
         }
         let deadline = ContinuousClock.now + .seconds(30)
@@ -51,7 +52,12 @@ public enum Libvirt {
     /// `virsh -c qemu:///system ARGS`; throws unless it exits 0.
     @discardableResult
     public static func virsh(_ arguments: [String], timeout: Duration = .seconds(120)) throws -> String {
-        let result = try runCommand("virsh", ["-c", self.uri] + arguments, timeout: timeout)
+        let result = try runCommand(
+            "virsh",
+            ["-c", self.uri] + arguments,
+            environment: hostConfigurationOfThisHost,
+            timeout: timeout
+        )
         guard result.status == 0 else {
             throw LibvirtError("virsh \(arguments.joined(separator: " ")) exited \(result.status): \(result.output)")
         }
@@ -61,7 +67,11 @@ public enum Libvirt {
     /// Installs the package with `dpkg -i`.
     public static func installPackage() throws {
         guard let deb = self.debPath else { throw LibvirtError("no swift-vtpm .deb: run `make deb`") }
-        let result = try runCommand("dpkg", ["-i", deb], environment: ["DEBIAN_FRONTEND": "noninteractive"])
+        let result = try runCommand(
+            "dpkg",
+            ["-i", deb],
+            environment: hostConfigurationOfThisHost.merging(["DEBIAN_FRONTEND": "noninteractive"]) { $1 }
+        )
         guard result.status == 0 else { throw LibvirtError("dpkg -i \(deb) failed: \(result.output)") }
     }
 
@@ -70,7 +80,7 @@ public enum Libvirt {
         let result = try runCommand(
             "dpkg",
             [purge ? "--purge" : "--remove", "swift-vtpm"],
-            environment: ["DEBIAN_FRONTEND": "noninteractive"]
+            environment: hostConfigurationOfThisHost.merging(["DEBIAN_FRONTEND": "noninteractive"]) { $1 }
         )
         guard result.status == 0 else { throw LibvirtError("dpkg --remove swift-vtpm failed: \(result.output)") }
     }

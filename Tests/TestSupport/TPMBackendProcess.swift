@@ -72,6 +72,7 @@ public final class TPMBackendProcess: Sendable {
         let process = Process()
         process.executableURL = self.executable
         process.arguments = arguments
+        process.environment = testEnvironment([:])
         process.currentDirectoryURL = URL(fileURLWithPath: dir)
         let out = Pipe()
         let err = Pipe()
