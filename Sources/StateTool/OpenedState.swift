@@ -3,6 +3,7 @@ import Logging
 import StateStore
 import TPMWire
 import VMIdentity
+import _VTPMPosix
 
 /// A state directory as `vtpm-state` reads it: locked first (a directory in use by vtpmd or swtpm is
 /// refused), then its identity and every state file decoded and checked. Nothing is written.
@@ -25,6 +26,15 @@ final class OpenedState {
     ]
 
     static let silentLogger = Logger(label: "vtpm.statetool", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    /// `open(path, readingInUse: true)`, read once more when a file did not decode in a directory a running
+    /// vtpmd holds (it may have been rewriting it: the spare swap reuses inodes).
+    static func openForReading(_ path: String, stateKey: StateKey?) throws -> OpenedState {
+        let opened = try self.open(path, readingInUse: true, stateKey: stateKey)
+        guard opened.inUse && !opened.isIntact else { return opened }
+        Thread.sleep(forTimeInterval: 0.05)
+        return try self.open(path, readingInUse: true, stateKey: stateKey)
+    }
 
     /// Opens and locks `path`; with `readingInUse`, a directory a running vtpmd or swtpm holds is read
     /// without its lock instead (each file as last renamed into place; nothing is written).
@@ -80,8 +90,9 @@ final class OpenedState {
                     let blob = String(name.dropFirst("tpm2-00.".count))
                     guard let plain = try store.load(blob) else { continue }
                     if blob == "permall" { permanent = plain }
-                    if let raw = FileManager.default.contents(atPath: full),
-                        let info = try? StateFile.decode([UInt8](raw), key: stateKey).info
+                    // Not following a symbolic link, at most the size a state file may have.
+                    if let raw = try? readWholeFile(path: full, maxSize: 1 << 20),
+                        let info = try? StateFile.decode(raw, key: stateKey).info
                     {
                         file.writer = info.generation == nil ? "swtpm" : "vtpmd"
                         file.writeGeneration = info.generation

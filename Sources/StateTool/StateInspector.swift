@@ -16,7 +16,7 @@ public enum StateInspector {
     /// - Returns: The report; a damaged file or a TPM libtpms refuses is reported in it (``StateReport/isIntact``).
     /// - Throws: ``StateToolError`` for a missing, empty or locked directory.
     public static func inspect(path: String, stateKey: StateKey? = nil) throws -> StateReport {
-        let opened = try OpenedState.open(path, readingInUse: true, stateKey: stateKey)
+        let opened = try OpenedState.openForReading(path, stateKey: stateKey)
         return try self.report(opened).report
     }
 

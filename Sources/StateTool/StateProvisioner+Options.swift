@@ -223,6 +223,7 @@ extension StateProvisioner {
             try tpm.run(TPM2Commands.shutdown(.clear))
             let allocated = try engine.state(.permanent)
             try store.store("permall", allocated)
+            if case .directory(let path) = location { try TargetOwnership.giveFilesToDirectoryOwner(path) }
             return true
         } catch let error as StateToolError {
             throw error

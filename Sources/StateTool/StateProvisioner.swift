@@ -107,6 +107,7 @@ public enum StateProvisioner {
         let store = try self.openTarget(location, overwrite: overwrite, stateKey: stateKey)
         let identity = InstanceIdentity(vmID: vm, generation: generation, creator: "vtpm-state")
         try self.commit(store, identity: identity, permanent)
+        if case .directory = location { try TargetOwnership.giveFilesToDirectoryOwner(path) }
         try self.record(coordinator, generation: generation, kind: .manufacture, parent: nil, store: store)
         return Outcome(state: path, vmID: vm.description, generation: generation, parent: nil, action: "created")
     }
@@ -160,7 +161,7 @@ public enum StateProvisioner {
             creator: "vtpm-state"
         )
         try self.commit(store, identity: identity, rekeyed)
-        TargetOwnership.giveFilesToDirectoryOwner(target)
+        try TargetOwnership.giveFilesToDirectoryOwner(target)
         try self.record(coordinator, generation: generation, kind: .clone, parent: parent, store: store)
         return Outcome(
             state: target,
@@ -221,6 +222,7 @@ public enum StateProvisioner {
         identity.vmID = vm
         identity.generation = generation
         try self.commit(opened.store, identity: identity, rekeyed)
+        try TargetOwnership.giveFilesToDirectoryOwner(path)
         try self.record(coordinator, generation: generation, kind: .rekey, parent: previous, store: opened.store)
         return Outcome(state: path, vmID: vm.description, generation: generation, parent: nil, action: "rekeyed")
     }

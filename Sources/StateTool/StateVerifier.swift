@@ -48,7 +48,7 @@ public enum StateVerifier {
         } catch {
             throw StateToolError(.certificateAuthority, "cannot load the CA in \(caDirectory): \(error)")
         }
-        let opened = try OpenedState.open(path, readingInUse: true, stateKey: stateKey)
+        let opened = try OpenedState.openForReading(path, stateKey: stateKey)
         _ = try opened.requirePermanentState()
         let (report, keys, certificates) = try StateInspector.report(opened)
         if let error = report.tpmError { throw StateToolError(.engine, "\(path): \(error)") }

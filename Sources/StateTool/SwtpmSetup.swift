@@ -37,9 +37,9 @@ public enum SwtpmSetup {
             print(self.usage)
             return 1
         }
-        if options.help {
+        if options.help || options.helpAsError {
             print(self.usage)
-            return 0
+            return options.helpAsError ? 1 : 0
         }
         if options.version {
             print("TPM emulator setup tool version \(self.emulatedVersion) (swift-vtpm)")
@@ -49,24 +49,35 @@ public enum SwtpmSetup {
             print(self.capabilities)
             return 0
         }
-        let log: SetupLog
-        do {
-            log = try SetupLog(path: options.logfile)
-        } catch {
-            FileHandle.standardError.write(Data("\(error)\n".utf8))
-            return 1
-        }
-        for name in options.ignored { log.info("Warning: --\(name) is deprecated and has no effect.") }
+        // Options this program does not implement: swtpm's own tool runs with the same arguments, before
+        // anything here opens a file, reads a key descriptor or changes user.
         if !options.delegated.isEmpty {
             return self.delegate(
                 arguments,
                 environment: environment,
-                log: log,
+                log: SetupLog(),
                 reason: "it does not implement " + options.delegated.map { "--\($0)" }.joined(separator: ", ")
             )
         }
+        // As swtpm_setup: the user first, then the log file (opened as that user).
+        var handOver = arguments
+        if let user = options.runas {
+            do { try ProcessControl.runAs(user: user) } catch {
+                FileHandle.standardError.write(Data("swtpm_setup: cannot run as user \(user): \(error)\n".utf8))
+                return 1
+            }
+            handOver = SwtpmSetupOptions.removingRunas(arguments)
+        }
+        let log: SetupLog
         do {
-            return try self.run(options, arguments: arguments, environment: environment, log: log)
+            log = try SetupLog(path: options.logfile)
+        } catch {
+            FileHandle.standardError.write(Data("\((error as? StateToolError)?.message ?? "\(error)")\n".utf8))
+            return 1
+        }
+        for name in options.ignored { log.info("Warning: --\(name) is deprecated and has no effect.") }
+        do {
+            return try self.run(options, arguments: handOver, environment: environment, log: log)
         } catch {
             log.error((error as? StateToolError)?.message ?? "\(error)")
             log.error("An error occurred. Authoring the TPM state failed.")
@@ -83,17 +94,11 @@ public enum SwtpmSetup {
         guard options.tpm2 else {
             throw StateToolError(.invalidArgument, "vtpmd emulates TPM 2 only: give --tpm2 (TPM 1.2 is not supported)")
         }
-        if let user = options.runas {
-            do { try ProcessControl.runAs(user: user) } catch {
-                throw StateToolError(.invalidArgument, "cannot run as user \(user): \(error)")
-            }
-        }
         guard let stateArgument = options.tpmState else {
             throw StateToolError(.invalidArgument, "--tpm-state must be provided")
         }
         let location = try self.location(stateArgument)
         let host = try ToolDefaults.hostConfiguration(explicitPath: nil)
-        let stateKey = try self.stateKey(options)
 
         if options.reconfigure {
             guard !options.createEK && !options.createEKCertificate && !options.createPlatformCertificate else {
@@ -105,7 +110,7 @@ public enum SwtpmSetup {
             guard let banks = try self.pcrBanks(options) else { return 0 }
             let changed = try StateProvisioner.reconfigurePCRBanks(
                 location: location,
-                stateKey: stateKey,
+                stateKey: try self.stateKey(options),
                 banks: banks
             )
             log.info(
@@ -116,7 +121,7 @@ public enum SwtpmSetup {
             return 0
         }
 
-        if try self.holdsTPM(location, stateKey: stateKey) {
+        if try self.holdsTPM(location) {
             if options.notOverwrite {
                 log.info("Not overwriting existing state file.")
                 return 0
@@ -144,6 +149,8 @@ public enum SwtpmSetup {
                 reason: "the host configuration (\(host.source ?? HostConfiguration.defaultPath)) names no ca"
             )
         }
+        // Read only now: a hand-over above gives swtpm's tool the descriptor unread.
+        let stateKey = try self.stateKey(options)
         var createOptions = StateProvisioner.CreateOptions()
         createOptions.pcrBanks = try self.pcrBanks(options)
         let user = ProcessControl.effectiveUserID
@@ -264,15 +271,18 @@ public enum SwtpmSetup {
     }
 
     /// Whether `location` holds a TPM (a permanent state), as swtpm's `--print-states` reports it.
-    static func holdsTPM(_ location: StateLocation, stateKey: StateKey?) throws -> Bool {
+    static func holdsTPM(_ location: StateLocation) throws -> Bool {
         switch location {
         case .directory(let path):
             return FileManager.default.fileExists(atPath: path + "/" + StateDirectory.fileName("permall"))
         case .linearFile(let path):
             guard FileManager.default.fileExists(atPath: path) else { return false }
-            var options = StateDirectory.Options()
-            options.stateKey = stateKey
-            let store = StateDirectory(location: location, options: options, logger: OpenedState.silentLogger)
+            // Which blobs a linear file holds is in its header: no key needed.
+            let store = StateDirectory(
+                location: location,
+                options: StateDirectory.Options(),
+                logger: OpenedState.silentLogger
+            )
             let present: [(name: String, size: Int64)]
             do {
                 present = try Self.presentStates(store)
@@ -375,24 +385,22 @@ public enum SwtpmSetup {
 final class SetupLog {
     private let file: FileHandle?
 
+    /// Messages to stdout and stderr.
+    init() { self.file = nil }
+
+    /// Messages appended to `path` (created 0644 if missing, as swtpm_setup's fopen does under umask 022);
+    /// a symbolic link is refused, without a window between check and open.
     init(path: String?) throws {
         guard let path else {
             self.file = nil
             return
         }
-        if let type = try? FileManager.default.attributesOfItem(atPath: path)[.type] as? FileAttributeType,
-            type == .typeSymbolicLink
-        {
-            throw StateToolError(.invalidArgument, "Logfile must not be a symlink.")
+        let fd: Int32
+        do { fd = try openForAppending(path: path, mode: 0o644) } catch {
+            if error.errno == ELOOP { throw StateToolError(.invalidArgument, "Logfile must not be a symlink.") }
+            throw StateToolError(.invalidArgument, "Cannot write to logfile \(path): \(error)")
         }
-        if !FileManager.default.fileExists(atPath: path) {
-            _ = FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o640])
-        }
-        guard let handle = FileHandle(forWritingAtPath: path) else {
-            throw StateToolError(.invalidArgument, "Cannot write to logfile \(path).")
-        }
-        handle.seekToEndOfFile()
-        self.file = handle
+        self.file = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
     }
 
     func info(_ text: String) {

@@ -17,6 +17,8 @@ public struct SwtpmSetupOptions: Sendable, Hashable {
     public var printCapabilities = false
     public var version = false
     public var help = false
+    /// `-?`: the usage, exit status 1 (swtpm_setup's getopt reports it like an unknown option).
+    public var helpAsError = false
     /// `--vmid`: libvirt gives `NAME:UUID`.
     public var vmid: String?
     public var logfile: String?
@@ -42,7 +44,7 @@ public struct SwtpmSetupOptions: Sendable, Hashable {
         public var description: String
     }
 
-    enum Argument { case none, required }
+    enum Argument { case none, required, optional }
 
     /// Every long option of swtpm_setup 0.7.1 and whether it takes a value.
     static let table: [(name: String, argument: Argument)] = [
@@ -54,7 +56,7 @@ public struct SwtpmSetupOptions: Sendable, Hashable {
         ("pwdfile", .required), ("pwdfile-fd", .required), ("cipher", .required), ("runas", .required),
         ("logfile", .required), ("overwrite", .none), ("not-overwrite", .none), ("allow-signing", .none),
         ("decryption", .none), ("pcr-banks", .required), ("rsa-keysize", .required),
-        ("write-ek-cert-files", .required), ("create-config-files", .none), ("tcsd-system-ps-file", .required),
+        ("write-ek-cert-files", .required), ("create-config-files", .optional), ("tcsd-system-ps-file", .required),
         ("version", .none), ("print-capabilities", .none), ("reconfigure", .none), ("help", .none),
     ]
 
@@ -68,7 +70,7 @@ public struct SwtpmSetupOptions: Sendable, Hashable {
             let word = arguments[index]
             index += 1
             if word == "-h" || word == "-?" {
-                options.help = true
+                if word == "-h" { options.help = true } else { options.helpAsError = true }
                 continue
             }
             guard word.hasPrefix("--"), word.count > 2 else {
@@ -87,6 +89,14 @@ public struct SwtpmSetupOptions: Sendable, Hashable {
             switch option.argument {
             case .none:
                 if value != nil { throw ParseError(description: "option '--\(option.name)' doesn't allow an argument") }
+            case .optional:
+                // swtpm_setup takes a following word that does not start with '0' (sic) as the argument.
+                if value == nil, index < arguments.count, !arguments[index].hasPrefix("-"),
+                    !arguments[index].hasPrefix("0")
+                {
+                    value = arguments[index]
+                    index += 1
+                }
             case .required:
                 if value == nil {
                     guard index < arguments.count else {
@@ -149,6 +159,24 @@ public struct SwtpmSetupOptions: Sendable, Hashable {
             if name == "rsa-keysize" && value == "2048" { return }
             self.delegated.append(name)
         }
+    }
+
+    /// `arguments` without `--runas USER` / `--runas=USER` (and their unique prefixes), for swtpm's tool run
+    /// after this process already changed user.
+    public static func removingRunas(_ arguments: [String]) -> [String] {
+        var result: [String] = []
+        var index = 0
+        while index < arguments.count {
+            let word = arguments[index]
+            index += 1
+            let name = word.hasPrefix("--") ? String(word.dropFirst(2).prefix { $0 != "=" }) : ""
+            if name.count >= 2, (try? self.lookUp(name))?.name == "runas" {
+                if !word.contains("=") { index += 1 }
+                continue
+            }
+            result.append(word)
+        }
+        return result
     }
 
     static func descriptor(_ text: String) throws(ParseError) -> Int32 {

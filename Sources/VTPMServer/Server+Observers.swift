@@ -52,6 +52,8 @@ extension Server {
     func acceptControlPeer() {
         guard let fd = try? Socket.accept(self.controlListener) else { return }
         self.controlPeers.append(ControlPeer(fd: fd))
+        // A descriptor number closed earlier in this pass may come back: stale poll results must not apply.
+        self.connectionEpoch += 1
         self.logger.debug(
             "control: another connection while one is served",
             metadata: ["peers": "\(self.controlPeers.count)"]
@@ -102,9 +104,15 @@ extension Server {
             }
             self.controlPeers[index].buffer.removeFirst(size)
             self.controlPeers[index].since = ProcessControl.monotonicNanoseconds()
-            do {
-                try Socket.sendAll(fd, reply)
-            } catch {
+            // Descriptors belong to a command that passes one (SET_DATAFD); with nothing left to serve, those
+            // that came with queries are closed.
+            if self.controlPeers[index].buffer.isEmpty {
+                for passed in self.controlPeers[index].descriptors { closeDescriptor(passed) }
+                self.controlPeers[index].descriptors = []
+            }
+            // Never wait on a peer: one that does not read its replies is dropped when its buffer is full.
+            guard (try? Socket.sendWithoutWaiting(fd, reply)) == true else {
+                self.logger.warning("control: a query client does not read its replies; closing it")
                 self.dropControlPeer(at: index)
                 return
             }

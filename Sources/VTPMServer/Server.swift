@@ -174,7 +174,6 @@ public final class Server {
                 self.identity?.recordStateWrite()
                 continue
             }
-            self.expireControlPeers()
             let epoch = self.connectionEpoch
             for (index, entry) in fds.enumerated() where !ready[index].isEmpty {
                 if self.shouldExit || self.connectionEpoch != epoch { break }
@@ -204,6 +203,7 @@ public final class Server {
                     self.serveControlPeer(entry.fd)
                 }
             }
+            self.expireControlPeers()
         }
         self.shutdownTPM()
         self.identity?.saveCheckpoint()

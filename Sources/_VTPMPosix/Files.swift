@@ -11,6 +11,7 @@ package struct FileStatus: Sendable, Hashable {
     package var size: Int64
     package var mode: UInt32
     package var owner: UInt32
+    package var group: UInt32 = 0
 }
 
 /// Why a state file cannot be read safely.
@@ -303,6 +304,32 @@ package struct DirectoryHandle: Sendable {
         return fd
     }
 
+    /// Gives `name` (not following a symbolic link) to `owner`:`group`. Wraps `fchownat(AT_SYMLINK_NOFOLLOW)`.
+    package func changeOwner(_ name: String, owner: UInt32, group: UInt32) throws(PosixError) {
+        if unsafe fchownat(self.fd, name, owner, group, AT_SYMLINK_NOFOLLOW) != 0 {
+            throw PosixError(errno: currentErrno(), function: "fchownat", object: self.describe(name))
+        }
+    }
+
+    /// Creates the directory `name` with `mode` and, when given, `owner`:`group`, set on the new directory's
+    /// own descriptor (opened without following a symbolic link). Wraps `mkdirat`, `openat`, `fchmod`, `fchown`.
+    package func makeDirectory(_ name: String, mode: UInt32, owner: (UInt32, UInt32)?) throws(PosixError) {
+        if unsafe mkdirat(self.fd, name, 0o700) != 0 {
+            throw PosixError(errno: currentErrno(), function: "mkdirat", object: self.describe(name))
+        }
+        let child = unsafe openat(self.fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard child >= 0 else {
+            throw PosixError(errno: currentErrno(), function: "openat", object: self.describe(name))
+        }
+        defer { _ = Glibc.close(child) }
+        if let owner, fchown(child, owner.0, owner.1) != 0 {
+            throw PosixError(errno: currentErrno(), function: "fchown", object: self.describe(name))
+        }
+        if fchmod(child, mode_t(mode)) != 0 {
+            throw PosixError(errno: currentErrno(), function: "fchmod", object: self.describe(name))
+        }
+    }
+
     package func describe(_ name: String) -> String {
         self.path.hasSuffix("/") ? self.path + name : self.path + "/" + name
     }
@@ -320,7 +347,13 @@ extension FileStatus {
         case S_IFSOCK: kind = .socket
         default: kind = .other
         }
-        self.init(kind: kind, size: Int64(st.st_size), mode: UInt32(st.st_mode & 0o7777), owner: UInt32(st.st_uid))
+        self.init(
+            kind: kind,
+            size: Int64(st.st_size),
+            mode: UInt32(st.st_mode & 0o7777),
+            owner: UInt32(st.st_uid),
+            group: UInt32(st.st_gid)
+        )
     }
 }
 
@@ -384,6 +417,14 @@ package func readAll(fd: Int32, maxSize: Int) throws(PosixError) -> [UInt8] {
 
 /// Removes a file by path (pid file, socket path at exit). Errors are ignored.
 package func removePath(_ path: String) { _ = unsafe unlink(path) }
+
+/// Opens `path` for appending, creating it with `mode` if missing; a symbolic link is refused (ELOOP).
+/// Wraps `open(O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW)`.
+package func openForAppending(path: String, mode: UInt32) throws(PosixError) -> Int32 {
+    try retryingEINTR("open", path) {
+        unsafe Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, mode_t(mode))
+    }
+}
 
 /// Closes a descriptor. Wraps `close`.
 package func closeDescriptor(_ fd: Int32) { _ = Glibc.close(fd) }

@@ -287,6 +287,25 @@ package enum Socket {
         }
     }
 
+    /// Sends all of `bytes` without ever waiting (MSG_DONTWAIT | MSG_NOSIGNAL): for a peer that may not read
+    /// its replies. Returns false when the socket's buffer cannot take them all (the caller drops the peer).
+    package static func sendWithoutWaiting(_ fd: Int32, _ bytes: [UInt8]) throws(PosixError) -> Bool {
+        var offset = 0
+        while offset < bytes.count {
+            let n = unsafe bytes.withUnsafeBytes { buf in
+                unsafe Glibc.send(fd, buf.baseAddress! + offset, buf.count - offset, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+            }
+            if n < 0 {
+                let err = currentErrno()
+                if err == EINTR { continue }
+                if err == EAGAIN || err == EWOULDBLOCK { return false }
+                throw PosixError(errno: err, function: "send")
+            }
+            offset += n
+        }
+        return true
+    }
+
     /// The local TCP port a socket is bound to (tests bind port 0).
     package static func localPort(_ fd: Int32) -> UInt16? {
         var addr = sockaddr_in()

@@ -314,3 +314,56 @@ struct ControlPeerTests {
         }
     }
 }
+
+extension ControlPeerTests {
+    static func openDescriptors(_ pid: Int32) -> Int {
+        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd"))?.count ?? -1
+    }
+
+    @Test func descriptorsSentWithQueriesAreClosed() throws {
+        try withTemporaryDirectory { dir in
+            let v = try VTPMDInstance(dir: dir)
+            let first = try v.control()
+            #expect(try first.result(.initialize(flags: 0)) == 0)
+            let second = try v.control()
+            #expect(try second.request(.getCapability, replySize: 8).count == 8)
+            let before = Self.openDescriptors(v.daemon.pid)
+            let (a, b) = try Socket.pair()
+            defer {
+                closeDescriptor(a)
+                closeDescriptor(b)
+            }
+            for _ in 0..<50 {
+                try Socket.send(second.fd, ControlRequest.getCapability.encoded, passing: a)
+                #expect(try second.read(8).count == 8)
+            }
+            #expect(Self.openDescriptors(v.daemon.pid) == before)
+        }
+    }
+
+    @Test func aQueryClientThatDoesNotReadIsDroppedAndTheTPMStaysResponsive() throws {
+        try withTemporaryDirectory { dir in
+            let v = try VTPMDInstance(dir: dir)
+            let first = try v.control()
+            #expect(try first.result(.initialize(flags: 0)) == 0)
+            let data = try v.data()
+            let flood = try v.control()
+            // 64 Ki queries in one go, replies never read: vtpmd must not wait on this client.
+            let queries = Array(repeating: ControlRequest.getCapability.encoded, count: 65536).flatMap { $0 }
+            let floodFD = flood.fd
+            let writer = Thread { try? Socket.sendAll(floodFD, queries) }
+            writer.start()
+            let startup: [UInt8] = [0x80, 0x01, 0, 0, 0, 0x0c, 0, 0, 0x01, 0x44, 0, 0]
+            #expect(try data.transmit(startup, timeout: 5000).count == 10)
+            let getRandom: [UInt8] = [0x80, 0x01, 0, 0, 0, 0x0c, 0, 0, 0x01, 0x7b, 0, 8]
+            for _ in 0..<20 {
+                #expect(try data.transmit(getRandom, timeout: 5000).count == 20)
+            }
+            #expect(try first.request(.getCapability, replySize: 8) == [0, 0, 0, 0, 0, 0, 0xff, 0xff])
+            // The flooding client is dropped (its unread replies stay in its receive buffer).
+            for _ in 0..<500 where !v.log.contains("does not read its replies") { Thread.sleep(forTimeInterval: 0.02) }
+            #expect(v.log.contains("does not read its replies"), "\(v.log)")
+            #expect(try first.request(.getCapability, replySize: 8) == [0, 0, 0, 0, 0, 0, 0xff, 0xff])
+        }
+    }
+}

@@ -149,7 +149,7 @@ struct SwtpmSetupStandInTests {
                     "--ctrl", "type=tcp,port=\(port + 1)", "--flags", "not-need-init,startup-clear",
                 ]
             )
-            #expect(keyless.status != 0, "\(keyless.output)")
+            #expect(keyless.status != 0 && keyless.output.contains("key"), "\(keyless.output)")
         }
     }
 

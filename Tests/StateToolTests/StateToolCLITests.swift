@@ -2,6 +2,10 @@ import Foundation
 import TestSupport
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// `vtpm-state` as operators run it: the built binary (libtpms is process-global, so every engine lives
 /// in its own process) on state made by vtpmd, by swtpm_setup and by `vtpm-state create`.
 @Suite(.serialized)
@@ -470,4 +474,33 @@ struct StateToolCLITests {
             #expect(!FileManager.default.fileExists(atPath: "\(host)/r.sqlite"))
         }
     }
+
+    /// Root working on a directory the emulator's user owns (libvirt's tss-owned `tpm2/`): the files it writes
+    /// go back to that user, through descriptors (a symbolic link planted in the directory is not followed).
+    static var rootWithTSSUser: Bool { getuid() == 0 && (try? runCommand("id", ["-u", "tss"]))?.status == 0 }
+
+    @Test(.enabled(if: Self.rootWithTSSUser))
+    func rootsRekeyLeavesTheFilesToTheDirectorysOwner() throws {
+        try withTemporaryDirectory { host in
+            let state = "\(host)/tpm2"
+            try #require(try self.tool(["ca", "init", "--ca", "\(host)/ca"]).status == 0)
+            try #require(
+                try self.tool(["create", "--state", state, "--vm-id", Self.vmA, "--ca", "\(host)/ca"]).status == 0
+            )
+            #expect(try runCommand("chown", ["-R", "tss:tss", state]).status == 0)
+            try FileManager.default.createSymbolicLink(
+                atPath: "\(state)/planted",
+                withDestinationPath: "\(host)/ca/ca.pem"
+            )
+            let rekey = try self.tool(["rekey", "--state", state, "--ca", "\(host)/ca"])
+            #expect(rekey.status == 0, "\(rekey.output)")
+            for name in try FileManager.default.contentsOfDirectory(atPath: state) where name != "planted" {
+                let attributes = try FileManager.default.attributesOfItem(atPath: "\(state)/\(name)")
+                #expect(attributes[.ownerAccountName] as? String == "tss", "\(name) is not tss's")
+            }
+            let target = try FileManager.default.attributesOfItem(atPath: "\(host)/ca/ca.pem")
+            #expect(target[.ownerAccountName] as? String == "root")
+        }
+    }
+
 }
