@@ -61,4 +61,18 @@ struct SwtpmSetupOptionsTests {
         options.vmid = nil
         #expect(SwtpmSetup.identity(options, HostConfiguration(), statePath: "/elsewhere") == nil)
     }
+
+    @Test func optionalArgumentsHelpAndRunasRemoval() throws {
+        #expect(try SwtpmSetupOptions.parse(["--create-config-files", "skip-if-exist"]).delegated == ["create-config-files"])
+        #expect(try SwtpmSetupOptions.parse(["--create-config-files=overwrite"]).delegated == ["create-config-files"])
+        let followed = try SwtpmSetupOptions.parse(["--create-config-files", "--tpm2"])
+        #expect(followed.tpm2 && followed.delegated == ["create-config-files"])
+        #expect(try SwtpmSetupOptions.parse(["-?"]).helpAsError)
+        #expect(try SwtpmSetupOptions.parse(["-h"]).help)
+        #expect(
+            SwtpmSetupOptions.removingRunas(["--tpm2", "--runas", "tss", "--runas=0", "--runa", "x", "--vmid", "v"])
+                == ["--tpm2", "--vmid", "v"]
+        )
+    }
+
 }
