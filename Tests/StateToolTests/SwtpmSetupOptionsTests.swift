@@ -63,7 +63,9 @@ struct SwtpmSetupOptionsTests {
     }
 
     @Test func optionalArgumentsHelpAndRunasRemoval() throws {
-        #expect(try SwtpmSetupOptions.parse(["--create-config-files", "skip-if-exist"]).delegated == ["create-config-files"])
+        #expect(
+            try SwtpmSetupOptions.parse(["--create-config-files", "skip-if-exist"]).delegated == ["create-config-files"]
+        )
         #expect(try SwtpmSetupOptions.parse(["--create-config-files=overwrite"]).delegated == ["create-config-files"])
         let followed = try SwtpmSetupOptions.parse(["--create-config-files", "--tpm2"])
         #expect(followed.tpm2 && followed.delegated == ["create-config-files"])
