@@ -4,17 +4,26 @@ set -euo pipefail
 packages=(
     libtpms-dev swtpm swtpm-tools tpm2-tools libtss2-tcti-swtpm0
     qemu-system-x86 qemu-utils linux-image-amd64 busybox-static cpio socat libsqlite3-dev gcc make
-    libvirt-daemon-system libvirt-clients virtinst
 )
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -eq 0 ]; then
+# The libvirt tests use libvirt as Debian installs it for a user (with its recommended packages).
+with_recommends=(libvirt-daemon-system libvirt-clients virtinst)
+missing() {
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
+    done
+}
+mapfile -t plain < <(missing "${packages[@]}")
+mapfile -t recommended < <(missing "${with_recommends[@]}")
+if [ ${#plain[@]} -eq 0 ] && [ ${#recommended[@]} -eq 0 ]; then
     exit 0
 fi
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if [ ${#plain[@]} -gt 0 ]; then
+    $SUDO apt-get install -y -qq --no-install-recommends "${plain[@]}"
+fi
+if [ ${#recommended[@]} -gt 0 ]; then
+    $SUDO apt-get install -y -qq "${recommended[@]}"
+fi
