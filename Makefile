@@ -32,13 +32,13 @@ SYSCONFDIR ?= /etc
 DESTDIR ?=
 SWTPM_NAMES ?= 0
 VERSION ?= $(shell sed -n 's/.*static let version = "\(.*\)".*/\1/p' Sources/VTPMServer/Capabilities.swift)
-RELEASE_BIN = $(shell $(SWIFT) build $(RELEASE_FLAGS) --show-bin-path)
 NAMES_DIR = $(if $(filter 1,$(SWTPM_NAMES)),$(DESTDIR)$(PREFIX)/bin,$(DESTDIR)$(PREFIX)/libexec/swift-vtpm/swtpm-names)
 
 install: release
 	install -d -m 0755 $(DESTDIR)$(PREFIX)/bin $(NAMES_DIR) $(DESTDIR)$(SYSCONFDIR)/vtpm \
 		$(DESTDIR)$(SYSCONFDIR)/apparmor.d/abstractions $(DESTDIR)$(PREFIX)/share/doc/swift-vtpm
-	install -m 0755 -s $(RELEASE_BIN)/vtpmd $(RELEASE_BIN)/vtpmctl $(RELEASE_BIN)/vtpm-state $(DESTDIR)$(PREFIX)/bin/
+	bin=$$($(SWIFT) build $(RELEASE_FLAGS) --show-bin-path) && \
+		install -m 0755 -s $$bin/vtpmd $$bin/vtpmctl $$bin/vtpm-state $(DESTDIR)$(PREFIX)/bin/
 	ln -f $(DESTDIR)$(PREFIX)/bin/vtpmd $(NAMES_DIR)/swtpm
 	ln -f $(DESTDIR)$(PREFIX)/bin/vtpm-state $(NAMES_DIR)/swtpm_setup
 	[ -e $(DESTDIR)$(SYSCONFDIR)/vtpm/vtpmd.conf ] || install -m 0644 packaging/vtpmd.conf $(DESTDIR)$(SYSCONFDIR)/vtpm/vtpmd.conf

@@ -276,64 +276,53 @@ public enum StateProvisioner {
         }
     }
 
-    /// A locked target directory: created (0700) when missing; one holding a TPM only with `overwrite`.
-    static func openTarget(_ path: String, overwrite: Bool) throws -> StateDirectory {
-        try self.openTarget(.directory(path), overwrite: overwrite, stateKey: nil)
-    }
-
     /// A locked target: a directory created (0700) when missing, or a linear file (created 0600 when
     /// missing, formatted when empty or all zero); one holding a TPM only with `overwrite`.
     static func openTarget(_ location: StateLocation, overwrite: Bool, stateKey: StateKey?) throws -> StateDirectory {
         let path = location.path
-        if case .linearFile = location {
-            var options = StateDirectory.Options()
-            options.stateKey = stateKey
-            let store = StateDirectory(location: location, options: options, logger: OpenedState.silentLogger)
-            do {
-                try store.lock()
-                let present = try store.presentStates()
-                if !present.isEmpty && !overwrite {
-                    throw StateToolError(
-                        .exists,
-                        "\(path) already holds a TPM (\(present.map(\.name).sorted().joined(separator: ", "))); "
-                            + "refusing to replace it without --overwrite"
+        let noun: String
+        switch location {
+        case .directory:
+            noun = "state directory"
+            if OpenedState.kind(path) != nil {
+                try self.refuseExistingTPM(path, overwrite: overwrite)
+            } else {
+                do {
+                    try FileManager.default.createDirectory(
+                        atPath: path,
+                        withIntermediateDirectories: true,
+                        attributes: [.posixPermissions: 0o700]
                     )
+                } catch {
+                    throw StateToolError(.notFound, "cannot create state directory \(path): \(error)")
                 }
-            } catch let error as StateStoreError {
-                if error.code == .locked {
-                    throw StateToolError(
-                        .locked,
-                        "state file \(path) is locked: a running vtpmd or swtpm is using it; stop it first"
-                    )
-                }
-                throw StateToolError(.notFound, "cannot open state file \(path): \(error.message)")
             }
-            return store
-        }
-        if OpenedState.kind(path) != nil {
-            try self.refuseExistingTPM(path, overwrite: overwrite)
-        } else {
-            do {
-                try FileManager.default.createDirectory(
-                    atPath: path,
-                    withIntermediateDirectories: true,
-                    attributes: [.posixPermissions: 0o700]
-                )
-            } catch {
-                throw StateToolError(.notFound, "cannot create state directory \(path): \(error)")
-            }
+        case .linearFile:
+            noun = "state file"
         }
         var options = StateDirectory.Options()
         options.stateKey = stateKey
-        let store = StateDirectory(path: path, options: options, logger: OpenedState.silentLogger)
-        do { try store.lock() } catch {
+        let store = StateDirectory(location: location, options: options, logger: OpenedState.silentLogger)
+        let present: [(name: String, size: Int64)]
+        do {
+            try store.lock()
+            // A linear file's blobs are known only once it is open and locked.
+            present = location == .directory(path) ? [] : try store.presentStates()
+        } catch {
             if error.code == .locked {
                 throw StateToolError(
                     .locked,
-                    "state directory \(path) is locked: a running vtpmd or swtpm is using it; stop it first"
+                    "\(noun) \(path) is locked: a running vtpmd or swtpm is using it; stop it first"
                 )
             }
-            throw StateToolError(.notFound, "cannot open state directory \(path): \(error.message)")
+            throw StateToolError(.notFound, "cannot open \(noun) \(path): \(error.message)")
+        }
+        if !present.isEmpty && !overwrite {
+            throw StateToolError(
+                .exists,
+                "\(path) already holds a TPM (\(present.map(\.name).sorted().joined(separator: ", "))); "
+                    + "refusing to replace it without --overwrite"
+            )
         }
         return store
     }

@@ -206,9 +206,9 @@ public enum SwtpmSetup {
         _ host: HostConfiguration,
         statePath: String
     ) -> (vmID: String, source: String)? {
-        if let fixed = host.vmID { return (fixed.description, "the host configuration's vm-id") }
-        if let pattern = host.vmIDFrom, let vm = pattern.vmID(forPath: statePath) {
-            return (vm.description, "the state path, vm-id-from \(pattern)")
+        if let vm = ToolDefaults.optionalVMID(host, statePath: statePath) {
+            let source = host.vmID != nil ? "the host configuration's vm-id" : "the state path, vm-id-from"
+            return (vm, source + (host.vmIDFrom.map { " \($0)" } ?? ""))
         }
         guard let given = options.vmid else { return nil }
         if let colon = given.lastIndex(of: ":") {

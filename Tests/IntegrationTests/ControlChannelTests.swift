@@ -265,11 +265,17 @@ struct ControlChannelTests {
 /// answered at once, anything else waits its turn, as swtpm's listen backlog makes it wait.
 @Suite(.serialized)
 struct ControlPeerTests {
+    /// The connection being served (QEMU's while the VM runs), after a successful CMD_INIT.
+    static func servedConnection(_ v: VTPMDInstance) throws -> ControlClient {
+        let first = try v.control()
+        try #require(try first.result(.initialize(flags: 0)) == 0)
+        return first
+    }
+
     @Test func aReadOnlyQueryIsAnsweredWhileAnotherConnectionIsServed() throws {
         try withTemporaryDirectory { dir in
             let v = try VTPMDInstance(dir: dir)
-            let first = try v.control()
-            #expect(try first.result(.initialize(flags: 0)) == 0)
+            let first = try Self.servedConnection(v)
             // `first` stays open (QEMU's connection); a second client's queries are answered now.
             let second = try v.control()
             #expect(try second.request(.getCapability, replySize: 8) == [0, 0, 0, 0, 0, 0, 0xff, 0xff])
@@ -286,8 +292,7 @@ struct ControlPeerTests {
     @Test func aCommandThatChangesStateWaitsUntilTheServedConnectionCloses() throws {
         try withTemporaryDirectory { dir in
             let v = try VTPMDInstance(dir: dir)
-            var first: ControlClient? = try v.control()
-            #expect(try first?.result(.initialize(flags: 0)) == 0)
+            var first: ControlClient? = try Self.servedConnection(v)
             let second = try v.control()
             try second.send(ControlRequest.stop.encoded)
             // No answer while `first` is served: STOP waits, and the TPM keeps running for `first`.
@@ -303,8 +308,7 @@ struct ControlPeerTests {
     @Test func aQueryThatStopsHalfwayIsClosedAtTheDeadlineAndDelaysNothing() throws {
         try withTemporaryDirectory { dir in
             let v = try VTPMDInstance(dir: dir)
-            let first = try v.control()
-            #expect(try first.result(.initialize(flags: 0)) == 0)
+            let first = try Self.servedConnection(v)
             let stalled = try v.control()
             try stalled.send([0, 0])
             // The served connection is answered meanwhile, and the stalled one is closed after 500 ms.
@@ -323,8 +327,7 @@ extension ControlPeerTests {
     @Test func descriptorsSentWithQueriesAreClosed() throws {
         try withTemporaryDirectory { dir in
             let v = try VTPMDInstance(dir: dir)
-            let first = try v.control()
-            #expect(try first.result(.initialize(flags: 0)) == 0)
+            let first = try Self.servedConnection(v)
             let second = try v.control()
             #expect(try second.request(.getCapability, replySize: 8).count == 8)
             let before = Self.openDescriptors(v.daemon.pid)
@@ -344,8 +347,7 @@ extension ControlPeerTests {
     @Test func aQueryClientThatDoesNotReadIsDroppedAndTheTPMStaysResponsive() throws {
         try withTemporaryDirectory { dir in
             let v = try VTPMDInstance(dir: dir)
-            let first = try v.control()
-            #expect(try first.result(.initialize(flags: 0)) == 0)
+            let first = try Self.servedConnection(v)
             let data = try v.data()
             let flood = try v.control()
             // 64 Ki queries in one go, replies never read: vtpmd must not wait on this client.

@@ -62,6 +62,25 @@ struct HostConfigurationIdentityTests {
 
         func socket(_ name: String) -> String { "\(self.root)/run/1-\(name)-swtpm.sock" }
 
+        /// The host file for Proxmox VE: vm-ids from the volumes' paths (`images/<vmid>/vm-<vmid>-disk-1.raw`).
+        func useProxmoxVolumes() throws {
+            try self.writeConfig(
+                """
+                vm-id-from = \(self.root)/images/{name}/vm-*-disk-1.raw
+                ca = \(self.root)/ca
+                registry = \(self.root)/registry.sqlite
+                host-key = \(self.root)/host.key
+                """
+            )
+        }
+
+        /// What `qm clone` does to the TPM volume: a byte copy for the new VM. Returns the source's bytes.
+        func copyProxmoxVolume(from source: String, to target: String) throws -> [UInt8] {
+            let bytes = try #require(fileBytes(try self.proxmoxVolume(source)))
+            try Data(bytes).write(to: URL(fileURLWithPath: try self.proxmoxVolume(target)))
+            return bytes
+        }
+
         /// Proxmox's TPM volume of VM `vm` (a directory-storage raw file); its directory is created.
         func proxmoxVolume(_ vm: String) throws -> String {
             try FileManager.default.createDirectory(
@@ -305,14 +324,7 @@ struct HostConfigurationIdentityTests {
     @Test func proxmoxsCommandLineOnAFileVolumeAndItsCopy() throws {
         try withTemporaryDirectory { dir in
             let host = try Host(dir)
-            try host.writeConfig(
-                """
-                vm-id-from = \(dir)/images/{name}/vm-*-disk-1.raw
-                ca = \(dir)/ca
-                registry = \(dir)/registry.sqlite
-                host-key = \(dir)/host.key
-                """
-            )
+            try host.useProxmoxVolumes()
             let volume = host.proxmoxVolume
             let proxmox = host.proxmoxRun
             // Proxmox allocates the volume (zeros); vtpmd formats it.
@@ -323,8 +335,7 @@ struct HostConfigurationIdentityTests {
             #expect(ek101.vmID?.description == "101" && ek101.subject.contains("CN=101 gen 0"))
 
             // qm clone copies the volume.
-            let source = try #require(fileBytes(try volume("101")))
-            try Data(source).write(to: URL(fileURLWithPath: try volume("102")))
+            let source = try host.copyProxmoxVolume(from: "101", to: "102")
             let clone = try proxmox("102")
             #expect(clone["vm_id"] as? String == "102" && clone["last_decision"] as? String == "clone")
             let ek102 = try host.ekCertificate("backend-uri=file://\(try volume("102"))")

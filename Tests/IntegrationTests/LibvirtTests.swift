@@ -88,10 +88,7 @@ final class LibvirtTests {
     @Test(.timeLimit(.minutes(5)))
     func aDomainGetsOurTPMAndKeepsItAcrossSaveRestoreAndManagedsave() throws {
         let domain = try Self.newDomain("save")
-        defer {
-            domain.remove()
-            try? FileManager.default.removeItem(atPath: domain.directory)
-        }
+        defer { domain.remove() }
         var console = try domain.start()
 
         // The emulator libvirt started is vtpmd (installed as /usr/bin/swtpm), provisioned by the stand-in.
@@ -190,10 +187,7 @@ final class LibvirtTests {
     @Test(.timeLimit(.minutes(5)))
     func snapshotRevertIsARollbackThatRekeysOrKeepsAsConfigured() throws {
         let domain = try Self.newDomain("snap")
-        defer {
-            domain.remove()
-            try? FileManager.default.removeItem(atPath: domain.directory)
-        }
+        defer { domain.remove() }
         var console = try domain.start()
         let ek0 = try Self.ekDigest(console)
         try Libvirt.virsh(["snapshot-create-as", domain.name, "s1"])
@@ -235,10 +229,7 @@ final class LibvirtTests {
         let source = try Self.newDomain("src")
         var clones: [LibvirtDomain] = []
         defer {
-            for domain in clones + [source] {
-                domain.remove()
-                try? FileManager.default.removeItem(atPath: domain.directory)
-            }
+            for domain in clones + [source] { domain.remove() }
         }
         var console = try source.start()
         try Self.seal(console)
@@ -301,16 +292,10 @@ final class LibvirtTests {
         }
         try Libvirt.virsh(["secret-set-value", secretUUID, Data("passphrase-\(secretUUID)".utf8).base64EncodedString()])
         let domain = try Self.newDomain("enc", tpmExtra: "<encryption secret='\(secretUUID)'/>")
-        defer {
-            domain.remove()
-            try? FileManager.default.removeItem(atPath: domain.directory)
-        }
+        defer { domain.remove() }
         var clones: [LibvirtDomain] = []
         defer {
-            for clone in clones {
-                clone.remove()
-                try? FileManager.default.removeItem(atPath: clone.directory)
-            }
+            for clone in clones { clone.remove() }
         }
         var console = try domain.start()
         #expect(try Self.certificate(console, names: domain.uuid).namesVM)
@@ -355,10 +340,7 @@ final class LibvirtTests {
     @Test(.timeLimit(.minutes(5)))
     func removingThePackageGivesSwtpmBackWithTheStateVtpmdWrote() throws {
         let domain = try Self.newDomain("rm")
-        defer {
-            domain.remove()
-            try? FileManager.default.removeItem(atPath: domain.directory)
-        }
+        defer { domain.remove() }
         var console = try domain.start()
         let certificate = try Self.certificate(console, names: domain.uuid)
         let ek = try Self.ekDigest(console)

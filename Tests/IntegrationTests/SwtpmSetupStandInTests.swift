@@ -77,14 +77,7 @@ struct SwtpmSetupStandInTests {
     @Test func proxmoxsCallsOnARawVolumeAndACopyForAnotherVM() throws {
         try withTemporaryDirectory { dir in
             let host = try Host(dir)
-            try host.writeConfig(
-                """
-                vm-id-from = \(dir)/images/{name}/vm-*-disk-1.raw
-                ca = \(dir)/ca
-                registry = \(dir)/registry.sqlite
-                host-key = \(dir)/host.key
-                """
-            )
+            try host.useProxmoxVolumes()
             let volume = host.proxmoxVolume
             // Proxmox allocates a raw volume of zeros, then runs swtpm_setup on it.
             #expect(FileManager.default.createFile(atPath: try volume("101"), contents: Data(count: 4 << 20)))
@@ -106,8 +99,7 @@ struct SwtpmSetupStandInTests {
             #expect(first["vm_id"] as? String == "101" && first["last_decision"] as? String == "none", "\(first)")
 
             // The volume copied for VM 102 (qm clone): a clone at start, with a certificate naming 102.
-            let source = try #require(fileBytes(try volume("101")))
-            try Data(source).write(to: URL(fileURLWithPath: try volume("102")))
+            let source = try host.copyProxmoxVolume(from: "101", to: "102")
             let clone = try start("102")
             #expect(clone["vm_id"] as? String == "102" && clone["last_decision"] as? String == "clone", "\(clone)")
             let ek102 = try host.ekCertificate("backend-uri=file://\(try volume("102"))")

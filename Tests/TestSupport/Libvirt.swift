@@ -166,20 +166,20 @@ public final class LibvirtDomain {
     public var emulatorLog: String { "/var/log/swtpm/libvirt/qemu/\(self.name)-swtpm.log" }
 
     /// The running emulator's control socket (`/run/libvirt/qemu/swtpm/<id>-<name>-swtpm.sock`).
-    public var controlSocket: String? {
-        let dir = "/run/libvirt/qemu/swtpm"
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
-        return names.first { $0.hasSuffix("-\(self.name)-swtpm.sock") }.map { "\(dir)/\($0)" }
-    }
+    public var controlSocket: String? { self.emulatorRunFile("sock") }
 
     /// The running emulator's process id (from libvirt's pid file).
     public var emulatorPID: Int32? {
-        let dir = "/run/libvirt/qemu/swtpm"
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
-        guard let name = names.first(where: { $0.hasSuffix("-\(self.name)-swtpm.pid") }),
-            let text = try? String(contentsOfFile: "\(dir)/\(name)", encoding: .utf8)
+        guard let path = self.emulatorRunFile("pid"), let text = try? String(contentsOfFile: path, encoding: .utf8)
         else { return nil }
         return Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    /// libvirt's `/run/libvirt/qemu/swtpm/<id>-<name>-swtpm.<suffix>` (the id changes with every start).
+    private func emulatorRunFile(_ suffix: String) -> String? {
+        let dir = "/run/libvirt/qemu/swtpm"
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        return names.first { $0.hasSuffix("-\(self.name)-swtpm.\(suffix)") }.map { "\(dir)/\($0)" }
     }
 
     /// `virsh start`, then the console of the booted guest (ready marker seen, shell prepared).
@@ -220,7 +220,7 @@ public final class LibvirtDomain {
         _ = try? runCommand("virsh", ["-c", Libvirt.uri, "destroy", self.name])
     }
 
-    /// Destroys and undefines the domain with its snapshots, metadata and TPM state.
+    /// Destroys and undefines the domain with its snapshots, metadata and TPM state, and deletes `directory`.
     public func remove() {
         self.destroy()
         _ = try? runCommand(
@@ -228,5 +228,6 @@ public final class LibvirtDomain {
             ["-c", Libvirt.uri, "undefine", self.name, "--snapshots-metadata", "--managed-save", "--tpm", "--nvram"]
         )
         try? FileManager.default.removeItem(atPath: "/var/lib/libvirt/swtpm/\(self.uuid)")
+        try? FileManager.default.removeItem(atPath: self.directory)
     }
 }
