@@ -33,16 +33,27 @@ public enum Libvirt {
     /// Starts virtlogd and libvirtd unless they run, and waits until virsh answers.
     public static func startDaemons() throws {
         for daemon in ["virtlogd", "libvirtd"] where !self.isRunning(daemon) {
-            // libvirtd's children (swtpm_setup, swtpm) read the host's configuration.
-            let started = try runCommand(daemon, ["-d"], environment: hostConfigurationOfThisHost)
-            guard started.status == 0 else { throw LibvirtError("\(daemon) -d failed: \(started.output)") }
+            // Not `daemon -d`: the daemon would inherit every descriptor of this process, among them the one
+            // by which Foundation's Process notices its child's exit, so `-d`'s parent would never seem to
+            // exit. start-stop-daemon's --background closes them all before it runs the daemon in the
+            // foreground. libvirtd's children (swtpm_setup, swtpm) read the host's configuration.
+            let started = try runCommand(
+                "start-stop-daemon",
+                ["--start", "--background", "--exec", try ExecutableLookup.find(daemon).path],
+                environment: hostConfigurationOfThisHost
+            )
+            guard started.status == 0 else { throw LibvirtError("starting \(daemon) failed: \(started.output)") }
         }
         let deadline = ContinuousClock.now + .seconds(30)
         while ContinuousClock.now < deadline {
-            if let result = try? runCommand("virsh", ["-c", self.uri, "version"]), result.status == 0 { return }
+            if FileManager.default.fileExists(atPath: "/run/libvirt/virtlogd-sock"),
+                let result = try? runCommand("virsh", ["-c", self.uri, "version"]), result.status == 0
+            {
+                return
+            }
             Thread.sleep(forTimeInterval: 0.2)
         }
-        throw LibvirtError("libvirtd did not answer within 30 s")
+        throw LibvirtError("virtlogd or libvirtd not ready within 30 s")
     }
 
     static func isRunning(_ name: String) -> Bool {
