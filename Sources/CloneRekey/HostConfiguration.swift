@@ -1,3 +1,4 @@
+import Registry
 public import VMIdentity
 import _VTPMPosix
 
@@ -14,8 +15,9 @@ import _VTPMPosix
 /// | `vm-id` | the VM's vm-id (``VMID``); a host file rarely wants it, `vm-id-from` is per VM |
 /// | `vm-id-from` | a path pattern with one `{uuid}` or `{name}` placeholder (``VMIDPattern``) |
 /// | `ca` | the host CA directory (absolute path) |
-/// | `registry` | the registry file (absolute path) |
+/// | `registry` | the registry: a SQLite file (absolute path) or a cluster's PostgreSQL (`postgresql://user@host:port/db`, ``RegistryLocation``) |
 /// | `host-key` | the host key file (absolute path) |
+/// | `host-name` | this host's name in the registry's list of hosts (default: the host name) |
 /// | `on-rollback` | `rekey` or `keep` |
 /// | `foreign-state` | `adopt` or `rekey` |
 ///
@@ -29,6 +31,8 @@ public struct HostConfiguration: Sendable, Hashable {
     public var caDirectory: String?
     public var registryPath: String?
     public var hostKeyPath: String?
+    /// This host's name in a cluster registry's list of hosts (default: the host name).
+    public var hostName: String?
     public var onRollback: RollbackPolicy?
     public var foreignState: ForeignStatePolicy?
 
@@ -149,13 +153,19 @@ public struct HostConfiguration: Sendable, Hashable {
                 configuration.vmID = vm
             case "vm-id-from":
                 do { configuration.vmIDFrom = try VMIDPattern(value) } catch { throw fail(key, error.message) }
-            case "ca", "registry", "host-key":
+            case "registry":
+                guard RegistryLocation.isValid(value) else {
+                    throw fail(key, "'\(value)' is neither an absolute path nor a postgresql:// URL")
+                }
+                configuration.registryPath = value
+            case "ca", "host-key":
                 guard value.hasPrefix("/") else { throw fail(key, "'\(value)' is not an absolute path") }
                 switch key {
                 case "ca": configuration.caDirectory = value
-                case "registry": configuration.registryPath = value
                 default: configuration.hostKeyPath = value
                 }
+            case "host-name":
+                configuration.hostName = value
             case "on-rollback":
                 guard let policy = RollbackPolicy(rawValue: value) else {
                     throw fail(key, "must be rekey or keep, not '\(value)'")
@@ -183,7 +193,7 @@ public struct HostConfiguration: Sendable, Hashable {
 
     /// The keys a file may hold.
     public static let keys: [String] = [
-        "ca", "foreign-state", "host-key", "on-rollback", "registry", "vm-id", "vm-id-from",
+        "ca", "foreign-state", "host-key", "host-name", "on-rollback", "registry", "vm-id", "vm-id-from",
     ]
 
     private static func trimmed(_ bytes: ArraySlice<UInt8>) -> ArraySlice<UInt8> {

@@ -4,7 +4,7 @@ public struct RegistryError: Error, Hashable, Sendable, CustomStringConvertible 
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         enum Base: Hashable, Sendable {
             case notADatabase, corrupt, unsupportedSchemaVersion, hostileFile, io, invalidArgument,
-                unknownIdentity, unknownGeneration, conflict, database
+                unknownIdentity, unknownGeneration, conflict, database, unavailable
         }
         let base: Base
         /// The file at the registry path is not an SQLite database (or is encrypted).
@@ -27,6 +27,9 @@ public struct RegistryError: Error, Hashable, Sendable, CustomStringConvertible 
         public static let conflict = Code(base: .conflict)
         /// Any other SQLite error (busy beyond the timeout, read-only file, disk full, ...).
         public static let database = Code(base: .database)
+        /// The registry's server did not answer within the timeout, or the connection to it broke (PostgreSQL
+        /// stopped or unreachable). Nothing was changed by the failed operation; retrying later is safe.
+        public static let unavailable = Code(base: .unavailable)
 
         public var description: String { "\(self.base)" }
     }

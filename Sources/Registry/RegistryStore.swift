@@ -2,9 +2,9 @@ public import VMIdentity
 
 /// The registry's operations: identities, generations, checkpoints and lineage events.
 ///
-/// This protocol is the seam between vtpmd's decision logic and the storage: ``SQLiteRegistry`` is the
-/// embedded default, and a PostgreSQL implementation for a cluster would implement the same operations
-/// over the same schema (``Schema``). The API is synchronous: vtpmd serializes its work on one thread.
+/// This protocol is the seam between vtpmd's decision logic and the storage: ``RegistryDatabase`` runs the
+/// same statements on SQLite (the embedded default, one file per host) and on PostgreSQL (a cluster's
+/// shared registry). The API is synchronous: each call returns when its transaction committed or failed.
 ///
 /// Every operation is one transaction. The writes a cluster could race on are compare-and-set updates:
 /// when the expected row is gone or changed, the operation throws ``RegistryError/Code/conflict`` (or
@@ -13,6 +13,13 @@ public import VMIdentity
 /// A vmID is a UUID string in any case; the registry stores and returns it in lower case and throws
 /// ``RegistryError/Code/invalidArgument`` for anything else.
 public protocol RegistryStore: AnyObject, Sendable {
+    /// Where the registry is (a file path, or a PostgreSQL URL without its password), for messages.
+    var location: String { get }
+
+    /// Closes the registry. Later calls throw.
+    /// - Throws: ``RegistryError``.
+    func close() throws
+
     /// Records `vmID` if it is new.
     /// - Parameter vmID: The VM identity.
     /// - Returns: The identity record, new or existing.
@@ -143,6 +150,30 @@ public protocol RegistryStore: AnyObject, Sendable {
     /// - Throws: ``RegistryError``.
     @discardableResult
     func appendEvent(vmID: VMID, generation: UInt64, _ draft: LineageEventDraft) throws -> LineageEvent
+
+    /// Registers a host (idempotent): a new host is recorded, a known one is returned as it is, revoked or not.
+    /// - Parameters:
+    ///   - id: The host id (``HostRecord/hostID``).
+    ///   - name: A name for people.
+    ///   - publicKey: The raw public key.
+    /// - Returns: The registry's record of the host.
+    /// - Throws: ``RegistryError`` (``RegistryError/Code/conflict`` when the id is recorded with another key).
+    @discardableResult
+    func registerHost(id: String, name: String, publicKey: [UInt8]) throws -> HostRecord
+
+    /// The record of one host, or nil.
+    /// - Throws: ``RegistryError``.
+    func host(id: String) throws -> HostRecord?
+
+    /// Every registered host, in the order they registered.
+    /// - Throws: ``RegistryError``.
+    func hosts() throws -> [HostRecord]
+
+    /// Revokes a host: its claims are refused from now on. Revoking a revoked host changes nothing.
+    /// - Returns: The host's record after the call.
+    /// - Throws: ``RegistryError`` (``RegistryError/Code/invalidArgument`` for an unknown host).
+    @discardableResult
+    func revokeHost(id: String, reason: String) throws -> HostRecord
 
     /// Lineage events, of one VM (events that happened to it) or (with nil) of all, oldest first.
     /// - Parameter vmID: The VM identity, or nil for all.

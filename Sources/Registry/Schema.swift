@@ -1,4 +1,4 @@
-internal import GRDB
+import Foundation
 
 /// The registry's schema, written in SQL that SQLite and PostgreSQL both accept wherever possible.
 ///
@@ -18,10 +18,27 @@ internal import GRDB
 /// steps in one transaction and refuses a database written by a newer build.
 enum Schema {
     /// The version this build writes.
-    static let currentVersion: Int64 = 2
+    static let currentVersion: Int64 = 3
 
-    /// Migration steps: `steps[n]` takes the schema from version n to n + 1.
-    static let steps: [String] = [version1, version2]
+    /// The SQL dialects the schema is written for.
+    enum Dialect: Sendable {
+        case sqlite, postgresql
+    }
+
+    /// Migration steps: `steps(dialect)[n]` takes the schema from version n to n + 1.
+    static func steps(_ dialect: Dialect) -> [String] {
+        switch dialect {
+        case .sqlite: return [version1, version2, version3]
+        // The only difference: PostgreSQL's auto-assigned id column is spelled differently.
+        case .postgresql:
+            return [
+                version1.replacingOccurrences(
+                    of: "id INTEGER PRIMARY KEY,",
+                    with: "id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+                ), version2, version3,
+            ]
+        }
+    }
 
     /// Version 1: identities, generations, checkpoints, lineage events.
     static let version1 = """
@@ -86,34 +103,47 @@ enum Schema {
         ALTER TABLE generation ADD COLUMN state_write BIGINT;
         """
 
+    /// Version 3: the hosts of a cluster (``HostRecord``): the public half of each host's claim-signing key,
+    /// registered by the host itself, revoked by an operator. PostgreSQL: the same statement.
+    static let version3 = """
+        CREATE TABLE host (
+            host_id TEXT NOT NULL PRIMARY KEY,
+            name TEXT NOT NULL,
+            public_key TEXT NOT NULL,
+            registered_at BIGINT NOT NULL,
+            revoked_at BIGINT,
+            revoked_reason TEXT
+        );
+        """
+
     /// The version table. PostgreSQL: the same statement.
     static let versionTable = "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)"
 
     /// Whether the database is at ``currentVersion`` (a read; false also for a new or damaged database,
-    /// which ``migrate(_:)`` then handles or reports).
-    static func isCurrent(_ db: Database) -> Bool {
-        // A plain SELECT (GRDB's tableExists loads the whole schema): a missing table is an error, i.e. false.
-        guard let rows = try? Row.fetchAll(db, sql: "SELECT version FROM schema_version"), rows.count == 1 else {
+    /// which ``migrate(_:dialect:)`` then handles or reports).
+    static func isCurrent(_ s: any SQLSession) -> Bool {
+        // A missing table is an error, i.e. false.
+        guard let rows = try? s.fetchAll("SELECT version FROM schema_version", []), rows.count == 1 else {
             return false
         }
-        return (try? rows[0].decode(Int64.self, forColumn: "version")) == currentVersion
+        return (try? rows[0].int64("version")) == currentVersion
     }
 
-    /// Brings the schema to ``currentVersion`` in one transaction.
+    /// Brings the schema to ``currentVersion`` in the caller's transaction.
     ///
     /// - Throws: ``RegistryError/Code/unsupportedSchemaVersion`` when the database is newer than this
     ///   build, ``RegistryError/Code/corrupt`` when `schema_version` does not hold exactly one row,
-    ///   or the SQLite error.
-    static func migrate(_ db: Database) throws {
-        try db.execute(sql: versionTable)
-        let rows = try Row.fetchAll(db, sql: "SELECT version FROM schema_version")
+    ///   or the database's error.
+    static func migrate(_ s: any SQLSession, dialect: Dialect) throws {
+        try s.execute(versionTable, [])
+        let rows = try s.fetchAll("SELECT version FROM schema_version", [])
         var version: Int64
         switch rows.count {
         case 0:
             version = 0
-            try db.execute(sql: "INSERT INTO schema_version (version) VALUES (0)")
+            try s.execute("INSERT INTO schema_version (version) VALUES (0)", [])
         case 1:
-            version = try rows[0].decode(Int64.self, forColumn: "version")
+            version = try rows[0].int64("version")
         default:
             throw RegistryError(.corrupt, "schema_version holds \(rows.count) rows, expected one")
         }
@@ -124,17 +154,28 @@ enum Schema {
                 "registry schema version \(version) is newer than this build's (\(currentVersion))"
             )
         }
+        let steps = self.steps(dialect)
         while version < currentVersion {
-            try db.execute(sql: steps[Int(version)])
+            // PostgreSQL's extended protocol takes one statement at a time.
+            for statement in Self.statements(steps[Int(version)]) { try s.execute(statement, []) }
             let next = version + 1
-            try db.execute(
-                sql: "UPDATE schema_version SET version = ? WHERE version = ?",
-                arguments: [next, version]
+            let changed = try s.execute(
+                "UPDATE schema_version SET version = ? WHERE version = ?",
+                [.integer(next), .integer(version)]
             )
-            guard db.changesCount == 1 else {
+            guard changed == 1 else {
                 throw RegistryError(.conflict, "schema_version changed during the migration to \(next)")
             }
             version = next
         }
+    }
+
+    /// The statements of a migration step: split at semicolons, comments dropped.
+    static func statements(_ step: String) -> [String] {
+        let lines = step.split(separator: "\n", omittingEmptySubsequences: false)
+            .filter { !$0.trimmingCharacters(in: .whitespaces).hasPrefix("--") }
+        return lines.joined(separator: "\n").split(separator: ";")
+            .map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+            .filter { !$0.isEmpty }
     }
 }

@@ -12,9 +12,16 @@ import _VTPMPosix
 ///
 ///     "VTPB" | be16 version 2 | u8 n | vm-id name (n) | be64 generation | be64 checkpoint | HMAC-SHA256 (32)
 ///
-/// The HMAC, keyed with the host key, covers a domain label, the blob type, the container's
-/// header flags, every other record of the blob and the claim fields, so the claim can neither be
-/// edited nor moved to another blob. A blob without the record is foreign (swtpm's).
+/// Those two, MAC'd with the host key, are what earlier builds wrote; they are still read. This build signs:
+///
+///     "VTPB" | be16 version 3 | host id (16) | vmID (16) | be64 generation | be64 checkpoint | Ed25519 (64)
+///     "VTPB" | be16 version 4 | host id (16) | u8 n | vm-id name (n) | be64 generation | be64 checkpoint | Ed25519 (64)
+///
+/// with the host's signing key (``HostKey/signingKey``), so another host verifies the claim with the public key
+/// the signer registered in the cluster's registry, and no host holds another's secret. The MAC or signature
+/// covers a domain label, the blob type, the container's header flags, every other record of the blob and the
+/// claim fields, so the claim can neither be edited nor moved to another blob. A blob without the record is
+/// foreign (swtpm's).
 public struct SourceClaim: Hashable, Sendable, CustomStringConvertible {
     public var vmID: VMID
     public var generation: UInt64
@@ -35,8 +42,11 @@ public struct SourceClaim: Hashable, Sendable, CustomStringConvertible {
     /// The largest record (version 2 with the longest name).
     static let maximumValueSize = fixedSize + 1 + VMID.maximumNameLength
     static let domain: [UInt8] = Array("swift-vtpm source claim v1".utf8)
+    static let signedDomain: [UInt8] = Array("swift-vtpm signed source claim v1".utf8)
+    /// The largest signed record (version 4 with the longest name).
+    static let maximumSignedValueSize = maximumValueSize + HostKey.idLength + 32
 
-    /// Adds the claim to a GET_STATEBLOB blob of `blobType`.
+    /// Adds the claim, signed with the host's key, to a GET_STATEBLOB blob of `blobType`.
     public static func attach(
         _ claim: SourceClaim,
         to blob: [UInt8],
@@ -50,30 +60,55 @@ public struct SourceClaim: Hashable, Sendable, CustomStringConvertible {
         var w = ByteWriter(capacity: Self.maximumValueSize)
         w.write(bytes: Self.magic)
         if let uuid = claim.vmID.uuidBytes {
-            w.write(UInt16(1))
+            w.write(UInt16(3))
+            w.write(bytes: hostKey.idBytes)
             w.write(bytes: uuid)
         } else {
             let name = Array(claim.vmID.description.utf8)
-            w.write(UInt16(2))
+            w.write(UInt16(4))
+            w.write(bytes: hostKey.idBytes)
             w.write(UInt8(name.count))
             w.write(bytes: name)
         }
         w.write(claim.generation)
         w.write(claim.checkpoint)
-        let mac = Self.mac(fields: w.bytes, container: container, blobType: blobType, hostKey: hostKey)
-        w.write(bytes: mac)
+        let input = Self.macInput(w.bytes, container, blobType, domain: Self.signedDomain)
+        let signature: [UInt8]
+        do { signature = Array(try hostKey.signingKey.signature(for: input)) } catch {
+            throw StateStoreError(.integrity, "cannot sign the source claim: \(error)")
+        }
+        w.write(bytes: signature)
         container.records.append(BlobContainer.Record(tag: Self.tag, value: w.bytes))
         return container.encoded
     }
 
-    /// Removes and verifies the claim of a SET_STATEBLOB blob.
+    /// Removes and verifies the claim of a SET_STATEBLOB blob, trusting this host's key only.
     /// - Returns: the blob as swtpm would have produced it, and the claim (nil for a foreign blob).
-    /// - Throws: `.integrity` for a claim whose MAC does not verify (edited, truncated, or made
-    ///   with another host key), `.malformed` / `.unsupportedVersion` for a damaged record.
+    /// - Throws: See ``detach(from:blobType:hostKey:trustedHost:)``.
     public static func detach(
         from blob: [UInt8],
         blobType: UInt32,
         hostKey: HostKey
+    ) throws(StateStoreError) -> (blob: [UInt8], claim: SourceClaim?) {
+        try self.detach(from: blob, blobType: blobType, hostKey: hostKey) { id throws(StateStoreError) in
+            throw StateStoreError(.integrity, "the blob's source claim was signed by host \(id), not this host")
+        }
+    }
+
+    /// Removes and verifies the claim of a SET_STATEBLOB blob.
+    /// - Parameters:
+    ///   - hostKey: This host's key: verifies the MAC of an earlier build's claim, and a claim this host signed.
+    ///   - trustedHost: The public key of another host, by host id; throws (`.integrity`, naming why) for a host
+    ///     that is not trusted (unknown to the registry, revoked, or the registry cannot be asked).
+    /// - Returns: the blob as swtpm would have produced it, and the claim (nil for a foreign blob).
+    /// - Throws: `.integrity` for a claim whose MAC or signature does not verify (edited, truncated, or made
+    ///   with another host key) or whose signer is not trusted, `.malformed` / `.unsupportedVersion` for a
+    ///   damaged record.
+    public static func detach(
+        from blob: [UInt8],
+        blobType: UInt32,
+        hostKey: HostKey,
+        trustedHost: (String) throws(StateStoreError) -> [UInt8]
     ) throws(StateStoreError) -> (blob: [UInt8], claim: SourceClaim?) {
         guard BlobContainer.shape(of: blob) == .current else { return (blob, nil) }
         var container = try BlobContainer(decoding: blob)
@@ -87,11 +122,12 @@ public struct SourceClaim: Hashable, Sendable, CustomStringConvertible {
         guard claims.count == 1 else { throw StateStoreError(.malformed, "blob carries \(claims.count) source claims") }
         container.records.removeAll { $0.tag == Self.tag }
         let value = record.value
-        guard value.count >= Self.fixedSize + 1, value.count <= Self.maximumValueSize else {
+        guard value.count >= Self.fixedSize + 1, value.count <= Self.maximumSignedValueSize else {
             throw StateStoreError(.malformed, "source claim of \(value.count) bytes")
         }
         var r = ByteReader(value)
         let claim: SourceClaim
+        var signer: [UInt8]? = nil
         do {
             guard try r.readBytes(count: 4) == Self.magic else {
                 throw StateStoreError(.malformed, "source claim has a bad magic")
@@ -103,12 +139,18 @@ public struct SourceClaim: Hashable, Sendable, CustomStringConvertible {
                 vmID = VMID(uuidBytes: try r.readBytes(count: 16))
             case 2:
                 vmID = VMID(nameBytes: try r.readBytes(count: Int(try r.readUInt8())))
+            case 3:
+                signer = try r.readBytes(count: HostKey.idLength)
+                vmID = VMID(uuidBytes: try r.readBytes(count: 16))
+            case 4:
+                signer = try r.readBytes(count: HostKey.idLength)
+                vmID = VMID(nameBytes: try r.readBytes(count: Int(try r.readUInt8())))
             default:
                 throw StateStoreError(.unsupportedVersion, "source claim version \(version) is unknown")
             }
             guard let vmID else { throw StateStoreError(.malformed, "source claim has a bad vmID") }
             claim = SourceClaim(vmID: vmID, generation: try r.readUInt64(), checkpoint: try r.readUInt64())
-            guard r.remaining == 32 else {
+            guard r.remaining == (signer == nil ? 32 : 64) else {
                 throw StateStoreError(.malformed, "source claim of \(value.count) bytes has a bad length")
             }
         } catch let error as StateStoreError {
@@ -116,21 +158,41 @@ public struct SourceClaim: Hashable, Sendable, CustomStringConvertible {
         } catch {
             throw StateStoreError(.malformed, "source claim: \(error)")
         }
-        let fields = Array(value.prefix(value.count - 32))
-        let given = Array(value.suffix(32))
-        let input = Self.macInput(fields, container, blobType)
-        guard HMAC<SHA256>.isValidAuthenticationCode(given, authenticating: input, using: hostKey.symmetricKey) else {
+        let fields = Array(value.prefix(value.count - r.remaining))
+        let given = Array(value.suffix(r.remaining))
+        guard let signer else {
+            let input = Self.macInput(fields, container, blobType, domain: Self.domain)
+            guard HMAC<SHA256>.isValidAuthenticationCode(given, authenticating: input, using: hostKey.symmetricKey)
+            else {
+                throw StateStoreError(
+                    .integrity,
+                    "the blob's source claim does not verify: it was modified, or made with another host key"
+                )
+            }
+            return (container.encoded, claim)
+        }
+        let signerID = HostKey.idText(signer)
+        let publicKey = signer == hostKey.idBytes ? hostKey.publicKey : try trustedHost(signerID)
+        let input = Self.macInput(fields, container, blobType, domain: Self.signedDomain)
+        guard let key = try? Curve25519.Signing.PublicKey(rawRepresentation: publicKey),
+            key.isValidSignature(given, for: input)
+        else {
             throw StateStoreError(
                 .integrity,
-                "the blob's source claim does not verify: it was modified, or made with another host key"
+                "the blob's source claim does not verify with the key of host \(signerID): it was modified"
             )
         }
         return (container.encoded, claim)
     }
 
-    static func macInput(_ fields: [UInt8], _ container: BlobContainer, _ blobType: UInt32) -> [UInt8] {
+    static func macInput(
+        _ fields: [UInt8],
+        _ container: BlobContainer,
+        _ blobType: UInt32,
+        domain: [UInt8]
+    ) -> [UInt8] {
         var w = ByteWriter(capacity: 64 + fields.count)
-        w.write(bytes: Self.domain)
+        w.write(bytes: domain)
         w.write(blobType)
         w.write(container.flags.rawValue)
         w.write(bytes: BlobContainer.encodeRecords(container.records))
@@ -138,18 +200,12 @@ public struct SourceClaim: Hashable, Sendable, CustomStringConvertible {
         return w.bytes
     }
 
-    static func mac(fields: [UInt8], container: BlobContainer, blobType: UInt32, hostKey: HostKey) -> [UInt8] {
-        Array(
-            HMAC<SHA256>.authenticationCode(
-                for: Self.macInput(fields, container, blobType),
-                using: hostKey.symmetricKey
-            )
-        )
-    }
 }
 
-/// The host's secret for source claims: 32 random bytes in a 0600 file, created on first use.
-/// Hosts that migrate VMs between each other share it. Never printed.
+/// The host's secret for source claims: 32 random bytes in a 0600 file, created on first use. Claims are
+/// signed with a key derived from it (``signingKey``); hosts that share a registry register the public half
+/// and verify each other's claims with it, so the file never leaves its host. (Hosts with separate
+/// registries can still share the file itself, as before: the same file is the same host id.) Never printed.
 public struct HostKey: Sendable, CustomStringConvertible {
     let bytes: [UInt8]
     var symmetricKey: SymmetricKey { SymmetricKey(data: self.bytes) }
@@ -159,9 +215,50 @@ public struct HostKey: Sendable, CustomStringConvertible {
             throw StateStoreError(.invalidKey, "a host key is 32 bytes, got \(bytes.count)")
         }
         self.bytes = bytes
+        self.signingKey = try Self.deriveSigningKey(bytes)
     }
 
-    public var description: String { "host key" }
+    public var description: String { "host key \(self.id)" }
+
+    /// The key this host signs claims with: Ed25519, its seed derived from the host key file's secret with
+    /// HKDF-SHA256 (RFC 5869, a zero salt, its own label), so the file stays 32 random bytes and earlier
+    /// builds' MAC claims still verify.
+    let signingKey: Curve25519.Signing.PrivateKey
+
+    static func deriveSigningKey(_ secret: [UInt8]) throws(StateStoreError) -> Curve25519.Signing.PrivateKey {
+        // HKDF with one block of output: PRK = HMAC(salt, IKM), OKM = HMAC(PRK, info || 0x01).
+        let prk = HMAC<SHA256>.authenticationCode(
+            for: secret,
+            using: SymmetricKey(data: [UInt8](repeating: 0, count: 32))
+        )
+        let seed = HMAC<SHA256>.authenticationCode(
+            for: Array("swift-vtpm host signing key v1".utf8) + [1],
+            using: SymmetricKey(data: Array(prk))
+        )
+        do { return try Curve25519.Signing.PrivateKey(rawRepresentation: Array(seed)) } catch {
+            throw StateStoreError(.invalidKey, "cannot derive the host signing key: \(error)")
+        }
+    }
+
+    /// The public half of ``signingKey`` (32 bytes), which the host registers.
+    public var publicKey: [UInt8] { Array(self.signingKey.publicKey.rawRepresentation) }
+
+    static let idLength = 16
+
+    /// The host id: the first 16 bytes of SHA-256 over ``publicKey``.
+    var idBytes: [UInt8] { Self.id(of: self.publicKey) }
+
+    /// The host id in lower-case hexadecimal, as the registry records it.
+    public var id: String { Self.idText(self.idBytes) }
+
+    /// The host id of a public key (hexadecimal).
+    public static func id(ofPublicKey key: [UInt8]) -> String { self.idText(self.id(of: key)) }
+
+    static func id(of key: [UInt8]) -> [UInt8] { Array(SHA256.hash(data: key).prefix(Self.idLength)) }
+
+    static func idText(_ bytes: [UInt8]) -> String {
+        bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+    }
 
     /// Loads `path`, or creates it (0600, atomically) when it does not exist. The file must be a
     /// regular file of ours that nobody else can read or write.

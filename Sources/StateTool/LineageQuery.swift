@@ -13,7 +13,8 @@ public enum LineageQuery {
     /// Renders the lineage of every VM, or of the generations connected to `vmID` (its own, their
     /// ancestors and their descendants).
     /// - Parameters:
-    ///   - registryPath: The registry file; it must exist (it is never created here).
+    ///   - registryPath: The registry file (it must exist: it is never created here), or a cluster's
+    ///     PostgreSQL URL (the whole cluster's lineage).
     ///   - vmID: A UUID to restrict the tree to, or nil.
     ///   - format: tree (text), dot (Graphviz) or json (`LineageTree`'s Codable form).
     /// - Returns: The rendered text.
@@ -29,12 +30,12 @@ public enum LineageQuery {
         } else {
             wanted = nil
         }
-        guard FileManager.default.fileExists(atPath: registryPath) else {
+        guard PostgresSettings.isURL(registryPath) || FileManager.default.fileExists(atPath: registryPath) else {
             throw StateToolError(.notFound, "registry \(registryPath) does not exist")
         }
         let tree: LineageTree
         do {
-            let registry = try SQLiteRegistry(path: registryPath)
+            let registry = try RegistryLocation(registryPath).open()
             tree = try registry.lineageTree()
             try registry.close()
         } catch {

@@ -257,8 +257,8 @@ public enum StateProvisioner {
         }
     }
 
-    static func openRegistry(_ path: String) throws -> SQLiteRegistry {
-        do { return try SQLiteRegistry(path: path) } catch {
+    static func openRegistry(_ path: String) throws -> RegistryDatabase {
+        do { return try RegistryLocation(path).open() } catch {
             throw StateToolError(.registry, "cannot open registry \(path): \(error)")
         }
     }

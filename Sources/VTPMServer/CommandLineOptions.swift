@@ -322,6 +322,7 @@ public struct CommandLineOptions: Sendable {
         )
         if let onRollback { identity.onRollback = onRollback }
         if let foreignState { identity.foreignState = foreignState }
+        if let name = host.hostName { identity.hostName = name }
         identity.loadCAAtStart = self.runas != nil
         c.identity = identity
     }

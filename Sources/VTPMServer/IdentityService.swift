@@ -24,6 +24,8 @@ public struct IdentityConfiguration: Sendable {
     public var caDirectory: String?
     public var registryPath: String
     public var hostKeyPath: String
+    /// This host's name in the registry's list of hosts (`host-name`, else the host name).
+    public var hostName: String = ProcessInfo.processInfo.hostName
     public var onRollback: RollbackPolicy = .rekey
     public var foreignState: ForeignStatePolicy = .adopt
     /// Load the host CA at start instead of at the first certificate: needed with `--runas`, whose
@@ -52,7 +54,9 @@ struct IncomingBlob {
 /// and the decision on incoming state (ARCHITECTURE.md, "Decision: move, clone or rollback").
 final class IdentityService {
     let configuration: IdentityConfiguration
-    let registry: SQLiteRegistry
+    let registry: RegistryDatabase
+    /// The registry writes made while the guest runs, off the TPM command path.
+    let writer: RegistryWriter
     let hostKey: HostKey
     /// Decisions, rekeys and their registry records.
     let coordinator: CloneRekeyCoordinator
@@ -87,22 +91,35 @@ final class IdentityService {
     var lastDecisionAt: Timestamp? = nil
 
     var vmID: VMID { self.configuration.vmID }
+    /// False while the registry could not be read since start: the generation is read at the first decision.
+    var generationKnown = true
 
     /// Opens the registry, the host key and the CA. The VM's generation is the registry's (0 for a VM it
     /// does not know yet); the first CMD_INIT decides on the state found at rest and records it.
     init(configuration: IdentityConfiguration, logger: Logger) throws {
         self.configuration = configuration
         self.logger = logger
-        self.registry = try SQLiteRegistry(path: configuration.registryPath)
+        self.registry = try RegistryLocation(configuration.registryPath).open()
         self.hostKey = try HostKey.loadOrCreate(path: configuration.hostKeyPath)
+        self.writer = RegistryWriter(registry: self.registry, logger: logger)
+        // Other hosts verify this host's claims with the public key it registers.
+        self.writer.enqueue(
+            .registerHost(id: self.hostKey.id, name: configuration.hostName, publicKey: self.hostKey.publicKey)
+        )
         self.coordinator = CloneRekeyCoordinator(
             vmID: configuration.vmID,
             registry: self.registry,
             ca: try Self.certificateAuthority(configuration),
             policy: DecisionPolicy(onRollback: configuration.onRollback, foreignState: configuration.foreignState)
         )
-        self.generation = try self.registry.currentGeneration(vmID: configuration.vmID)?.generation ?? 0
-        self.refreshCheckpoint()
+        do {
+            self.generation = try self.registry.currentGeneration(vmID: configuration.vmID)?.generation ?? 0
+            self.refreshCheckpoint()
+        } catch let error as RegistryError where error.code == .unavailable {
+            // The guest's TPM does not need the registry; the first decision does, and reads it then.
+            self.generationKnown = false
+            logger.warning("registry: unavailable at start: \(error)")
+        }
     }
 
     static func certificateAuthority(
@@ -114,16 +131,65 @@ final class IdentityService {
     }
 
     /// Records the permanent state's write generation as seen committed (at a checkpoint, at a clean
-    /// stop, after a decision): off the TPM command path, failures only logged.
+    /// stop, after a decision), through the writer.
     func recordStateWrite() {
         self.stateWriteDue = false
         guard let write = self.store?.permanentWriteGeneration, write != self.recordedStateWrite else { return }
-        do {
-            try self.coordinator.recordStateWrite(generation: self.generation, write: write)
-            self.recordedStateWrite = write
-        } catch {
-            self.logger.error("registry: cannot record state write \(write): \(error)")
+        self.writer.enqueue(.stateWrite(self.vmID, generation: self.generation, write: write))
+        self.recordedStateWrite = write
+    }
+
+    /// Waits until the writer's queue is in the registry, so that a decision reads every fact this process
+    /// knows. False (logged) when the registry stays unavailable: the caller refuses what needs the decision.
+    func catchUp() -> Bool {
+        let timeout = self.registryTimeout
+        if self.writer.flush(timeout: timeout) {
+            guard !self.generationKnown else { return true }
+            do {
+                self.generation = try self.registry.currentGeneration(vmID: self.vmID)?.generation ?? 0
+            } catch {
+                self.logger.error("registry: cannot read this VM's generation: no decision without it: \(error)")
+                return false
+            }
+            self.generationKnown = true
+            self.refreshCheckpoint()
+            return true
         }
+        self.logger.error(
+            "registry: unavailable, \(self.writer.pending) write(s) wait: no decision without it",
+            metadata: ["cause": "\(self.writer.failure ?? "no answer within \(timeout)")"]
+        )
+        return false
+    }
+
+    /// How long a decision waits for the registry: the PostgreSQL timeout, or SQLite's busy timeout.
+    var registryTimeout: Duration {
+        if case .postgres(let settings)? = try? RegistryLocation(self.configuration.registryPath) {
+            return settings.timeout
+        }
+        return .seconds(5)
+    }
+
+    /// The public key of another host, for a claim it signed: the registry's record, unless the host is
+    /// unknown to it (a host outside the cluster) or revoked.
+    func publicKey(ofHost id: String) throws(StateStoreError) -> [UInt8] {
+        let record: HostRecord?
+        do { record = try self.registry.host(id: id) } catch {
+            throw StateStoreError(.integrity, "cannot look up host \(id), which signed the blob's claim: \(error)")
+        }
+        guard let record else {
+            throw StateStoreError(
+                .integrity,
+                "the blob's claim is signed by host \(id), which registry \(self.registry.location) does not know"
+            )
+        }
+        guard !record.isRevoked else {
+            throw StateStoreError(
+                .integrity,
+                "the blob's claim is signed by host \(id) (\(record.name)), revoked: \(record.revokedReason ?? "")"
+            )
+        }
+        return record.publicKey
     }
 
     /// The state now belongs to a new generation (a rekey, a new TPM), committed to disk. When the registry
@@ -157,11 +223,7 @@ final class IdentityService {
         guard let number = self.unsavedCheckpoint else { return }
         self.unsavedCheckpoint = nil
         self.recordStateWrite()
-        do {
-            try self.registry.recordCheckpoint(vmID: self.vmID, generation: self.generation, number: number)
-        } catch {
-            self.logger.error("registry: cannot record checkpoint \(number): \(error)")
-        }
+        self.writer.enqueue(.checkpoint(self.vmID, generation: self.generation, number: number))
     }
 
     /// The state is about to change (a TPM command, INIT, hashing): record that it ran after the
@@ -171,11 +233,7 @@ final class IdentityService {
         self.checkpointOutstanding = false
         self.saveCheckpoint()
         self.currentCheckpoint = nil
-        do {
-            _ = try self.registry.markRan(vmID: self.vmID, generation: self.generation)
-        } catch {
-            self.logger.error("registry: cannot record that the TPM ran after its checkpoint: \(error)")
-        }
+        self.writer.enqueue(.markRan(self.vmID, generation: self.generation))
     }
 
     /// Adds the source claim to a GET_STATEBLOB blob.

@@ -328,7 +328,9 @@ extension Server {
         var unclaimed = blob
         do {
             if let identity = self.identity {
-                (unclaimed, claim) = try SourceClaim.detach(from: blob, blobType: type, hostKey: identity.hostKey)
+                (unclaimed, claim) = try SourceClaim.detach(from: blob, blobType: type, hostKey: identity.hostKey) {
+                    id throws(StateStoreError) in try identity.publicKey(ofHost: id)
+                }
             }
             plain = try MigrationBlob.decode(
                 unclaimed,

@@ -26,6 +26,11 @@ extension Server {
         let incoming = identity.incoming
         identity.incoming = [:]
         identity.saveCheckpoint()
+        guard identity.catchUp() else {
+            // Registry unavailable: the state is refused, QEMU fails the loadvm or migration (it can retry).
+            self.logger.error("clone-rekey: incoming state refused: the registry is unavailable")
+            return TPMFrame.rcFailure
+        }
         let outcome: CloneRekeyCoordinator.DecisionOutcome
         do {
             outcome = try identity.decide(incoming)
@@ -210,6 +215,10 @@ extension Server {
         } catch {
             self.logger.error("CMD_INIT failed: \(error.message)")
             return .failed(error.code == .locked ? ControlResult.fail : TPMFrame.rcFailure)
+        }
+        guard identity.catchUp() else {
+            self.logger.error("CMD_INIT refused: the registry is unavailable, the stored state cannot be checked")
+            return .failed(TPMFrame.rcFailure)
         }
         guard stored.hasPermanentState else {
             // Manufacture (refused by the storage if there are traces of an earlier TPM), then provision.

@@ -210,6 +210,7 @@ public final class Server {
         // A clean stop: the registry learns the newest state committed (a later restore of an older
         // copy is then a rollback).
         self.identity?.recordStateWrite()
+        if let identity = self.identity { identity.writer.stop(timeout: identity.registryTimeout) }
         self.cleanup()
         return self.exitStatus
     }

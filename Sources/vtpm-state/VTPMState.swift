@@ -36,7 +36,9 @@ struct VTPMState: ParsableCommand {
         commandName: "vtpm-state",
         abstract: "Inspect, verify, provision, clone and rekey vTPM state directories offline.",
         discussion: "A directory in use by a running vtpmd or swtpm (locked) is refused.",
-        subcommands: [CA.self, Inspect.self, Verify.self, Lineage.self, Create.self, Clone.self, Rekey.self]
+        subcommands: [
+            CA.self, Inspect.self, Verify.self, Lineage.self, Hosts.self, Create.self, Clone.self, Rekey.self,
+        ]
     )
 }
 
@@ -216,6 +218,95 @@ extension VTPMState {
                     ),
                     terminator: ""
                 )
+            }
+        }
+    }
+
+    struct Hosts: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List, register and revoke the hosts of a cluster registry.",
+            discussion: """
+                Each vtpmd registers its host's claim-signing public key in the registry on start; a host \
+                verifies another host's state blobs with the key that host registered. A blob from a host the \
+                registry does not know, or from a revoked host, is refused.
+                """,
+            subcommands: [List.self, Register.self, Revoke.self]
+        )
+
+        struct Where: ParsableArguments {
+            @Option(
+                help: ArgumentHelp(
+                    "The registry (default: the host configuration's, else /var/lib/vtpm/registry.sqlite).",
+                    valueName: "PATH|URL"
+                )
+            )
+            var registry: String?
+            @OptionGroup var config: ConfigOption
+
+            func resolved() throws -> String {
+                try self.registry ?? self.config.load().registryPath ?? "/var/lib/vtpm/registry.sqlite"
+            }
+        }
+
+        struct List: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "List the registered hosts.")
+            @OptionGroup var location: Where
+            @Flag(help: "JSON instead of a table.") var json = false
+
+            func run() throws {
+                try runTool {
+                    print(try HostsCommand.list(registry: self.location.resolved(), json: self.json), terminator: "")
+                }
+            }
+        }
+
+        struct Register: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Register this host (vtpmd does on start).")
+            @OptionGroup var location: Where
+            @Option(
+                name: .customLong("host-key"),
+                help: ArgumentHelp(
+                    "The host key file (default: the host configuration's, else /var/lib/vtpm/host.key).",
+                    valueName: "FILE"
+                )
+            )
+            var hostKey: String?
+            @Option(help: "The host's name in the list (default: host-name, else the host name).") var name: String?
+
+            func run() throws {
+                try runTool {
+                    let host = try self.location.config.load()
+                    print(
+                        try HostsCommand.register(
+                            registry: self.location.resolved(),
+                            hostKeyPath: self.hostKey ?? host.hostKeyPath ?? "/var/lib/vtpm/host.key",
+                            name: self.name ?? host.hostName ?? ProcessInfo.processInfo.hostName
+                        ),
+                        terminator: ""
+                    )
+                }
+            }
+        }
+
+        struct Revoke: ParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Revoke a host: its state blobs are refused by every host from now on."
+            )
+            @OptionGroup var location: Where
+            @Argument(help: "The host id (`hosts list`).") var hostID: String
+            @Option(help: "Why (recorded and shown).") var reason: String
+
+            func run() throws {
+                try runTool {
+                    print(
+                        try HostsCommand.revoke(
+                            registry: self.location.resolved(),
+                            hostID: self.hostID,
+                            reason: self.reason
+                        ),
+                        terminator: ""
+                    )
+                }
             }
         }
     }

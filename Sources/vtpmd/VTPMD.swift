@@ -79,7 +79,10 @@ struct SwtpmOptions: ParsableArguments {
     var vmID: String?
     @Option(help: "The host CA directory (created on first use) that issues the EK certificates.")
     var ca: String?
-    @Option(help: "The registry of identities and generations (SQLite; default /var/lib/vtpm/registry.sqlite).")
+    @Option(
+        help:
+            "The registry of identities and generations: a SQLite file (default /var/lib/vtpm/registry.sqlite) or postgresql://user@host:port/db."
+    )
     var registry: String?
     @Option(name: .customLong("host-key"), help: "The key that MACs state blobs (default /var/lib/vtpm/host.key).")
     var hostKey: String?

@@ -139,7 +139,7 @@ import VMIdentity
 
     @Test func decidesWithTheRegistrysFactsForBlobsAndStatesAtRest() throws {
         try withTemporaryDirectory { dir in
-            let registry = try SQLiteRegistry(path: "\(dir)/r.sqlite")
+            let registry = try RegistryDatabase(sqlitePath: "\(dir)/r.sqlite")
             let coordinator = CloneRekeyCoordinator(vmID: Self.a, registry: registry, ca: .none)
             try registry.beginGeneration(vmID: Self.a, reason: .manufacture)
             let checkpoint = try registry.recordCheckpoint(vmID: Self.a, generation: 0)

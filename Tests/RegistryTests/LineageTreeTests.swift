@@ -5,7 +5,7 @@ import VMIdentity
 
 @Suite struct LineageTreeTests {
     /// A manufactured; snapshot s1 at checkpoint 1; B and C cloned from s1; D cloned from B.
-    static func build(_ registry: SQLiteRegistry) throws -> StateOrigin {
+    static func build(_ registry: RegistryDatabase) throws -> StateOrigin {
         try registry.beginGeneration(
             vmID: VM.a,
             reason: .manufacture,

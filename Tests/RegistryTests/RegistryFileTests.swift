@@ -24,7 +24,7 @@ import VMIdentity
     @Test func createsAMissingDirectoryWithMode0700() throws {
         try withTemporaryDirectory { dir in
             let path = dir + "/var/lib/vtpm/registry.sqlite"
-            let registry = try SQLiteRegistry(path: path)
+            let registry = try RegistryDatabase(sqlitePath: path)
             try registry.ensureIdentity(vmID: VM.a)
             #expect(try permissions(dir + "/var/lib/vtpm") == 0o700)
             #expect(try permissions(path) == 0o600)
@@ -35,15 +35,15 @@ import VMIdentity
         try withTemporaryDirectory { dir in
             let path = dir + "/registry.sqlite"
             do {
-                let registry = try SQLiteRegistry(path: path)
+                let registry = try RegistryDatabase(sqlitePath: path)
                 try registry.beginGeneration(vmID: VM.a, reason: .manufacture)
                 _ = try registry.recordCheckpoint(vmID: VM.a, generation: 0)
                 try registry.markRan(vmID: VM.a, generation: 0)
                 try registry.appendEvent(vmID: VM.a, generation: 0, LineageEventDraft(kind: .manufacture))
                 try registry.close()
             }
-            let reopened = try SQLiteRegistry(path: path)
-            #expect(try reopened.schemaVersion() == 2)
+            let reopened = try RegistryDatabase(sqlitePath: path)
+            #expect(try reopened.schemaVersion() == 3)
             #expect(try reopened.currentGeneration(vmID: VM.a)?.generation == 0)
             let latest = try #require(try reopened.latestCheckpoint(vmID: VM.a, generation: 0))
             #expect(latest.checkpoint == 1 && latest.ranAfter)
@@ -67,7 +67,7 @@ import VMIdentity
                     attributes: [.posixPermissions: 0o600]
                 )
             )
-            let error = #expect(throws: RegistryError.self) { try SQLiteRegistry(path: path) }
+            let error = #expect(throws: RegistryError.self) { try RegistryDatabase(sqlitePath: path) }
             #expect(error?.code == .notADatabase, "\(String(describing: error))")
             #expect(error?.description.contains(path) == true)
             // The file is left as it was.
@@ -78,29 +78,29 @@ import VMIdentity
     @Test func rejectsASymlink() throws {
         try withTemporaryDirectory { dir in
             let target = dir + "/real.sqlite"
-            _ = try SQLiteRegistry(path: target)
+            _ = try RegistryDatabase(sqlitePath: target)
             try FileManager.default.createSymbolicLink(atPath: dir + "/link.sqlite", withDestinationPath: target)
-            #expect(throws: RegistryError(.hostileFile, "")) { try SQLiteRegistry(path: dir + "/link.sqlite") }
+            #expect(throws: RegistryError(.hostileFile, "")) { try RegistryDatabase(sqlitePath: dir + "/link.sqlite") }
         }
     }
 
     @Test func rejectsAFileOthersCanWrite() throws {
         try withTemporaryDirectory { dir in
             let path = dir + "/registry.sqlite"
-            _ = try SQLiteRegistry(path: path)
+            _ = try RegistryDatabase(sqlitePath: path)
             try FileManager.default.setAttributes([.posixPermissions: 0o666], ofItemAtPath: path)
-            #expect(throws: RegistryError(.hostileFile, "")) { try SQLiteRegistry(path: path) }
+            #expect(throws: RegistryError(.hostileFile, "")) { try RegistryDatabase(sqlitePath: path) }
         }
     }
 
     @Test func rejectsASchemaFromANewerBuild() throws {
         try withTemporaryDirectory { dir in
             let path = dir + "/registry.sqlite"
-            _ = try SQLiteRegistry(path: path)
+            _ = try RegistryDatabase(sqlitePath: path)
             let queue = try DatabaseQueue(path: path)
             try queue.write { db in try db.execute(sql: "UPDATE schema_version SET version = 99") }
             try queue.close()
-            #expect(throws: RegistryError(.unsupportedSchemaVersion, "")) { try SQLiteRegistry(path: path) }
+            #expect(throws: RegistryError(.unsupportedSchemaVersion, "")) { try RegistryDatabase(sqlitePath: path) }
         }
     }
 
@@ -110,8 +110,8 @@ import VMIdentity
             #expect(
                 FileManager.default.createFile(atPath: path, contents: Data(), attributes: [.posixPermissions: 0o600])
             )
-            let registry = try SQLiteRegistry(path: path)
-            #expect(try registry.schemaVersion() == 2)
+            let registry = try RegistryDatabase(sqlitePath: path)
+            #expect(try registry.schemaVersion() == 3)
         }
     }
 }

@@ -1,3 +1,4 @@
+import Crypto
 import TPMWire
 import Testing
 import VMIdentity
@@ -34,7 +35,8 @@ struct SourceClaimTests {
         let claim = SourceClaim(vmID: Self.vm, generation: 3, checkpoint: 17)
         let original = try Self.blob()
         let claimed = try SourceClaim.attach(claim, to: original, blobType: 2, hostKey: Self.key)
-        #expect(claimed.count == original.count + 6 + SourceClaim.fixedSize + 16)
+        // Signed: the host id (16) and an Ed25519 signature (64, not the MAC's 32).
+        #expect(claimed.count == original.count + 6 + SourceClaim.fixedSize + 16 + 16 + 32)
         let (stripped, found) = try SourceClaim.detach(from: claimed, blobType: 2, hostKey: Self.key)
         #expect(found == claim && stripped == original)
         #expect(
@@ -45,11 +47,11 @@ struct SourceClaimTests {
         #expect(none == nil && same == original)
     }
 
-    @Test func namedVMIDsTravelInVersion2Claims() throws {
+    @Test func namedVMIDsTravelInVersion4Claims() throws {
         let claim = SourceClaim(vmID: try #require(VMID("101")), generation: 2, checkpoint: 5)
         let original = try Self.blob()
         let claimed = try SourceClaim.attach(claim, to: original, blobType: 1, hostKey: Self.key)
-        #expect(claimed.count == original.count + 6 + SourceClaim.fixedSize + 1 + 3)
+        #expect(claimed.count == original.count + 6 + SourceClaim.fixedSize + 16 + 32 + 1 + 3)
         let (stripped, found) = try SourceClaim.detach(from: claimed, blobType: 1, hostKey: Self.key)
         #expect(found == claim && stripped == original)
         #expect(throws: StateStoreError.self) {
@@ -81,6 +83,57 @@ struct SourceClaimTests {
         }
         #expect(throws: StateStoreError.self) {
             try SourceClaim.detach(from: Array(claimed.dropLast(3)), blobType: 1, hostKey: Self.key)
+        }
+    }
+
+    @Test func anotherHostsClaimVerifiesWithTheKeyItRegisteredAndNothingElse() throws {
+        let claim = SourceClaim(vmID: Self.vm, generation: 4, checkpoint: 9)
+        let original = try Self.blob()
+        // Host "other" signs; this host (key) receives.
+        let claimed = try SourceClaim.attach(claim, to: original, blobType: 1, hostKey: Self.otherKey)
+        var asked: [String] = []
+        let (stripped, found) = try SourceClaim.detach(from: claimed, blobType: 1, hostKey: Self.key) {
+            id throws(StateStoreError) in
+            asked.append(id)
+            return Self.otherKey.publicKey
+        }
+        #expect(found == claim && stripped == original && asked == [Self.otherKey.id])
+        // The registry does not know the signer, or revoked it: refused with the reason.
+        let refused = #expect(throws: StateStoreError.self) {
+            try SourceClaim.detach(from: claimed, blobType: 1, hostKey: Self.key) { id throws(StateStoreError) in
+                throw StateStoreError(.integrity, "host \(id) is unknown")
+            }
+        }
+        #expect(refused?.message == "host \(Self.otherKey.id) is unknown")
+        // A key registered under the signer's id that is not its key (or a forged signature): refused.
+        #expect(throws: StateStoreError(.integrity, "")) {
+            try SourceClaim.detach(from: claimed, blobType: 1, hostKey: Self.key) { _ throws(StateStoreError) in
+                Self.key.publicKey
+            }
+        }
+        // The host id is the public key's hash, and the signing key is derived from the host key file only.
+        #expect(HostKey.id(ofPublicKey: Self.otherKey.publicKey) == Self.otherKey.id)
+        #expect(try HostKey(bytes: [UInt8](repeating: 0xa5, count: 32)).publicKey == Self.otherKey.publicKey)
+        #expect(Self.key.id != Self.otherKey.id && Self.key.id.count == 32)
+    }
+
+    @Test func claimsOfEarlierBuildsStillVerifyWithTheHostKeyMAC() throws {
+        let original = try Self.blob()
+        var container = try BlobContainer(decoding: original)
+        var w = ByteWriter(capacity: 64)
+        w.write(bytes: SourceClaim.magic)
+        w.write(UInt16(1))
+        w.write(bytes: try #require(Self.vm.uuidBytes))
+        w.write(UInt64(2))
+        w.write(UInt64(6))
+        let input = SourceClaim.macInput(w.bytes, container, 1, domain: SourceClaim.domain)
+        w.write(bytes: Array(HMAC<SHA256>.authenticationCode(for: input, using: Self.key.symmetricKey)))
+        container.records.append(BlobContainer.Record(tag: SourceClaim.tag, value: w.bytes))
+        let legacy = container.encoded
+        let (stripped, found) = try SourceClaim.detach(from: legacy, blobType: 1, hostKey: Self.key)
+        #expect(found == SourceClaim(vmID: Self.vm, generation: 2, checkpoint: 6) && stripped == original)
+        #expect(throws: StateStoreError(.integrity, "")) {
+            try SourceClaim.detach(from: legacy, blobType: 1, hostKey: Self.otherKey)
         }
     }
 }

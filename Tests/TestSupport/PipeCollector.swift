@@ -1,5 +1,6 @@
 package import Foundation
 import Synchronization
+import _VTPMPosix
 
 /// Collects everything a child process writes into one pipe, on a dedicated background thread,
 /// so the child never blocks on a full pipe and callers can wait for patterns with a timeout.
@@ -36,8 +37,10 @@ package final class PipeCollector: Sendable {
 
     private func readLoop(_ handle: FileHandle) {
         while true {
-            let chunk = handle.availableData
-            if chunk.isEmpty { break }
+            // Not `availableData`, which traps on any read error: a read interrupted by a signal (EINTR) is
+            // retried, end of file or any other error ends the collection.
+            guard let bytes = try? Socket.read(handle.fileDescriptor, max: 65536), !bytes.isEmpty else { break }
+            let chunk = Data(bytes)
             if let mirror { try? mirror.write(contentsOf: chunk) }
             state.withLock { $0.bytes.append(contentsOf: chunk) }
         }

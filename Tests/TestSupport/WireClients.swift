@@ -60,6 +60,34 @@ public final class ControlClient {
     }
 }
 
+extension ControlClient {
+    /// GET_STATEBLOB of `type` (DECRYPTED, as QEMU asks): the result and the whole blob, read by its length.
+    public func stateBlob(type: UInt32, timeout: Int32 = 30_000) throws -> (result: UInt32, blob: [UInt8]) {
+        try Socket.sendAll(self.fd, ControlRequest.getStateBlob(flags: 1, type: type, offset: 0).encoded)
+        let header = try self.read(16, timeout: timeout)
+        guard header.count == 16 else { throw QEMUGuestError(.commandFailed, "short GET_STATEBLOB reply") }
+        let length = Int(header.readBigEndianUInt32(at: 12))
+        let blob = try self.read(length, timeout: timeout)
+        guard blob.count == length else {
+            throw QEMUGuestError(.commandFailed, "GET_STATEBLOB: \(blob.count) of \(length) bytes")
+        }
+        return (header.readBigEndianUInt32(at: 0), blob)
+    }
+
+    /// SET_STATEBLOB of `type` (state flags 0, in one message); returns the result.
+    public func setStateBlob(type: UInt32, _ blob: [UInt8], timeout: Int32 = 30_000) throws -> UInt32 {
+        var w = ByteWriter(capacity: 16 + blob.count)
+        w.write(ControlCode.setStateBlob.rawValue)
+        w.write(UInt32(0))
+        w.write(type)
+        w.write(UInt32(blob.count))
+        w.write(bytes: blob)
+        let reply = try self.exchange(w.bytes, replySize: 4, timeout: timeout)
+        guard reply.count == 4 else { throw QEMUGuestError(.commandFailed, "no SET_STATEBLOB reply") }
+        return reply.readBigEndianUInt32(at: 0)
+    }
+}
+
 /// A data-channel client: TPM commands framed by their size field.
 public final class DataClient {
     public let fd: Int32

@@ -4,9 +4,10 @@ import TestSupport
 import Testing
 import VMIdentity
 
-@Suite struct SQLiteRegistryTests {
-    @Test func ensureIdentityIsIdempotentAndCanonicalizesCase() throws {
-        try withRegistry { registry, _ in
+@Suite struct RegistryDatabaseTests {
+    @Test(arguments: StoreKind.available) func ensureIdentityIsIdempotentAndCanonicalizesCase(_ store: StoreKind) throws
+    {
+        try withRegistry(store) { registry, _ in
             let first = try registry.ensureIdentity(vmID: VMID(VM.a.description.uppercased())!)
             #expect(first.vmID == VM.a)
             let again = try registry.ensureIdentity(vmID: VM.a)
@@ -17,8 +18,8 @@ import VMIdentity
         }
     }
 
-    @Test func namedVMIDsAreStoredAsGiven() throws {
-        try withRegistry { registry, _ in
+    @Test(arguments: StoreKind.available) func namedVMIDsAreStoredAsGiven(_ store: StoreKind) throws {
+        try withRegistry(store) { registry, _ in
             let proxmox = try #require(VMID("101"))
             let g0 = try registry.beginGeneration(vmID: proxmox, reason: .manufacture)
             #expect(try registry.currentGeneration(vmID: proxmox) == g0)
@@ -26,8 +27,8 @@ import VMIdentity
         }
     }
 
-    @Test func stateWritesAreRecordedOnlyForward() throws {
-        try withRegistry { registry, _ in
+    @Test(arguments: StoreKind.available) func stateWritesAreRecordedOnlyForward(_ store: StoreKind) throws {
+        try withRegistry(store) { registry, _ in
             try registry.beginGeneration(vmID: VM.a, reason: .manufacture)
             #expect(try registry.currentGeneration(vmID: VM.a)?.stateWrite == nil)
             #expect(try registry.recordStateWrite(vmID: VM.a, generation: 0, write: 7))
@@ -42,8 +43,8 @@ import VMIdentity
         }
     }
 
-    @Test func generationsCountFromZeroAndRecordParents() throws {
-        try withRegistry { registry, _ in
+    @Test(arguments: StoreKind.available) func generationsCountFromZeroAndRecordParents(_ store: StoreKind) throws {
+        try withRegistry(store) { registry, _ in
             let g0 = try registry.beginGeneration(vmID: VM.a, reason: .manufacture)
             #expect(g0.generation == 0 && g0.reason == .manufacture && g0.parent == nil)
             let snapshot = StateOrigin(vmID: VM.a, generation: 0, checkpoint: 3)
@@ -64,8 +65,10 @@ import VMIdentity
         }
     }
 
-    @Test func generationNeverRepeatsAParentGenerationOfTheSameVM() throws {
-        try withRegistry { registry, _ in
+    @Test(arguments: StoreKind.available) func generationNeverRepeatsAParentGenerationOfTheSameVM(
+        _ store: StoreKind
+    ) throws {
+        try withRegistry(store) { registry, _ in
             try registry.beginGeneration(vmID: VM.a, reason: .manufacture)
             // A state of generation 4, made on another host, arrives and is rekeyed here.
             let next = try registry.beginGeneration(
@@ -77,8 +80,10 @@ import VMIdentity
         }
     }
 
-    @Test func beginGenerationAppendsItsEventInTheSameTransaction() throws {
-        try withRegistry { registry, _ in
+    @Test(arguments: StoreKind.available) func beginGenerationAppendsItsEventInTheSameTransaction(
+        _ store: StoreKind
+    ) throws {
+        try withRegistry(store) { registry, _ in
             let source = StateOrigin(vmID: VM.a, generation: 0, checkpoint: 1)
             let generation = try registry.beginGeneration(
                 vmID: VM.b,
@@ -94,8 +99,10 @@ import VMIdentity
         }
     }
 
-    @Test func checkpointsAreMonotonicAndReusedWhileNothingRan() throws {
-        try withRegistry { registry, _ in
+    @Test(arguments: StoreKind.available) func checkpointsAreMonotonicAndReusedWhileNothingRan(
+        _ store: StoreKind
+    ) throws {
+        try withRegistry(store) { registry, _ in
             try registry.beginGeneration(vmID: VM.a, reason: .manufacture)
             #expect(try registry.latestCheckpoint(vmID: VM.a, generation: 0) == nil)
             #expect(try registry.recordCheckpoint(vmID: VM.a, generation: 0) == 1)
@@ -118,8 +125,8 @@ import VMIdentity
         }
     }
 
-    @Test func markRanSetsRanAfterOnTheLatestCheckpointOnly() throws {
-        try withRegistry { registry, _ in
+    @Test(arguments: StoreKind.available) func markRanSetsRanAfterOnTheLatestCheckpointOnly(_ store: StoreKind) throws {
+        try withRegistry(store) { registry, _ in
             try registry.beginGeneration(vmID: VM.a, reason: .manufacture)
             #expect(try registry.markRan(vmID: VM.a, generation: 0) == false)  // no checkpoint yet
             _ = try registry.recordCheckpoint(vmID: VM.a, generation: 0)
@@ -135,8 +142,8 @@ import VMIdentity
         }
     }
 
-    @Test func recordCheckpointNeedsAKnownGeneration() throws {
-        try withRegistry { registry, _ in
+    @Test(arguments: StoreKind.available) func recordCheckpointNeedsAKnownGeneration(_ store: StoreKind) throws {
+        try withRegistry(store) { registry, _ in
             try registry.beginGeneration(vmID: VM.a, reason: .manufacture)
             #expect(throws: RegistryError(.unknownGeneration, "")) {
                 try registry.recordCheckpoint(vmID: VM.a, generation: 1)
@@ -150,8 +157,8 @@ import VMIdentity
         }
     }
 
-    @Test func recordArrivalCatchesUpWithANewerClaim() throws {
-        try withRegistry { registry, _ in
+    @Test(arguments: StoreKind.available) func recordArrivalCatchesUpWithANewerClaim(_ store: StoreKind) throws {
+        try withRegistry(store) { registry, _ in
             // A VM migrated in from a host with its own registry: nothing known here.
             #expect(try registry.recordArrival(StateOrigin(vmID: VM.a, generation: 2, checkpoint: 7)))
             let generation = try #require(try registry.currentGeneration(vmID: VM.a))
@@ -172,8 +179,8 @@ import VMIdentity
         }
     }
 
-    @Test func appendEventAndLineageOrder() throws {
-        try withRegistry { registry, _ in
+    @Test(arguments: StoreKind.available) func appendEventAndLineageOrder(_ store: StoreKind) throws {
+        try withRegistry(store) { registry, _ in
             try registry.beginGeneration(vmID: VM.a, reason: .manufacture)
             let e1 = try registry.appendEvent(
                 vmID: VM.a,
@@ -196,9 +203,9 @@ import VMIdentity
         }
     }
 
-    @Test func twoProcessesShareOneFile() throws {
-        try withRegistry { first, path in
-            let second = try SQLiteRegistry(path: path)
+    @Test(arguments: StoreKind.available) func twoConnectionsShareOneRegistry(_ store: StoreKind) throws {
+        try withRegistry(store) { first, open in
+            let second = try open()
             try first.beginGeneration(vmID: VM.a, reason: .manufacture)
             // Migration source on one connection, destination on the other.
             let checkpoint = try first.recordCheckpoint(vmID: VM.a, generation: 0)
@@ -216,7 +223,7 @@ import VMIdentity
 struct CallerNumberedCheckpointTests {
     @Test func checkpointsNumberedByTheCallerAreRecordedOnceAndOnlyForward() throws {
         try withTemporaryDirectory { dir in
-            let registry = try SQLiteRegistry(path: "\(dir)/r.sqlite")
+            let registry = try RegistryDatabase(sqlitePath: "\(dir)/r.sqlite")
             let vm = try #require(VMID("6f1c1a52-3c1e-4a57-9d0e-4f3b2a1c0d9e"))
             let generation = try registry.beginGeneration(vmID: vm, reason: .manufacture, parent: nil, event: nil)
             #expect(try registry.recordCheckpoint(vmID: vm, generation: generation.generation, number: 3))
