@@ -41,6 +41,13 @@
 #   STATETOOL    1 runs it, 0 skips it [1]
 #   STATETOOL_REPEAT  timed runs of each [10]
 #   VTPM_STATE   vtpm-state binary [vtpm-state beside $VTPMD]; the section is skipped if missing
+#   Cluster registry (issue 9): with PostgreSQL installed and run as root, a private PostgreSQL on
+#   loopback (initdb in the run's temporary directory as the postgres user) serves as the registry of
+#   a second savevm and rekey row beside SQLite's, and of the storm:
+#   PG           1 uses PostgreSQL when it is there, 0 never [1]
+#   STORM        1 runs the storm section, 0 skips it [1]: STORM_VMS vtpmd (blank TPMs, one registry)
+#                take STORM_ROUNDS savevm + loadvm at once while one more VM runs GetRandom
+#   STORM_VMS [200]  STORM_ROUNDS [2]
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -73,6 +80,10 @@ SWTPM_SETUP_DEFAULT=/usr/bin/swtpm_setup
 SWTPM_SETUP=${SWTPM_SETUP:-$SWTPM_SETUP_DEFAULT}
 STATETOOL=${STATETOOL:-1}
 STATETOOL_REPEAT=${STATETOOL_REPEAT:-10}
+PG=${PG:-1}
+STORM=${STORM:-1}
+STORM_VMS=${STORM_VMS:-200}
+STORM_ROUNDS=${STORM_ROUNDS:-2}
 VTPM_STATE=${VTPM_STATE:-$(dirname "$VTPMD")/vtpm-state}
 # vm-ids of the clone-rekey section: source, destination, savevm
 VM_SRC=0a0a0a0a-0000-4000-8000-0000000000a1
@@ -87,7 +98,7 @@ RAW=$OUT/raw.txt
 die() { echo "run.sh: $*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- build
-gcc -O2 -Wall -Wextra -o "$TB" "$HERE/tpmbench.c" || die "building tpmbench failed"
+gcc -O2 -Wall -Wextra -pthread -o "$TB" "$HERE/tpmbench.c" || die "building tpmbench failed"
 
 # A release binary older than the sources measures old code.
 if [[ -x $VTPMD && -d $HERE/../Sources ]] && [[ -n $(find "$HERE/../Sources" -type f -newer "$VTPMD" -print -quit) ]]; then
@@ -136,6 +147,10 @@ fi
 
 cleanup() {
     local pid
+    if [[ -n ${PG_DIR:-} ]]; then
+        setpriv --reuid postgres --regid postgres --init-groups -- "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate \
+            -w stop >/dev/null 2>&1 || true
+    fi
     for pid in "${PIDS[@]}"; do
         kill -TERM "$pid" 2>/dev/null || true
     done
@@ -168,6 +183,28 @@ pick_port() {
     die "no free port pair found"
 }
 
+# A private PostgreSQL for the registry rows (sets PG_URL), when PG=1, we are root and it is installed.
+PG_URL="" PG_DIR="" PG_BIN=""
+start_postgres() {
+    [[ $PG != 0 && $(id -u) -eq 0 ]] || return 0
+    PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+    [[ -n $PG_BIN && -x $PG_BIN/postgres ]] || { echo "PostgreSQL not installed - SQLite rows only" >&2; return 0; }
+    PG_DIR=$TMPROOT/postgres
+    mkdir -p "$PG_DIR"
+    chown postgres:postgres "$PG_DIR"
+    local as_pg=(setpriv --reuid postgres --regid postgres --init-groups --) port
+    "${as_pg[@]}" "$PG_BIN/initdb" -D "$PG_DIR/data" -A trust -U postgres >"$OUT/postgres.log" 2>&1 ||
+        die "initdb failed (see $OUT/postgres.log)"
+    port=$(pick_port)
+    "${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$OUT/postgres.log" -w \
+        -o "-p $port -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=$((STORM_VMS + 50))" start \
+        </dev/null >/dev/null 2>&1 || die "PostgreSQL did not start (see $OUT/postgres.log)"
+    "${as_pg[@]}" "$PG_BIN/psql" -h "$PG_DIR" -p "$port" -U postgres -qc "CREATE DATABASE vtpm" >/dev/null ||
+        die "CREATE DATABASE failed"
+    PG_URL="postgresql://postgres@127.0.0.1:$port/vtpm?sslmode=disable"
+    echo "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$port" >&2
+}
+
 # server_cmd NAME PORT STATEDIR -> fills array CMD
 server_cmd() {
     local name=$1 port=$2 dir=$3
@@ -180,13 +217,15 @@ server_cmd() {
                 ${VTPMD_EXTRA[@]+"${VTPMD_EXTRA[@]}"}) ;;
     # clone-rekey on (issue 3): one host CA, registry and host key shared by all of
     # them (same host); the decision log goes to $OUT/NAME.events.log
-    vtpmd-id-src | vtpmd-id-dst | vtpmd-id)
-        local vm=$VM_SAVE
-        [[ $name == vtpmd-id-src ]] && vm=$VM_SRC
-        [[ $name == vtpmd-id-dst ]] && vm=$VM_DST
+    # (the -pg ones: the registry in PostgreSQL)
+    vtpmd-id-src | vtpmd-id-dst | vtpmd-id | vtpmd-id-src-pg | vtpmd-id-dst-pg | vtpmd-id-pg)
+        local vm=$VM_SAVE registry=$IDDIR/registry.sqlite
+        [[ $name == *-pg ]] && registry=$PG_URL
+        [[ $name == vtpmd-id-src* ]] && vm=$VM_SRC
+        [[ $name == vtpmd-id-dst* ]] && vm=$VM_DST
         CMD=("$VTPMD" socket --tpm2 --tpmstate "dir=$dir" --server "type=tcp,port=$port"
                 --ctrl "type=tcp,port=$((port + 1))" --flags not-need-init,startup-clear
-                --vm-id "$vm" --ca "$IDDIR/ca" --registry "$IDDIR/registry.sqlite" --host-key "$IDDIR/host.key"
+                --vm-id "$vm" --ca "$IDDIR/ca" --registry "$registry" --host-key "$IDDIR/host.key"
                 --log "file=$OUT/$name.events.log,level=2"
                 ${VTPMD_EXTRA[@]+"${VTPMD_EXTRA[@]}"}) ;;
     # swtpm's command line, clone-rekey from the host configuration: the vm-id is the state directory's
@@ -461,10 +500,14 @@ if [[ $REKEY != 0 ]]; then
         echo "vtpmd not found at $VTPMD - skipping the clone-rekey section" | tee -a "$RESULTS"
     else
         echo "clone-rekey section" >&2
-        for s in vtpmd-id-src vtpmd-id-dst vtpmd-id; do : > "$OUT/$s.events.log"; done
+        start_postgres
+        for s in vtpmd-id-src vtpmd-id-dst vtpmd-id vtpmd-id-src-pg vtpmd-id-dst-pg vtpmd-id-pg; do
+            : > "$OUT/$s.events.log"
+        done
 
         # savevm cost, each server fresh (first: the rekey runs below leave disk writeback behind)
         SAVE_SERVERS=(vtpmd-id vtpmd)
+        [[ -n $PG_URL ]] && SAVE_SERVERS=(vtpmd-id vtpmd-id-pg vtpmd)
         [[ -x $SWTPM ]] && SAVE_SERVERS=(swtpm "${SAVE_SERVERS[@]}")
         declare -A SAVE_V
         for s in "${SAVE_SERVERS[@]}"; do
@@ -491,6 +534,21 @@ if [[ $REKEY != 0 ]]; then
         ((CLONES == REKEY_COUNT)) ||
             die "the destination logged $CLONES decision=clone lines, expected $REKEY_COUNT (see $OUT/vtpmd-id-dst.events.log)"
         SERVER_MS=$(median $(sed -n 's/.*decision=clone duration_ms=\([0-9.]*\).*/\1/p' "$OUT/vtpmd-id-dst.events.log"))
+        REKEY_PG_LINE=""
+        if [[ -n $PG_URL ]]; then
+            start_server vtpmd-id-src-pg
+            start_server vtpmd-id-dst-pg
+            REKEY_PG_LINE=$(client rekey --src-ctrl $((${SPORT[vtpmd-id-src-pg]} + 1)) \
+                --dst-ctrl $((${SPORT[vtpmd-id-dst-pg]} + 1)) --dst-data "${SPORT[vtpmd-id-dst-pg]}" \
+                --count "$REKEY_COUNT") || die "tpmbench rekey (PostgreSQL registry) failed"
+            stop_server vtpmd-id-dst-pg
+            stop_server vtpmd-id-src-pg
+            record 0 vtpmd-pg rekey "$REKEY_PG_LINE"
+            echo "  vtpmd (PostgreSQL) $REKEY_PG_LINE" >&2
+            CLONES_PG=$(grep -c 'clone-rekey decision decision=clone ' "$OUT/vtpmd-id-dst-pg.events.log" || true)
+            ((CLONES_PG == REKEY_COUNT)) ||
+                die "the PostgreSQL destination logged $CLONES_PG decision=clone lines, expected $REKEY_COUNT"
+        fi
 
         # re-manufacturing with swtpm_setup (same server CPU as vtpmd)
         if [[ -x $SWTPM_SETUP ]]; then
@@ -526,6 +584,12 @@ if [[ -n $REKEY_LINE ]]; then
         printf '%-46s %9s\n' "  of which SET_STATEBLOB x2, ms" "$(field set_p50_ms "$REKEY_LINE")"
         printf '%-46s %9s\n' "  of which INIT(1), ms" "$(field init_p50_ms "$REKEY_LINE")"
         printf '%-46s %9s\n' "  vtpmd's own duration_ms (decision log)" "$SERVER_MS"
+        if [[ -n ${REKEY_PG_LINE:-} ]]; then
+            pp50=$(field p50_ms "$REKEY_PG_LINE")
+            printf '%-46s %9s %9s %9s %8s   target p50 <= 100 ms: %s\n' "rekey, PostgreSQL registry (loopback), ms" \
+                "$pp50" "$(field p95_ms "$REKEY_PG_LINE")" "$(field max_ms "$REKEY_PG_LINE")" "$REKEY_COUNT" \
+                "$(awk -v a="$pp50" 'BEGIN { print (a <= 100 ? "met" : "MISSED") }')"
+        fi
         if [[ $sp50 != "-" ]]; then
             printf '%-46s %9s %9s %9s %8s   rekey/swtpm_setup: %s\n' "swtpm_setup --create-ek-cert --overwrite, ms" \
                 "$sp50" - "$(printf '%s\n' "${SETUP_MS[@]}" | sort -g | tail -1)" "${#SETUP_MS[@]}" "$(ratio "$rp50" "$sp50")"
@@ -536,10 +600,15 @@ if [[ -n $REKEY_LINE ]]; then
         printf '%-24s %9s %9s %9s %9s %9s %9s %12s\n' server p50 p95 type1 type2 type3 perm_B vs_swtpm
         w=-
         [[ -n ${SAVE_V[swtpm]+x} ]] && w=$(field p50_us "${SAVE_V[swtpm]}")
-        for s in swtpm vtpmd-id vtpmd; do
+        for s in swtpm vtpmd-id vtpmd-id-pg vtpmd; do
             [[ -n ${SAVE_V[$s]+x} ]] || continue
             l=${SAVE_V[$s]}
-            case $s in vtpmd-id) label="vtpmd, clone-rekey on" ;; vtpmd) label="vtpmd, clone-rekey off" ;; *) label=$s ;; esac
+            case $s in
+            vtpmd-id) label="vtpmd, clone-rekey on" ;;
+            vtpmd-id-pg) label="vtpmd, on, PostgreSQL" ;;
+            vtpmd) label="vtpmd, clone-rekey off" ;;
+            *) label=$s ;;
+            esac
             printf '%-24s %9s %9s %9s %9s %9s %9s %12s\n' "$label" "$(field p50_us "$l")" "$(field p95_us "$l")" \
                 "$(field perm_p50_us "$l")" "$(field vol_p50_us "$l")" "$(field save_p50_us "$l")" \
                 "$(field perm_bytes "$l")" "$(ratio "$(field p50_us "$l")" "$w")"
@@ -548,6 +617,70 @@ if [[ -n $REKEY_LINE ]]; then
             r=$(ratio "$(field p50_us "${SAVE_V[vtpmd-id]}")" "$w")
             echo "savevm ratio vtpmd (clone-rekey on) / swtpm, p50: $r   target <= 1.2: $(awk -v a="$r" 'BEGIN { print (a <= 1.2 ? "met" : "MISSED") }')"
         fi
+        if [[ $w != "-" && -n ${SAVE_V[vtpmd-id-pg]+x} ]]; then
+            r=$(ratio "$(field p50_us "${SAVE_V[vtpmd-id-pg]}")" "$w")
+            echo "savevm ratio vtpmd (PostgreSQL registry) / swtpm, p50: $r   target <= 1.2: $(awk -v a="$r" 'BEGIN { print (a <= 1.2 ? "met" : "MISSED") }')"
+        fi
+    } | tee -a "$RESULTS"
+fi
+
+# ---------------------------------------------------------------- registry storm
+# STORM_VMS vtpmd (blank TPMs, clone-rekey on, one registry: SQLite, then PostgreSQL) take STORM_ROUNDS
+# savevm + loadvm at the same moment while a bystander VM runs GetRandom; no pinning (200 processes).
+if [[ $STORM != 0 && -x $VTPMD ]]; then
+    echo "registry storm section ($STORM_VMS VMs)" >&2
+    [[ -n $PG_URL || $PG == 0 ]] || start_postgres
+    STORM_STORES=(sqlite)
+    [[ -n $PG_URL ]] && STORM_STORES+=(postgres)
+    declare -A STORM_LINE
+    for store in "${STORM_STORES[@]}"; do
+        registry=$TMPROOT/storm-registry.sqlite
+        [[ $store == postgres ]] && registry=$PG_URL
+        STORM_PIDS=() STORM_PORTS=()
+        declare -A STORM_USED=()
+        for ((i = 0; i <= STORM_VMS; i++)); do
+            # (a port picked for an earlier VM may not be listening yet)
+            port=$(pick_port)
+            while [[ -n ${STORM_USED[$port]:-} ]]; do port=$(pick_port); done
+            STORM_USED[$port]=1
+            dir=$(mktemp -d "$TMPROOT/storm-$store-$i.XXXXXX")
+            "$VTPMD" socket --tpm2 --tpmstate "dir=$dir" --server "type=tcp,port=$port" \
+                --ctrl "type=tcp,port=$((port + 1))" --flags not-need-init,startup-clear \
+                --vm-id "$(printf '5707%04x-0000-4000-8000-%012x' "$i" "$i")" --registry "$registry" \
+                --host-key "$IDDIR/host.key" --log "file=$OUT/storm-$store.events.log,level=1" \
+                >>"$OUT/storm-$store.log" 2>&1 &
+            STORM_PIDS+=($!) PIDS+=($!) STORM_PORTS+=("$port")
+        done
+        for port in "${STORM_PORTS[@]}"; do
+            for _ in $(seq 3000); do
+                (($(ss -Hltn "( sport = :$port or sport = :$((port + 1)) )" 2>/dev/null | wc -l) >= 2)) && break
+                sleep 0.01
+            done
+        done
+        bystander=${STORM_PORTS[$STORM_VMS]}
+        list=$(IFS=,; echo "${STORM_PORTS[*]:0:$STORM_VMS}")
+        STORM_LINE[$store]=$("$TB" storm --ports "$list" --bystander "$bystander" --rounds "$STORM_ROUNDS") ||
+            die "storm ($store) had errors: ${STORM_LINE[$store]:-} (see $OUT/storm-$store.events.log)"
+        record 0 "storm-$store" storm "${STORM_LINE[$store]}"
+        echo "  $store ${STORM_LINE[$store]}" >&2
+        kill -TERM "${STORM_PIDS[@]}" 2>/dev/null || true
+        for pid in "${STORM_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+        keep=()
+        for p in "${PIDS[@]}"; do [[ " ${STORM_PIDS[*]} " == *" $p "* ]] || keep+=("$p"); done
+        PIDS=(${keep[@]+"${keep[@]}"})
+        rm -rf "$TMPROOT"/storm-"$store"-*
+    done
+    {
+        echo
+        echo "Registry storm: $STORM_VMS vtpmd on one registry, $STORM_ROUNDS x (savevm: GET_STATEBLOB x3; loadvm: STOP, SET_STATEBLOB, INIT) at once; bystander VM GetRandom every 2 ms (STORM=0 skips)"
+        printf '%-12s %7s %9s %11s %11s %11s %11s %12s %12s %12s\n' registry errors seconds get_p50_ms get_p99_ms \
+            init_p50_ms init_p99_ms by_p50_us by_p99_us by_max_us
+        for store in "${STORM_STORES[@]}"; do
+            l=${STORM_LINE[$store]}
+            printf '%-12s %7s %9s %11s %11s %11s %11s %12s %12s %12s\n' "$store" "$(field errors "$l")" \
+                "$(field seconds "$l")" "$(field get_p50_ms "$l")" "$(field get_p99_ms "$l")" "$(field init_p50_ms "$l")" \
+                "$(field init_p99_ms "$l")" "$(field by_p50_us "$l")" "$(field by_p99_us "$l")" "$(field by_max_us "$l")"
+        done
     } | tee -a "$RESULTS"
 fi
 

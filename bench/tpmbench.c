@@ -3,7 +3,7 @@
  * data channel (the `--server type=tcp,port=N` socket of `swtpm socket`
  * and of vtpmd).
  *
- * Single file, libc only.  Build:  gcc -O2 -Wall -o tpmbench tpmbench.c
+ * Single file, libc and pthreads only.  Build:  gcc -O2 -Wall -pthread -o tpmbench tpmbench.c
  *
  * Subcommands
  *   cmd    --port P --op OP --count N [--warmup W]
@@ -27,6 +27,17 @@
  *          timed ones start from an existing state).  --server-cpu pins the
  *          spawned process to one CPU (set before the clock starts).
  *          Prints: op=spawn repeat=R fresh_state=0|1 p50_ms=.. min_ms=.. max_ms=..
+ *   storm  --ports P1,P2,... --bystander B [--rounds R]
+ *          The registry storm of one host: each data port P (control P+1) is
+ *          a VM; one thread per VM, released together, runs R rounds of
+ *          savevm (GET_STATEBLOB types 1, 2, 3) then loadvm of the same state
+ *          (STOP, SET_STATEBLOB of the non-empty blobs, INIT(1)), a GetRandom
+ *          before each round.  Meanwhile a bystander VM (data port B, outside
+ *          the storm) runs GetRandom in a loop.  Any non-zero result counts
+ *          as an error (exit status 1).
+ *          Prints: op=storm vms=N rounds=R errors=E seconds=S get_p50_ms=..
+ *          get_p99_ms=.. init_p50_ms=.. init_p99_ms=.. by_p50_us=.. by_p99_us=..
+ *          by_max_us=.. by_count=..
  *   rekey  --src-ctrl P --dst-ctrl Q --count N [--dst-data D]
  *          Clone-rekey latency over the control channel (vtpmd with
  *          --vm-id on both ends, same --ca/--registry/--host-key, different
@@ -65,6 +76,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <spawn.h>
@@ -1241,6 +1253,184 @@ static int savevm_main(int argc, char **argv)
 }
 
 /* ------------------------------------------------------------------ */
+/* storm                                                               */
+
+typedef struct {
+    int data_port;
+    int rounds;
+    pthread_barrier_t *go;
+    uint64_t *get_ns, *init_ns; /* 3 * rounds, rounds */
+    int errors;
+    char first_error[160];
+} storm_vm_t;
+
+static void storm_fail(storm_vm_t *vm, const char *what, uint32_t rc)
+{
+    if (vm->errors++ == 0)
+        snprintf(vm->first_error, sizeof vm->first_error, "port %d: %s: result 0x%x", vm->data_port, what, rc);
+}
+
+static void *storm_thread(void *arg)
+{
+    storm_vm_t *vm = arg;
+    frames_t fr;
+    build_all(&fr);
+    conn_t c = { 0 };
+    c.fd = connect_or_die(g_host, vm->data_port);
+    int fd = ctrl_connect(vm->data_port + 1);
+    blob_t blobs[3] = { { 0 }, { 0 }, { 0 } };
+    pthread_barrier_wait(vm->go);
+    for (int r = 0; r < vm->rounds; r++) {
+        do_getrandom(&c, &fr); /* the guest ran since the last savevm */
+        for (uint32_t t = 0; t < 3; t++) {
+            uint64_t t0 = now_ns();
+            uint32_t rc = ctrl_get_blob(fd, 1, t + 1, &blobs[t]);
+            vm->get_ns[r * 3 + (int)t] = now_ns() - t0;
+            /* the savestate blob is empty (and refused) unless the TPM was suspended */
+            if (rc != 0 && !(t + 1 == BLOB_SAVESTATE && blobs[t].n == 0))
+                storm_fail(vm, "GET_STATEBLOB", rc);
+        }
+        uint32_t rc = ctrl_stop(fd);
+        if (rc != 0)
+            storm_fail(vm, "STOP", rc);
+        for (uint32_t t = 0; t < 3; t++) {
+            if (blobs[t].n == 0)
+                continue;
+            blob_t set = build_set_blob(t + 1, &blobs[t]);
+            if ((rc = ctrl_result(fd, set.b, set.n, "SET_STATEBLOB")) != 0)
+                storm_fail(vm, "SET_STATEBLOB", rc);
+            free(set.b);
+        }
+        uint64_t t0 = now_ns();
+        rc = ctrl_init(fd, 1);
+        vm->init_ns[r] = now_ns() - t0;
+        if (rc != 0)
+            storm_fail(vm, "INIT", rc);
+    }
+    close(fd);
+    close(c.fd);
+    for (int t = 0; t < 3; t++)
+        free(blobs[t].b);
+    return NULL;
+}
+
+typedef struct {
+    int port;
+    volatile int *stop;
+    uint64_t *ns;
+    size_t n, cap;
+    int errors;
+} bystander_t;
+
+static void *bystander_thread(void *arg)
+{
+    bystander_t *b = arg;
+    frames_t fr;
+    build_all(&fr);
+    conn_t c = { 0 };
+    c.fd = connect_or_die(g_host, b->port);
+    while (!__atomic_load_n(b->stop, __ATOMIC_RELAXED)) {
+        uint64_t t0 = now_ns();
+        if (transact(&c, &fr.getrandom) != 0)
+            b->errors++;
+        if (b->n < b->cap)
+            b->ns[b->n++] = now_ns() - t0;
+        sleep_us(2000);
+    }
+    close(c.fd);
+    return NULL;
+}
+
+static int storm_main(int argc, char **argv)
+{
+    const char *ports = NULL;
+    int bystander = -1;
+    long rounds = 2;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--ports") && i + 1 < argc)
+            ports = argv[++i];
+        else if (!strcmp(argv[i], "--bystander") && i + 1 < argc)
+            bystander = (int)parse_long(argv[++i], "--bystander");
+        else if (!strcmp(argv[i], "--rounds") && i + 1 < argc)
+            rounds = parse_long(argv[++i], "--rounds");
+        else if (!strcmp(argv[i], "--host") && i + 1 < argc)
+            g_host = argv[++i];
+        else
+            die("storm: unknown argument '%s'", argv[i]);
+    }
+    if (!ports || bystander <= 0 || rounds <= 0)
+        die("usage: tpmbench storm --ports P1,P2,... --bystander B [--rounds R]");
+    size_t nvm = 1;
+    for (const char *p = ports; *p; p++)
+        nvm += *p == ',';
+    storm_vm_t *vms = calloc(nvm, sizeof *vms);
+    pthread_t *threads = calloc(nvm, sizeof *threads);
+    if (!vms || !threads)
+        die("out of memory");
+    pthread_barrier_t go;
+    pthread_barrier_init(&go, NULL, (unsigned)nvm + 1);
+    char *list = strdup(ports), *save = NULL;
+    size_t k = 0;
+    for (char *tok = strtok_r(list, ",", &save); tok && k < nvm; tok = strtok_r(NULL, ",", &save), k++) {
+        vms[k].data_port = (int)parse_long(tok, "--ports");
+        vms[k].rounds = (int)rounds;
+        vms[k].go = &go;
+        vms[k].get_ns = calloc((size_t)rounds * 3, sizeof(uint64_t));
+        vms[k].init_ns = calloc((size_t)rounds, sizeof(uint64_t));
+        if (!vms[k].get_ns || !vms[k].init_ns)
+            die("out of memory");
+    }
+    if (k != nvm)
+        die("storm: bad --ports list");
+    volatile int stop = 0;
+    bystander_t by = { .port = bystander, .stop = &stop, .cap = 1u << 20 };
+    by.ns = calloc(by.cap, sizeof *by.ns);
+    if (!by.ns)
+        die("out of memory");
+    pthread_t by_thread;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    for (size_t i = 0; i < nvm; i++)
+        if (pthread_create(&threads[i], &attr, storm_thread, &vms[i]) != 0)
+            die("pthread_create: %s", strerror(errno));
+    if (pthread_create(&by_thread, &attr, bystander_thread, &by) != 0)
+        die("pthread_create: %s", strerror(errno));
+    sleep_us(100000); /* the bystander has answered a few before the storm */
+    uint64_t t0 = now_ns();
+    pthread_barrier_wait(&go);
+    for (size_t i = 0; i < nvm; i++)
+        pthread_join(threads[i], NULL);
+    uint64_t t1 = now_ns();
+    __atomic_store_n(&stop, 1, __ATOMIC_RELAXED);
+    pthread_join(by_thread, NULL);
+
+    size_t ng = nvm * (size_t)rounds * 3, ni = nvm * (size_t)rounds;
+    uint64_t *g = calloc(ng, sizeof *g), *in = calloc(ni, sizeof *in);
+    if (!g || !in)
+        die("out of memory");
+    int errors = by.errors;
+    for (size_t i = 0; i < nvm; i++) {
+        memcpy(g + i * (size_t)rounds * 3, vms[i].get_ns, (size_t)rounds * 3 * sizeof *g);
+        memcpy(in + i * (size_t)rounds, vms[i].init_ns, (size_t)rounds * sizeof *in);
+        if (vms[i].errors) {
+            if (errors == by.errors)
+                fprintf(stderr, "storm: %s\n", vms[i].first_error);
+            errors += vms[i].errors;
+        }
+    }
+    qsort(g, ng, sizeof *g, cmp_u64);
+    qsort(in, ni, sizeof *in, cmp_u64);
+    qsort(by.ns, by.n, sizeof *by.ns, cmp_u64);
+    printf("op=storm vms=%zu rounds=%ld errors=%d seconds=%.2f get_p50_ms=%.2f get_p99_ms=%.2f init_p50_ms=%.2f "
+           "init_p99_ms=%.2f by_p50_us=%.1f by_p99_us=%.1f by_max_us=%.1f by_count=%zu\n",
+           nvm, rounds, errors, (double)(t1 - t0) / 1e9, pct_ms(g, ng, 50), pct_ms(g, ng, 99), pct_ms(in, ni, 50),
+           pct_ms(in, ni, 99), pct_us(by.ns, by.n, 50), pct_us(by.ns, by.n, 99),
+           by.n ? (double)by.ns[by.n - 1] / 1000.0 : 0.0, by.n);
+    return errors ? 1 : 0;
+}
+
+/* ------------------------------------------------------------------ */
 /* floor server                                                        */
 
 static int floor_main(int argc, char **argv)
@@ -1354,6 +1544,7 @@ static void usage(void)
             "  tpmbench spawn --port P [--repeat R] [--fresh-state] [--server-cpu C] [--timeout-ms T] -- CMD ARGS... (@STATEDIR@ is substituted)\n"
             "  tpmbench rekey  --src-ctrl P --dst-ctrl Q --count N [--dst-data D]\n"
             "  tpmbench savevm --ctrl P --data D --count N [--warmup W]\n"
+            "  tpmbench storm  --ports P1,P2,... --bystander B [--rounds R]\n"
             "  tpmbench floor-server --port P [--bind 127.0.0.1]\n"
             "common: --host ADDR (default 127.0.0.1)\n");
     exit(2);
@@ -1376,6 +1567,8 @@ int main(int argc, char **argv)
         return rekey_main(argc - 2, argv + 2);
     if (!strcmp(sub, "savevm"))
         return savevm_main(argc - 2, argv + 2);
+    if (!strcmp(sub, "storm"))
+        return storm_main(argc - 2, argv + 2);
     if (!strcmp(sub, "floor-server"))
         return floor_main(argc - 2, argv + 2);
     usage();

@@ -140,7 +140,7 @@ public struct PostgresSettings: Sendable, CustomStringConvertible {
 /// anything, `\:` and `\\` escaped, `#` comments.
 enum PasswordFile {
     /// The password of the first line that matches, or nil.
-    /// - Parameter required: The file was named explicitly: a missing or unsafe file is an error, not nil.
+    /// - Parameter required: The file was named explicitly: a missing one, or one others can read, is an error.
     static func lookup(
         path: String,
         host: String,
