@@ -1,3 +1,5 @@
+import Crypto
+
 /// A host of a cluster, as it registered itself: the public half of the key it signs state-blob claims with.
 ///
 /// Hosts share nothing but the registry. Each vtpmd registers its host on start (``RegistryStore/registerHost(id:name:publicKey:)``);
@@ -32,6 +34,12 @@ public struct HostRecord: Hashable, Sendable {
 
     /// Whether the host's claims are trusted.
     public var isRevoked: Bool { self.revokedAt != nil }
+
+    /// The id of a host with `publicKey`: the first 16 bytes of its SHA-256, in hexadecimal. The registry
+    /// records a host only under this id, so no host can register a key under another host's id.
+    public static func hostID(ofPublicKey publicKey: [UInt8]) -> String {
+        Array(SHA256.hash(data: publicKey).prefix(16)).hex
+    }
 }
 
 extension [UInt8] {

@@ -25,6 +25,8 @@ final class PostgresBackend: RegistryBackend {
     private let connection = NIOLockedValueBox<PostgresConnection?>(nil)
     /// The schema was checked (and migrated) on a connection of this process.
     private let migrated = NIOLockedValueBox(false)
+    /// ``close()`` was called: later operations throw.
+    private let closed = NIOLockedValueBox(false)
     private let logger = Logger(label: "vtpm.registry.postgres", factory: { _ in SwiftLogNoOpLogHandler() })
 
     var location: String { self.settings.description }
@@ -35,9 +37,14 @@ final class PostgresBackend: RegistryBackend {
         self.settings = settings
     }
 
-    /// Brings the schema up to date once per process, on the first connection.
+    /// Brings the schema up to date once per process, on the first connection. A current schema is only
+    /// read (a role with no CREATE right on the schema works); an old or missing one is migrated.
     private func migrateIfNeeded(_ session: Session) throws {
         guard !self.migrated.withLockedValue({ $0 }) else { return }
+        if Schema.isCurrent(session) {
+            self.migrated.withLockedValue { $0 = true }
+            return
+        }
         try session.execute("BEGIN", [])
         // Hosts starting together on an empty database take turns (the lock ends with the transaction).
         _ = try session.fetchAll("SELECT pg_advisory_xact_lock(7302546530227458)", [])
@@ -51,6 +58,7 @@ final class PostgresBackend: RegistryBackend {
     }
 
     func close() throws {
+        self.closed.withLockedValue { $0 = true }
         let connection = self.connection.withLockedValue { value in
             defer { value = nil }
             return value
@@ -63,7 +71,10 @@ final class PostgresBackend: RegistryBackend {
 
     func transaction<T>(_ kind: TransactionKind, _ operation: String, _ body: (any SQLSession) throws -> T) throws -> T
     {
-        try self.connection.withLockedValue { slot in
+        guard !self.closed.withLockedValue({ $0 }) else {
+            throw RegistryError(.invalidArgument, "registry \(self.location): cannot \(operation): it was closed")
+        }
+        return try self.connection.withLockedValue { slot in
             let session: Session
             do {
                 session = Session(connection: try self.connected(&slot, operation), timeout: self.settings.timeout)
@@ -82,12 +93,11 @@ final class PostgresBackend: RegistryBackend {
                 return result
             } catch {
                 let mapped = self.mapError(error, operation)
-                if mapped.code == .unavailable {
-                    // The connection's state is unknown: drop it, the next operation connects again.
+                // A connection in an unknown state (or one that cannot even roll back) is dropped: the next
+                // operation connects again.
+                if mapped.code == .unavailable || (try? session.execute("ROLLBACK", [])) == nil {
                     if let broken = slot { broken.close().whenComplete { _ in _ = broken } }
                     slot = nil
-                } else {
-                    _ = try? session.execute("ROLLBACK", [])
                 }
                 throw mapped
             }
@@ -105,7 +115,7 @@ final class PostgresBackend: RegistryBackend {
                 host: host,
                 port: port,
                 username: self.settings.user,
-                password: self.settings.password,
+                password: try self.settings.password,
                 database: self.settings.database,
                 tls: try self.tls()
             )
@@ -113,7 +123,7 @@ final class PostgresBackend: RegistryBackend {
             configuration = PostgresConnection.Configuration(
                 unixSocketPath: path,
                 username: self.settings.user,
-                password: self.settings.password,
+                password: try self.settings.password,
                 database: self.settings.database
             )
         }
@@ -140,7 +150,11 @@ final class PostgresBackend: RegistryBackend {
         } catch {
             // A connection that completes after the timeout is closed at once.
             future.whenSuccess { connection in connection.close().whenComplete { _ in _ = connection } }
-            throw self.mapError(error, "connect (\(operation))")
+            // Whatever keeps a connection from being made (the server down or unreachable, but also a refused
+            // login or TLS handshake, which an operator fixes) leaves the registry unavailable: writes wait
+            // for it and decisions refuse, nothing is dropped.
+            let mapped = self.mapError(error, "connect (\(operation))")
+            throw RegistryError(.unavailable, mapped.message)
         }
     }
 
@@ -150,8 +164,14 @@ final class PostgresBackend: RegistryBackend {
         switch self.settings.sslMode {
         case .disable: return .disable
         case .prefer, .require:
-            // As libpq: encryption, no check of the server's certificate.
-            configuration.certificateVerification = .none
+            if let root = self.settings.rootCertificate {
+                // As libpq's require with a root certificate (verify-ca): the chain, not the name.
+                configuration.certificateVerification = .noHostnameVerification
+                configuration.trustRoots = .file(root)
+            } else {
+                // As libpq: encryption, no check of the server's certificate.
+                configuration.certificateVerification = .none
+            }
         case .verifyFull:
             configuration.certificateVerification = .fullVerification
             if let root = self.settings.rootCertificate { configuration.trustRoots = .file(root) }
@@ -197,11 +217,16 @@ final class PostgresBackend: RegistryBackend {
             let state = error.serverInfo?[.sqlState] ?? "?"
             let message = error.serverInfo?[.message] ?? "server error"
             switch state {
-            // serialization_failure, deadlock_detected, unique_violation: another writer won.
-            case "40001", "40P01", "23505":
+            // unique_violation: another writer inserted the row first.
+            case "23505":
                 return RegistryError(.conflict, "\(prefix): \(message) (SQLSTATE \(state))")
-            // query_canceled (our statement_timeout), lock_not_available, admin shutdown, cannot connect now.
-            case "57014", "55P03", "57P01", "57P02", "57P03":
+            // What passes or an operator fixes while the request can wait: connection exceptions (08),
+            // insufficient resources (53: too many connections, disk full), operator intervention (57: our
+            // statement_timeout, shutdown, cannot connect now), system errors (58), lock_not_available,
+            // a standby after a failover (25006), a refused login (28), serialization failures and deadlocks
+            // (40001, 40P01: the transaction did nothing).
+            case _ where ["08", "53", "57", "58", "28"].contains(String(state.prefix(2))),
+                "55P03", "25006", "40001", "40P01":
                 return RegistryError(.unavailable, "\(prefix): \(message) (SQLSTATE \(state))")
             default:
                 return RegistryError(.database, "\(prefix): \(message) (SQLSTATE \(state))")
@@ -247,9 +272,14 @@ final class PostgresBackend: RegistryBackend {
                     case .int8, .int4, .int2: values[cell.columnName] = .integer(try cell.decode(Int64.self))
                     case .bool: values[cell.columnName] = .boolean(try cell.decode(Bool.self))
                     case .text, .varchar: values[cell.columnName] = .text(try cell.decode(String.self))
-                    default:
-                        // Functions called for their effect (pg_advisory_xact_lock returns void).
+                    case .void:
+                        // Functions called for their effect (pg_advisory_xact_lock).
                         values[cell.columnName] = .null
+                    default:
+                        throw RegistryError(
+                            .corrupt,
+                            "the registry's \(cell.columnName) has the unexpected type \(cell.dataType)"
+                        )
                     }
                 }
                 return SQLRow(values: values)

@@ -1,4 +1,5 @@
 import Foundation
+import _VTPMPosix
 
 /// Where a PostgreSQL registry is and how to log in, read from a libpq-style URL
 /// (`postgresql://user@host:port/db?sslmode=require`) and the standard `PG*` environment variables.
@@ -27,13 +28,60 @@ public struct PostgresSettings: Sendable, CustomStringConvertible {
     }
 
     public var endpoint: Endpoint
-    public var user: String
-    public var database: String
-    public var password: String?
     public var sslMode: SSLMode
     public var rootCertificate: String?
     /// The bound on connecting and on each statement.
     public var timeout: Duration
+    /// The user and database the URL or the environment named; nil: the effective user's name, read when
+    /// connecting (vtpmd connects after `--runas`).
+    let givenUser: String?
+    let givenDatabase: String?
+    /// Where the password comes from, read when connecting.
+    let passwordSource: PasswordSource
+
+    enum PasswordSource: Sendable {
+        case given(String)
+        /// A password file named by `passfile=` (required) or `PGPASSFILE`, else nil: `~/.pgpass` of the
+        /// effective user.
+        case file(String?, required: Bool)
+    }
+
+    /// The user to log in as.
+    public var user: String { self.givenUser ?? ProcessControl.effectiveUser()?.name ?? "postgres" }
+
+    /// The database.
+    public var database: String { self.givenDatabase ?? self.user }
+
+    /// The password, from the URL, `PGPASSWORD`, or the password file; nil when none applies.
+    /// - Throws: ``RegistryError`` when a password file named explicitly cannot be used.
+    public var password: String? {
+        get throws {
+            switch self.passwordSource {
+            case .given(let password):
+                return password
+            case .file(let path, let required):
+                guard let file = path ?? ProcessControl.effectiveUser().map({ "\($0.home)/.pgpass" }) else {
+                    return nil
+                }
+                let host: String
+                let port: Int
+                switch self.endpoint {
+                case .tcp(let name, let number): (host, port) = (name, number)
+                case .unixSocket(let path):
+                    host = "localhost"
+                    port = Int(path.split(separator: ".").last ?? "") ?? 5432
+                }
+                return try PasswordFile.lookup(
+                    path: file,
+                    host: host,
+                    port: port,
+                    database: self.database,
+                    user: self.user,
+                    required: required
+                )
+            }
+        }
+    }
 
     /// Whether `text` names a PostgreSQL registry (`postgresql://` or `postgres://`).
     public static func isURL(_ text: String) -> Bool {
@@ -66,18 +114,18 @@ public struct PostgresSettings: Sendable, CustomStringConvertible {
         func setting(_ parameter: String, _ variable: String) -> String? {
             parameters[parameter] ?? environment[variable].flatMap { $0.isEmpty ? nil : $0 }
         }
-        let host =
-            (components.percentEncodedHost?.removingPercentEncoding).flatMap { $0.isEmpty ? nil : $0 }
-            ?? setting("host", "PGHOST") ?? "/var/run/postgresql"
+        // Components are decoded once, here (URLComponents' decoded accessors would be decoded twice).
+        func decoded(_ text: String?) -> String? { text?.removingPercentEncoding.flatMap { $0.isEmpty ? nil : $0 } }
+        var urlHost = decoded(components.percentEncodedHost)
+        if let bracketed = urlHost, bracketed.hasPrefix("["), bracketed.hasSuffix("]") {
+            urlHost = String(bracketed.dropFirst().dropLast())
+        }
+        let host = urlHost ?? setting("host", "PGHOST") ?? "/var/run/postgresql"
         let portText = components.port.map(String.init) ?? setting("port", "PGPORT") ?? "5432"
         guard let port = Int(portText), (1...65535).contains(port) else {
             throw RegistryError(.invalidArgument, "registry port '\(portText)' is not a port number")
         }
-        let user = components.user?.removingPercentEncoding ?? setting("user", "PGUSER") ?? NSUserName()
-        let path = components.path.hasPrefix("/") ? String(components.path.dropFirst()) : components.path
-        let database =
-            path.removingPercentEncoding.flatMap { $0.isEmpty ? nil : $0 }
-            ?? setting("dbname", "PGDATABASE") ?? user
+        let path = components.percentEncodedPath
         let modeText = setting("sslmode", "PGSSLMODE") ?? "prefer"
         guard let mode = SSLMode(rawValue: modeText) else {
             throw RegistryError(
@@ -91,27 +139,21 @@ public struct PostgresSettings: Sendable, CustomStringConvertible {
         }
         self.endpoint =
             host.hasPrefix("/") ? .unixSocket(path: "\(host)/.s.PGSQL.\(port)") : .tcp(host: host, port: port)
-        self.user = user
-        self.database = database
+        self.givenUser = decoded(components.percentEncodedUser) ?? setting("user", "PGUSER")
+        self.givenDatabase =
+            decoded(path.hasPrefix("/") ? String(path.dropFirst()) : path) ?? setting("dbname", "PGDATABASE")
         self.sslMode = host.hasPrefix("/") ? .disable : mode
         self.rootCertificate = setting("sslrootcert", "PGSSLROOTCERT")
         self.timeout = .seconds(seconds)
-        if let password = components.password?.removingPercentEncoding {
-            self.password = password
+        if let password = components.percentEncodedPassword?.removingPercentEncoding {
+            self.passwordSource = .given(password)
         } else if let password = environment["PGPASSWORD"], !password.isEmpty {
-            self.password = password
+            self.passwordSource = .given(password)
         } else {
-            let file =
-                setting("passfile", "PGPASSFILE") ?? environment["HOME"].map { "\($0)/.pgpass" } ?? "/root/.pgpass"
-            self.password = try PasswordFile.lookup(
-                path: file,
-                host: host.hasPrefix("/") ? "localhost" : host,
-                port: port,
-                database: database,
-                user: user,
-                required: parameters["passfile"] != nil
-            )
+            self.passwordSource = .file(setting("passfile", "PGPASSFILE"), required: parameters["passfile"] != nil)
         }
+        // A password file named in the URL must be usable now, not at the first connection.
+        if parameters["passfile"] != nil { _ = try self.password }
     }
 
     static let parameters: Set<String> = [
@@ -122,17 +164,21 @@ public struct PostgresSettings: Sendable, CustomStringConvertible {
     public var description: String {
         let host: String
         switch self.endpoint {
-        case .tcp(let name, let port): host = "\(name):\(port)"
+        case .tcp(let name, let port): host = name.contains(":") ? "[\(name)]:\(port)" : "\(name):\(port)"
         case .unixSocket(let path): host = path
         }
         return "postgresql://\(self.user)@\(host)/\(self.database)"
     }
 
-    /// `url` with any password replaced, for messages.
-    static func redacted(_ url: String) -> String {
-        guard var components = URLComponents(string: url), components.password != nil else { return url }
-        components.password = "***"
-        return components.string ?? "postgresql://***"
+    /// `url` with anything between `://` and `@` after a colon (the password) replaced, for messages:
+    /// a plain scan, so that a URL too broken to parse does not leak it either.
+    public static func redacted(_ url: String) -> String {
+        guard let scheme = url.range(of: "://") else { return url }
+        let rest = url[scheme.upperBound...]
+        guard let at = rest.lastIndex(of: "@") else { return url }
+        let userInfo = rest[..<at]
+        guard let colon = userInfo.firstIndex(of: ":") else { return url }
+        return String(url[..<colon]) + ":***" + String(rest[at...])
     }
 }
 

@@ -286,7 +286,10 @@ public final class RegistryDatabase: RegistryStore {
 extension RegistryDatabase {
     @discardableResult
     public func registerHost(id: String, name: String, publicKey: [UInt8]) throws -> HostRecord {
-        try self.run(.durableWrite, "register host \(id)") { s in
+        guard publicKey.count == 32, HostRecord.hostID(ofPublicKey: publicKey) == id else {
+            throw RegistryError(.invalidArgument, "host id \(id) is not the id of the public key given with it")
+        }
+        return try self.run(.durableWrite, "register host \(id)") { s in
             try s.execute(
                 """
                 INSERT INTO host (host_id, name, public_key, registered_at) VALUES (?, ?, ?, ?)

@@ -27,8 +27,11 @@ public struct RegistryError: Error, Hashable, Sendable, CustomStringConvertible 
         public static let conflict = Code(base: .conflict)
         /// Any other SQLite error (busy beyond the timeout, read-only file, disk full, ...).
         public static let database = Code(base: .database)
-        /// The registry's server did not answer within the timeout, or the connection to it broke (PostgreSQL
-        /// stopped or unreachable). Nothing was changed by the failed operation; retrying later is safe.
+        /// The registry's server did not answer within the timeout, the connection to it broke, or none could
+        /// be made (PostgreSQL stopped or unreachable, a refused login or TLS handshake, too many connections),
+        /// or another process held the SQLite file past the busy timeout. The operation either did nothing or,
+        /// when the reply to its commit was lost, took effect: every write of the registry is idempotent or a
+        /// compare-and-set, so retrying later is safe.
         public static let unavailable = Code(base: .unavailable)
 
         public var description: String { "\(self.base)" }

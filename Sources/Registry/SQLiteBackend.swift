@@ -127,6 +127,13 @@ final class SQLiteBackend: RegistryBackend {
                     "\(path) is not an SQLite database (\(operation)): \(detail)",
                     sqliteCode: code
                 )
+            case .SQLITE_BUSY, .SQLITE_LOCKED:
+                // Another process held the database past the busy timeout: it passes.
+                throw RegistryError(
+                    .unavailable,
+                    "registry \(path): cannot \(operation): busy: \(detail)",
+                    sqliteCode: code
+                )
             case .SQLITE_CORRUPT:
                 throw RegistryError(
                     .corrupt,

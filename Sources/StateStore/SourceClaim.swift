@@ -173,6 +173,9 @@ public struct SourceClaim: Hashable, Sendable, CustomStringConvertible {
         }
         let signerID = HostKey.idText(signer)
         let publicKey = signer == hostKey.idBytes ? hostKey.publicKey : try trustedHost(signerID)
+        guard HostKey.id(of: publicKey) == signer else {
+            throw StateStoreError(.integrity, "the key given for host \(signerID) is not that host's key")
+        }
         let input = Self.macInput(fields, container, blobType, domain: Self.signedDomain)
         guard let key = try? Curve25519.Signing.PublicKey(rawRepresentation: publicKey),
             key.isValidSignature(given, for: input)

@@ -3,7 +3,7 @@ public struct StateStoreError: Error, Hashable, Sendable, CustomStringConvertibl
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         enum Base: Hashable, Sendable {
             case malformed, unsupportedVersion, integrity, keyMissing, keyMismatch, decryption, io, hostileFile,
-                locked, refusedManufacture, invalidKey
+                locked, refusedManufacture, invalidKey, untrustedSigner
         }
         let base: Base
         /// The bytes do not follow the container format.
@@ -28,6 +28,8 @@ public struct StateStoreError: Error, Hashable, Sendable, CustomStringConvertibl
         public static let refusedManufacture = Code(base: .refusedManufacture)
         /// A key option or key file is not usable.
         public static let invalidKey = Code(base: .invalidKey)
+        /// A claim's signer could not be checked (the registry that knows the cluster's hosts is unavailable).
+        public static let untrustedSigner = Code(base: .untrustedSigner)
         public var description: String { "\(self.base)" }
     }
 

@@ -41,12 +41,15 @@ public enum HostsCommand {
         return text
     }
 
-    /// Revokes a host: every host of the cluster refuses its claims from now on.
+    /// Revokes a host: every other host of the cluster refuses its claims from now on.
     /// - Throws: ``StateToolError`` (`notFound` for an unknown host, `registry`).
     public static func revoke(registry location: String, hostID: String, reason: String) throws -> String {
         let record = try self.withRegistry(location) { registry in
             guard try registry.host(id: hostID) != nil else {
-                throw StateToolError(.notFound, "registry \(location) knows no host \(hostID)")
+                throw StateToolError(
+                    .notFound,
+                    "registry \(PostgresSettings.redacted(location)) knows no host \(hostID)"
+                )
             }
             return try registry.revokeHost(id: hostID, reason: reason)
         }
@@ -75,7 +78,7 @@ public enum HostsCommand {
         } catch let error as StateToolError {
             throw error
         } catch {
-            throw StateToolError(.registry, "registry \(location): \(error)")
+            throw StateToolError(.registry, "registry \(PostgresSettings.redacted(location)): \(error)")
         }
     }
 

@@ -39,13 +39,16 @@ public enum LineageQuery {
             tree = try registry.lineageTree()
             try registry.close()
         } catch {
-            throw StateToolError(.registry, "cannot read registry \(registryPath): \(error)")
+            throw StateToolError(.registry, "cannot read registry \(PostgresSettings.redacted(registryPath)): \(error)")
         }
         var selected = tree
         if let wanted {
             let generations = self.connected(to: wanted, in: tree)
             guard !generations.isEmpty else {
-                throw StateToolError(.notFound, "registry \(registryPath) knows no vm \(wanted)")
+                throw StateToolError(
+                    .notFound,
+                    "registry \(PostgresSettings.redacted(registryPath)) knows no vm \(wanted)"
+                )
             }
             selected = LineageTree(generations: generations)
         }

@@ -259,7 +259,7 @@ public enum StateProvisioner {
 
     static func openRegistry(_ path: String) throws -> RegistryDatabase {
         do { return try RegistryLocation(path).open() } catch {
-            throw StateToolError(.registry, "cannot open registry \(path): \(error)")
+            throw StateToolError(.registry, "cannot open registry \(PostgresSettings.redacted(path)): \(error)")
         }
     }
 

@@ -91,11 +91,14 @@ final class IdentityService {
     var lastDecisionAt: Timestamp? = nil
 
     var vmID: VMID { self.configuration.vmID }
-    /// False while the registry could not be read since start: the generation is read at the first decision.
-    var generationKnown = true
+    /// Whether `generation` and `latestCheckpoint` are the registry's. False from start (the registry is read
+    /// at the first decision, after `--runas`, so that its connection is made as the user the process runs as)
+    /// and after a failed read: no write that names the generation is queued meanwhile, and a claim first
+    /// reads them (``learnGeneration()``).
+    var generationKnown = false
 
-    /// Opens the registry, the host key and the CA. The VM's generation is the registry's (0 for a VM it
-    /// does not know yet); the first CMD_INIT decides on the state found at rest and records it.
+    /// Opens the registry (a SQLite file is opened now; PostgreSQL is connected to at the first use), the host
+    /// key and the CA. The VM's generation is read from the registry at the first decision.
     init(configuration: IdentityConfiguration, logger: Logger) throws {
         self.configuration = configuration
         self.logger = logger
@@ -112,14 +115,24 @@ final class IdentityService {
             ca: try Self.certificateAuthority(configuration),
             policy: DecisionPolicy(onRollback: configuration.onRollback, foreignState: configuration.foreignState)
         )
+    }
+
+    /// Reads this VM's current generation and its latest checkpoint from the registry.
+    /// - Returns: Whether both were read (else logged, and `generationKnown` stays false).
+    func learnGeneration() -> Bool {
         do {
-            self.generation = try self.registry.currentGeneration(vmID: configuration.vmID)?.generation ?? 0
-            self.refreshCheckpoint()
-        } catch let error as RegistryError where error.code == .unavailable {
-            // The guest's TPM does not need the registry; the first decision does, and reads it then.
+            self.generation = try self.registry.currentGeneration(vmID: self.vmID)?.generation ?? 0
+            self.latestCheckpoint =
+                try self.registry.latestCheckpoint(vmID: self.vmID, generation: self.generation)?.checkpoint ?? 0
+        } catch {
             self.generationKnown = false
-            logger.warning("registry: unavailable at start: \(error)")
+            self.logger.error("registry: cannot read this VM's generation: \(error)")
+            return false
         }
+        self.currentCheckpoint = nil
+        self.unsavedCheckpoint = nil
+        self.generationKnown = true
+        return true
     }
 
     static func certificateAuthority(
@@ -134,7 +147,8 @@ final class IdentityService {
     /// stop, after a decision), through the writer.
     func recordStateWrite() {
         self.stateWriteDue = false
-        guard let write = self.store?.permanentWriteGeneration, write != self.recordedStateWrite else { return }
+        guard self.generationKnown, let write = self.store?.permanentWriteGeneration, write != self.recordedStateWrite
+        else { return }
         self.writer.enqueue(.stateWrite(self.vmID, generation: self.generation, write: write))
         self.recordedStateWrite = write
     }
@@ -144,16 +158,7 @@ final class IdentityService {
     func catchUp() -> Bool {
         let timeout = self.registryTimeout
         if self.writer.flush(timeout: timeout) {
-            guard !self.generationKnown else { return true }
-            do {
-                self.generation = try self.registry.currentGeneration(vmID: self.vmID)?.generation ?? 0
-            } catch {
-                self.logger.error("registry: cannot read this VM's generation: no decision without it: \(error)")
-                return false
-            }
-            self.generationKnown = true
-            self.refreshCheckpoint()
-            return true
+            return self.generationKnown || self.learnGeneration()
         }
         self.logger.error(
             "registry: unavailable, \(self.writer.pending) write(s) wait: no decision without it",
@@ -175,7 +180,10 @@ final class IdentityService {
     func publicKey(ofHost id: String) throws(StateStoreError) -> [UInt8] {
         let record: HostRecord?
         do { record = try self.registry.host(id: id) } catch {
-            throw StateStoreError(.integrity, "cannot look up host \(id), which signed the blob's claim: \(error)")
+            throw StateStoreError(
+                .untrustedSigner,
+                "cannot look up host \(id), which signed the blob's claim: \(error)"
+            )
         }
         guard let record else {
             throw StateStoreError(
@@ -206,14 +214,17 @@ final class IdentityService {
         self.refreshCheckpoint()
     }
 
-    /// Re-reads the latest checkpoint of the current generation (at start and after a decision).
+    /// Re-reads the latest checkpoint of the current generation (after a decision). On failure the next claim
+    /// reads it before numbering a blob, so that no checkpoint number is handed out twice.
     func refreshCheckpoint() {
         self.currentCheckpoint = nil
         self.unsavedCheckpoint = nil
         do {
             self.latestCheckpoint =
                 try self.registry.latestCheckpoint(vmID: self.vmID, generation: self.generation)?.checkpoint ?? 0
+            self.generationKnown = true
         } catch {
+            self.generationKnown = false
             self.logger.error("registry: cannot read the latest checkpoint: \(error)")
         }
     }
@@ -229,7 +240,8 @@ final class IdentityService {
     /// The state is about to change (a TPM command, INIT, hashing): record that it ran after the
     /// last checkpoint handed out, once.
     func stateWillChange() {
-        guard self.checkpointOutstanding else { return }
+        // (With the generation unknown the mark stays armed: it names the generation once that is read.)
+        guard self.checkpointOutstanding, self.generationKnown else { return }
         self.checkpointOutstanding = false
         self.saveCheckpoint()
         self.currentCheckpoint = nil
@@ -238,6 +250,9 @@ final class IdentityService {
 
     /// Adds the source claim to a GET_STATEBLOB blob.
     func claim(_ blob: [UInt8], type: UInt32) throws -> [UInt8] {
+        guard self.generationKnown || self.catchUp() else {
+            throw StateStoreError(.untrustedSigner, "the registry is unavailable: this VM's generation is unknown")
+        }
         let checkpoint: UInt64
         if let current = self.currentCheckpoint {
             checkpoint = current

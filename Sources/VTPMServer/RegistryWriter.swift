@@ -10,10 +10,14 @@ import _VTPMPosix
 /// on the registry: a PostgreSQL that is slow, stopped or unreachable never stalls the guest's TPM.
 ///
 /// Writes are applied in the order they were queued, one at a time. Every one is idempotent and only moves
-/// the registry forward, so a write that fails because the registry is unavailable stays at the head of
-/// the queue and is tried again (every second, then every five) until it succeeds: after an outage the
-/// registry catches up with everything this process saw, in order. A write the registry refuses for another
-/// reason (an unknown generation) is logged and dropped.
+/// the registry forward, so a write that fails because the registry is unavailable (or lost a race with
+/// another writer) stays at the head of the queue and is tried again, after 1 s and then every 5 s (sooner
+/// when a decision waits for the queue), until it succeeds: after an outage the registry catches up with
+/// everything this process saw, in order. A write the registry refuses for another reason (an unknown
+/// generation) is logged and dropped.
+///
+/// The thread starts writing at ``resume()``, which vtpmd calls after `--runas`, so that the registry's
+/// connection is made as the user the process runs as.
 ///
 /// A decision reads the registry, so it first waits for the queue to drain (``flush(timeout:)``): a decision
 /// never runs on facts older than what this process already knows.
@@ -41,6 +45,10 @@ final class RegistryWriter: Sendable {
         /// The head of the queue is being applied.
         var busy = false
         var stopped = false
+        /// Writing has started (``resume()``).
+        var running = false
+        /// A caller waits for the queue (``flush(timeout:)``, ``stop(timeout:)``): retry now.
+        var urgent = false
         /// The last failure, while the registry is unavailable (for the log and for callers).
         var failing: String? = nil
     }
@@ -54,7 +62,15 @@ final class RegistryWriter: Sendable {
     init(registry: any RegistryStore, logger: Logger) {
         self.registry = registry
         self.logger = logger
-        DispatchQueue(label: "vtpm.registry-writer").async { self.work() }
+    }
+
+    /// Starts the writing thread (once; later calls do nothing).
+    func resume() {
+        let start = self.state.withLock { state in
+            defer { state.running = true }
+            return !state.running
+        }
+        if start { DispatchQueue(label: "vtpm.registry-writer").async { self.work() } }
     }
 
     /// Queues a write; returns at once.
@@ -72,7 +88,9 @@ final class RegistryWriter: Sendable {
     /// Waits until every queued write is in the registry, at most `timeout`.
     /// - Returns: Whether the queue drained.
     func flush(timeout: Duration) -> Bool {
+        self.resume()
         let deadline = ContinuousClock.now + timeout
+        self.state.withLock { $0.urgent = true }
         self.wakeUp.signal()
         while true {
             let idle = self.state.withLock { $0.queue.isEmpty && !$0.busy }
@@ -101,10 +119,17 @@ final class RegistryWriter: Sendable {
         var delay = 0
         while true {
             if delay > 0 {
-                _ = self.wakeUp.wait(timeout: .now() + .milliseconds(delay))
+                // Back off, unless a caller waits for the queue (new writes alone do not cut it short).
+                let until = DispatchTime.now() + .milliseconds(delay)
+                while self.wakeUp.wait(timeout: until) == .success {
+                    if self.state.withLock({ $0.urgent || $0.stopped }) { break }
+                }
             } else {
                 self.wakeUp.wait()
             }
+            // Signals that piled up meanwhile are for the queue, which is read below.
+            while self.wakeUp.wait(timeout: .now()) == .success {}
+            self.state.withLock { $0.urgent = false }
             while true {
                 let next: Write? = self.state.withLock { state in
                     guard !state.stopped, let head = state.queue.first else { return nil }
@@ -166,7 +191,7 @@ final class RegistryWriter: Sendable {
                 }
             }
             return .done
-        } catch let error as RegistryError where error.code == .unavailable {
+        } catch let error as RegistryError where error.code == .unavailable || error.code == .conflict {
             let reason = error.description
             if self.failure == nil {
                 self.logger.error("registry: \(write) waits, the registry is unavailable: \(reason)")

@@ -345,6 +345,7 @@ extension Server {
             case .keyMissing: return ControlResult.keyNotFound
             case .keyMismatch: return ControlResult.badKeyProperty
             case .decryption, .integrity: return ControlResult.decryptError
+            case .untrustedSigner: return ControlResult.fail
             case .unsupportedVersion: return ControlResult.badVersion
             default: return ControlResult.badParameter
             }

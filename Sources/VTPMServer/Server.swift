@@ -143,6 +143,8 @@ public final class Server {
     /// Serves until SHUTDOWN, a termination signal, or (with --terminate) loss of the data
     /// connection. Returns the process exit status.
     public func run() -> Int32 {
+        // After --runas: the registry's connections are made as the user the process runs as.
+        self.identity?.writer.resume()
         while !self.shouldExit {
             self.promoteControlPeer()
             if self.shouldExit { break }

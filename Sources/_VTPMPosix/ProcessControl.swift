@@ -91,6 +91,14 @@ package enum ProcessControl {
         }
     }
 
+    /// The effective user's name and home directory from the password database (not `$USER`/`$HOME`,
+    /// which stay those of whoever started the process after `runAs`). Wraps `getpwuid`.
+    package static func effectiveUser() -> (name: String, home: String)? {
+        guard let pw = unsafe getpwuid(geteuid()) else { return nil }
+        guard let name = unsafe pw.pointee.pw_name, let home = unsafe pw.pointee.pw_dir else { return nil }
+        return unsafe (String(cString: name), String(cString: home))
+    }
+
     /// Switches to `user` (name or numeric uid): supplementary groups, gid, uid. Wraps `setuid`.
     package static func runAs(user: String) throws(PosixError) {
         guard let pw = unsafe getpwnam(user) ?? (UInt32(user).flatMap { unsafe getpwuid($0) }) else {

@@ -290,7 +290,7 @@ extension VTPMState {
 
         struct Revoke: ParsableCommand {
             static let configuration = CommandConfiguration(
-                abstract: "Revoke a host: its state blobs are refused by every host from now on."
+                abstract: "Revoke a host: every other host refuses its state blobs from now on."
             )
             @OptionGroup var location: Where
             @Argument(help: "The host id (`hosts list`).") var hostID: String

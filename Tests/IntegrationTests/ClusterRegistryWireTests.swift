@@ -53,9 +53,10 @@ struct ClusterRegistryWireTests {
         }
     }
 
-    /// The same moves with a SQLite registry per host (and the host key file copied to every host, the only
-    /// way their claims verify there): the stale snapshot on host 3 is taken for a move, what a per-host
-    /// registry cannot see.
+    /// The same three with a SQLite registry per host (and the host key file copied to every host, the only
+    /// way their claims verify there): the migration is a move and the copy a clone (the claim names another VM,
+    /// which needs no history), but the stale snapshot on host 3 is taken for a move: host 3's registry never
+    /// saw the newer states.
     @Test func perHostRegistriesMissTheCrossHostRollback() throws {
         try withTemporaryDirectory { root in
             let hosts = try Self.hosts(root)
@@ -70,10 +71,14 @@ struct ClusterRegistryWireTests {
             _ = try a1.tool("tpm2_getrandom", ["8"])
             let a2 = try Node(hosts[1], vmID: vm, name: "a")
             #expect(try a2.load(try a1.blobs()) == 0)
+            #expect(a2.logText.contains("decision=move"), "\(a2.logText)")
             let a3 = try Node(hosts[2], vmID: vm, name: "a")
             #expect(try a3.load(snapshot) == 0)
             #expect(a3.logText.contains("decision=move"), "\(a3.logText)")
             #expect(try a3.ekPublic(root) == ek)
+            let b = try Node(hosts[1], vmID: "c6c6c6c6-0000-4000-8000-0000000000c6", name: "b")
+            #expect(try b.load(try a2.blobs()) == 0)
+            #expect(b.logText.contains("decision=clone"), "\(b.logText)")
         }
     }
 

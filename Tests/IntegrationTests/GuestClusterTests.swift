@@ -128,4 +128,50 @@ struct GuestClusterTests {
         #expect(lineage.status == 0, "\(lineage.output)")
         #expect(lineage.stdout.contains(Self.vmB) && lineage.stdout.contains("rollback"), "\(lineage.stdout)")
     }
+
+    /// PostgreSQL stops while the guest runs: its TPM keeps answering and savevm works; a loadvm is refused
+    /// (QEMU reports the error and keeps the VM); with PostgreSQL back the same loadvm goes through.
+    @Test(.timeLimit(.minutes(10)))
+    func anOutageLeavesTheGuestsTPMAloneAndRefusesOnlyLoadvm() throws {
+        let server = try PostgresServer()
+        let registry = server.url + "&connect_timeout=1"
+        let root = "/tmp/vtpm-outage-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: "\(root)/a", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let disk = "\(root)/disk.qcow2"
+        try QEMUGuest.createDisk(at: disk)
+        let backend = try TPMBackendProcess(
+            directory: "\(root)/a",
+            extraArguments: Self.arguments(root, vm: Self.vmA, registry: registry)
+        )
+        let guest = try QEMUGuest.launch(
+            .init(directory: "\(root)/a", image: try GuestImage.locate(), tpmSocket: backend.controlSocket, disk: disk)
+        )
+        try guest.waitForReady()
+        try server.stop()
+        // The guest's TPM during the outage: nothing waits on the registry (1 s timeout per attempt).
+        let started = ContinuousClock.now
+        for round in 0..<5 {
+            try guest.check("tpm2_pcrextend 16:sha256=\(String(repeating: "4\(round)", count: 32))")
+        }
+        let pcr = try guest.check("tpm2_pcrread sha256:16")
+        print("GuestClusterTests: 5 PCR extends and a read during the outage took \(ContinuousClock.now - started)")
+        try guest.check("sync")
+        try guest.savevm("s2")
+        #expect(throws: QEMUGuestError.self) { try guest.loadvm("s2") }
+        #expect(backend.log.contains("registry is unavailable"), "\(backend.log)")
+        // QEMU keeps the VM stopped after a failed loadvm; a loadvm of a stopped VM leaves it stopped.
+        #expect(try guest.runState() != "running")
+        try server.start()
+        try guest.loadvm("s2")
+        _ = try guest.qmp("cont")
+        try guest.waitForShell()
+        // The snapshot's TPM state, decided with the registry back (a move, or a rollback if the guest's kernel
+        // used the TPM between savevm and loadvm).
+        let decisions = backend.log.split(separator: "\n").filter { $0.contains("clone-rekey decision") }
+        #expect(decisions.last.map { $0.contains("decision=move") || $0.contains("decision=rollback") } == true)
+        #expect(try guest.check("tpm2_pcrread sha256:16") == pcr)
+        #expect(try guest.quit() == 0)
+        #expect(try backend.waitForExit() == 0)
+    }
 }

@@ -45,22 +45,27 @@ import VMIdentity
         try withRegistry(store) { registry, open in
             let key1 = [UInt8](repeating: 1, count: 32)
             let key2 = [UInt8](repeating: 2, count: 32)
-            let h1 = try registry.registerHost(id: "01", name: "host1", publicKey: key1)
-            #expect(h1.name == "host1" && h1.publicKey == key1 && !h1.isRevoked)
+            let (id1, id2) = (HostRecord.hostID(ofPublicKey: key1), HostRecord.hostID(ofPublicKey: key2))
+            let h1 = try registry.registerHost(id: id1, name: "host1", publicKey: key1)
+            #expect(h1.name == "host1" && h1.publicKey == key1 && !h1.isRevoked && id1.count == 32)
             // Registering again (every start) changes nothing, from any connection.
-            #expect(try open().registerHost(id: "01", name: "renamed", publicKey: key1) == h1)
-            try registry.registerHost(id: "02", name: "host2", publicKey: key2)
-            #expect(try registry.hosts().map(\.hostID) == ["01", "02"])
-            // The same id with another key is refused.
-            #expect(throws: RegistryError(.conflict, "")) {
-                try registry.registerHost(id: "01", name: "host1", publicKey: key2)
+            #expect(try open().registerHost(id: id1, name: "renamed", publicKey: key1) == h1)
+            try registry.registerHost(id: id2, name: "host2", publicKey: key2)
+            #expect(try registry.hosts().map(\.hostID) == [id1, id2])
+            // A key under another host's id (to pass claims off as that host's) is refused.
+            #expect(throws: RegistryError(.invalidArgument, "")) {
+                try registry.registerHost(
+                    id: HostRecord.hostID(ofPublicKey: [UInt8](repeating: 3, count: 32)),
+                    name: "x",
+                    publicKey: key2
+                )
             }
-            let revoked = try registry.revokeHost(id: "02", reason: "decommissioned")
+            let revoked = try registry.revokeHost(id: id2, reason: "decommissioned")
             #expect(revoked.isRevoked && revoked.revokedReason == "decommissioned")
             // A revoked host that starts again stays revoked; revoking twice keeps the first reason.
-            #expect(try registry.registerHost(id: "02", name: "host2", publicKey: key2).isRevoked)
-            #expect(try registry.revokeHost(id: "02", reason: "again").revokedReason == "decommissioned")
-            #expect(try registry.host(id: "01")?.isRevoked == false)
+            #expect(try registry.registerHost(id: id2, name: "host2", publicKey: key2).isRevoked)
+            #expect(try registry.revokeHost(id: id2, reason: "again").revokedReason == "decommissioned")
+            #expect(try registry.host(id: id1)?.isRevoked == false)
             #expect(try registry.host(id: "03") == nil)
             #expect(throws: RegistryError(.invalidArgument, "")) { try registry.revokeHost(id: "03", reason: "x") }
         }
@@ -85,6 +90,35 @@ import VMIdentity
         // The next call connects again; nothing was lost.
         #expect(try registry.currentGeneration(vmID: VM.a)?.generation == 0)
         #expect(try registry.beginGeneration(vmID: VM.a, reason: .rollback).generation == 1)
+    }
+
+    @Test(.enabled(if: PostgresServer.isAvailable)) func tlsIsUsedAndTheServerCertificateChecked() throws {
+        let server = try PostgresServer(tlsOnly: true)
+        func registry(_ parameters: String) throws -> RegistryDatabase {
+            RegistryDatabase(
+                postgres: try PostgresSettings(
+                    url: "postgresql://postgres@127.0.0.1:\(server.port)/vtpm?connect_timeout=3&\(parameters)",
+                    environment: [:]
+                )
+            )
+        }
+        // The server refuses a connection without TLS.
+        let plain = #expect(throws: RegistryError.self) {
+            try registry("sslmode=disable").currentGeneration(vmID: VM.a)
+        }
+        #expect(plain?.code == .unavailable && plain?.message.contains("28000") == true, "\(String(describing: plain))")
+        // require: encrypted, the certificate not checked (libpq's meaning).
+        try registry("sslmode=require").beginGeneration(vmID: VM.a, reason: .manufacture)
+        // verify-full: the server's certificate must chain to sslrootcert.
+        #expect(
+            try registry("sslmode=verify-full&sslrootcert=\(server.certificate)").currentGeneration(vmID: VM.a)?
+                .generation
+                == 0
+        )
+        let forged = #expect(throws: RegistryError.self) {
+            try registry("sslmode=verify-full&sslrootcert=\(server.otherCertificate)").currentGeneration(vmID: VM.a)
+        }
+        #expect(forged?.code == .unavailable)
     }
 
     @Test(.enabled(if: PostgresServer.isAvailable)) func aSchemaFromANewerBuildIsRefused() throws {
@@ -155,12 +189,26 @@ import VMIdentity
 
     @Test func aPasswordInTheURLNeverReachesMessages() throws {
         let settings = try PostgresSettings(url: "postgresql://u:secret@h/db", environment: [:])
-        #expect(settings.password == "secret")
+        #expect(try settings.password == "secret")
         #expect(!settings.description.contains("secret"))
         let error = #expect(throws: RegistryError.self) {
             try PostgresSettings(url: "postgresql://u:secret@h/db?sslmode=never", environment: [:])
         }
         #expect(error.map { !$0.description.contains("secret") } ?? false)
+    }
+
+    @Test func urlPartsAreDecodedOnceAndIPv6HostsLoseTheirBrackets() throws {
+        let settings = try PostgresSettings(url: "postgresql://u%40x:50%25off@[::1]:5433/d%2Fb", environment: [:])
+        #expect(settings.user == "u@x" && settings.database == "d/b")
+        #expect(try settings.password == "50%off")
+        #expect(settings.endpoint == .tcp(host: "::1", port: 5433))
+    }
+
+    @Test func aBrokenURLStillHidesItsPassword() throws {
+        let broken = "postgresql://vtpm:pa ss/w#rd@db/vtpm"
+        #expect(!PostgresSettings.redacted(broken).contains("pa ss"))
+        let error = #expect(throws: RegistryError.self) { try PostgresSettings(url: broken, environment: [:]) }
+        #expect(error.map { !$0.description.contains("pa ss") } ?? false, "\(String(describing: error))")
     }
 
     @Test func registryLocationsArePathsOrURLs() throws {

@@ -49,8 +49,18 @@ enum StoreKind: String, CustomStringConvertible, CaseIterable, Sendable {
     var description: String { self.rawValue }
 }
 
-/// One PostgreSQL server for the whole test process; each test gets a database of its own.
-let sharedPostgres = Result { try PostgresServer() }
+/// One PostgreSQL server for the whole test process; each test gets a database of its own. Globals are never
+/// released, so it is stopped (and its directory removed) when the process exits.
+let sharedPostgres: Result<PostgresServer, any Error> = {
+    defer { atexit { stopSharedPostgres() } }
+    return Result { try PostgresServer() }
+}()
+
+private func stopSharedPostgres() {
+    guard case .success(let server) = sharedPostgres else { return }
+    try? server.stop()
+    try? FileManager.default.removeItem(atPath: server.directory)
+}
 
 /// A fresh, empty PostgreSQL database on the shared server.
 func freshPostgresDatabase() throws -> PostgresSettings {

@@ -10,6 +10,11 @@ public final class PostgresServer: Sendable {
     public let directory: String
     public let port: UInt16
     public let database: String
+    /// With `tlsOnly`: TCP connections must use TLS; the server's self-signed certificate (127.0.0.1), and
+    /// one from an unrelated issuer.
+    public let tlsOnly: Bool
+    public var certificate: String { "\(self.directory)/server.crt" }
+    public var otherCertificate: String { "\(self.directory)/other.crt" }
     private let binaries: String
     /// The postmaster, run in the foreground (pg_ctl's background start would hand the server this process's
     /// descriptors, and Foundation's Process would never see pg_ctl exit).
@@ -30,7 +35,9 @@ public final class PostgresServer: Sendable {
     }
 
     /// Makes and starts the cluster, then creates `database`.
-    public init(database: String = "vtpm") throws {
+    /// - Parameter tlsOnly: TLS on, and TCP connections without it refused (pg_hba `hostnossl ... reject`).
+    public init(database: String = "vtpm", tlsOnly: Bool = false) throws {
+        self.tlsOnly = tlsOnly
         guard let binaries = Self.binaryDirectory() else { throw PostgresServerError("PostgreSQL is not installed") }
         self.binaries = binaries
         self.database = database
@@ -42,6 +49,7 @@ public final class PostgresServer: Sendable {
             self.asPostgres("initdb", ["-D", "\(self.directory)/data", "-A", "trust", "-U", "postgres", "--no-sync"]),
             "initdb"
         )
+        if tlsOnly { try self.makeCertificates() }
         try self.start()
         try self.check(
             self.asPostgres("psql", self.psqlArguments + ["-c", "CREATE DATABASE \(database)"]),
@@ -62,6 +70,29 @@ public final class PostgresServer: Sendable {
         "postgresql:///\(self.database)?host=\(self.directory)&port=\(self.port)&user=postgres"
     }
 
+    private func makeCertificates() throws {
+        for (name, subject) in [("server", "127.0.0.1"), ("other", "someone else")] {
+            try self.check(
+                runCommand(
+                    "openssl",
+                    [
+                        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+                        "-keyout", "\(self.directory)/\(name).key", "-out", "\(self.directory)/\(name).crt",
+                        "-subj", "/CN=\(subject)", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                    ]
+                ),
+                "openssl req"
+            )
+        }
+        try self.check(runCommand("chown", ["postgres:postgres", "\(self.directory)/server.key"]), "chown")
+        try self.check(runCommand("chmod", ["0600", "\(self.directory)/server.key"]), "chmod")
+        try "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n".write(
+            toFile: "\(self.directory)/data/pg_hba.conf",
+            atomically: false,
+            encoding: .utf8
+        )
+    }
+
     /// Starts the server (again) and waits until it accepts connections.
     public func start() throws {
         let daemon = try Daemon(
@@ -69,7 +100,13 @@ public final class PostgresServer: Sendable {
             self.setprivArguments + [
                 "\(self.binaries)/postgres", "-D", "\(self.directory)/data", "-p", "\(self.port)", "-k", self.directory,
                 "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=300",
-            ],
+            ]
+                + (self.tlsOnly
+                    ? [
+                        "-c", "ssl=on", "-c", "ssl_cert_file=\(self.certificate)", "-c",
+                        "ssl_key_file=\(self.directory)/server.key",
+                    ]
+                    : []),
             environment: ["HOME": self.directory]
         )
         self.server.withLock { $0 = daemon }
