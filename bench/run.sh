@@ -150,6 +150,7 @@ cleanup() {
     if [[ -n ${PG_DIR:-} ]]; then
         setpriv --reuid postgres --regid postgres --init-groups -- "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate \
             -w stop >/dev/null 2>&1 || true
+        rm -rf "$PG_DIR"
     fi
     for pid in "${PIDS[@]}"; do
         kill -TERM "$pid" 2>/dev/null || true
@@ -189,16 +190,17 @@ start_postgres() {
     [[ $PG != 0 && $(id -u) -eq 0 ]] || return 0
     PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
     [[ -n $PG_BIN && -x $PG_BIN/postgres ]] || { echo "PostgreSQL not installed - SQLite rows only" >&2; return 0; }
-    PG_DIR=$TMPROOT/postgres
-    mkdir -p "$PG_DIR"
+    # (not under TMPROOT, which only root may enter)
+    PG_DIR=$(mktemp -d /tmp/tpmbench-pg.XXXXXX)
     chown postgres:postgres "$PG_DIR"
     local as_pg=(setpriv --reuid postgres --regid postgres --init-groups --) port
     "${as_pg[@]}" "$PG_BIN/initdb" -D "$PG_DIR/data" -A trust -U postgres >"$OUT/postgres.log" 2>&1 ||
         die "initdb failed (see $OUT/postgres.log)"
     port=$(pick_port)
-    "${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$OUT/postgres.log" -w \
+    "${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w \
         -o "-p $port -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=$((STORM_VMS + 50))" start \
-        </dev/null >/dev/null 2>&1 || die "PostgreSQL did not start (see $OUT/postgres.log)"
+        </dev/null >>"$OUT/postgres.log" 2>&1 || { cat "$PG_DIR/server.log" >>"$OUT/postgres.log" 2>/dev/null
+        die "PostgreSQL did not start (see $OUT/postgres.log)"; }
     "${as_pg[@]}" "$PG_BIN/psql" -h "$PG_DIR" -p "$port" -U postgres -qc "CREATE DATABASE vtpm" >/dev/null ||
         die "CREATE DATABASE failed"
     PG_URL="postgresql://postgres@127.0.0.1:$port/vtpm?sslmode=disable"

@@ -10,7 +10,9 @@ import _VTPMPosix
 /// on the registry: a PostgreSQL that is slow, stopped or unreachable never stalls the guest's TPM.
 ///
 /// Writes are applied in the order they were queued, one at a time. Every one is idempotent and only moves
-/// the registry forward, so a write that fails because the registry is unavailable (or lost a race with
+/// the registry forward. New writes are applied 20 ms after the first of them (at once when a decision waits),
+/// so a burst of them (a savevm) costs one wake-up, after the burst. A write that fails because the registry
+/// is unavailable (or lost a race with
 /// another writer) stays at the head of the queue and is tried again, after 1 s and then every 5 s (sooner
 /// when a decision waits for the queue), until it succeeds: after an outage the registry catches up with
 /// everything this process saw, in order. A write the registry refuses for another reason (an unknown
@@ -52,6 +54,9 @@ final class RegistryWriter: Sendable {
         /// The last failure, while the registry is unavailable (for the log and for callers).
         var failing: String? = nil
     }
+
+    /// How long new writes wait for more before they are applied.
+    static let batchMilliseconds = 20
 
     private let registry: any RegistryStore
     private let logger: Logger
@@ -126,6 +131,10 @@ final class RegistryWriter: Sendable {
                 }
             } else {
                 self.wakeUp.wait()
+                // New writes wait a moment (a decision does not): a savevm's blobs, the TPM command before it
+                // and the writes both cause go out together, after the burst, not beside it.
+                let until = DispatchTime.now() + .milliseconds(Self.batchMilliseconds)
+                while !self.state.withLock({ $0.urgent || $0.stopped }), self.wakeUp.wait(timeout: until) == .success {}
             }
             // Signals that piled up meanwhile are for the queue, which is read below.
             while self.wakeUp.wait(timeout: .now()) == .success {}

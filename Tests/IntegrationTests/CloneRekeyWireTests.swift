@@ -26,7 +26,8 @@ struct CloneRekeyWireTests {
             name: String,
             extra: [String] = [],
             withCA: Bool = true,
-            registry: String? = nil
+            registry: String? = nil,
+            niceness: Int = 0
         ) throws {
             self.vmID = vmID
             self.state = "\(host)/\(name)"
@@ -34,8 +35,8 @@ struct CloneRekeyWireTests {
             try FileManager.default.createDirectory(atPath: self.state, withIntermediateDirectories: true)
             self.port = try freePortPair()
             self.daemon = try Daemon(
-                Binaries.vtpmd,
-                [
+                niceness == 0 ? Binaries.vtpmd : "nice",
+                (niceness == 0 ? [] : ["-n", "\(niceness)", Binaries.vtpmd]) + [
                     "socket", "--tpm2", "--tpmstate", "dir=\(self.state)", "--server", "type=tcp,port=\(self.port)",
                     "--ctrl", "type=tcp,port=\(self.port + 1)", "--vm-id", vmID,
                     "--registry", registry ?? "\(host)/registry.sqlite", "--host-key", "\(host)/host.key",

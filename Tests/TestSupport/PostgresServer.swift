@@ -13,6 +13,7 @@ public final class PostgresServer: Sendable {
     /// With `tlsOnly`: TCP connections must use TLS; the server's self-signed certificate (127.0.0.1), and
     /// one from an unrelated issuer.
     public let tlsOnly: Bool
+    public let niceness: Int
     public var certificate: String { "\(self.directory)/server.crt" }
     public var otherCertificate: String { "\(self.directory)/other.crt" }
     private let binaries: String
@@ -35,9 +36,12 @@ public final class PostgresServer: Sendable {
     }
 
     /// Makes and starts the cluster, then creates `database`.
-    /// - Parameter tlsOnly: TLS on, and TCP connections without it refused (pg_hba `hostnossl ... reject`).
-    public init(database: String = "vtpm", tlsOnly: Bool = false) throws {
+    /// - Parameters:
+    ///   - tlsOnly: TLS on, and TCP connections without it refused (pg_hba `hostnossl ... reject`).
+    ///   - niceness: The server's `nice` value (a load test keeps its own load from starving a bystander).
+    public init(database: String = "vtpm", tlsOnly: Bool = false, niceness: Int = 0) throws {
         self.tlsOnly = tlsOnly
+        self.niceness = niceness
         guard let binaries = Self.binaryDirectory() else { throw PostgresServerError("PostgreSQL is not installed") }
         self.binaries = binaries
         self.database = database
@@ -96,8 +100,8 @@ public final class PostgresServer: Sendable {
     /// Starts the server (again) and waits until it accepts connections.
     public func start() throws {
         let daemon = try Daemon(
-            "setpriv",
-            self.setprivArguments + [
+            "nice",
+            ["-n", "\(self.niceness)", "setpriv"] + self.setprivArguments + [
                 "\(self.binaries)/postgres", "-D", "\(self.directory)/data", "-p", "\(self.port)", "-k", self.directory,
                 "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=300",
             ]
