@@ -14,8 +14,9 @@ import VMIdentity
 // - The request has no payload (`PayloadRule.exactly(0)`): trailing bytes give 0x03 like STOP.
 //
 // Reply: be32 result, be32 length, then `length` bytes of UTF-8 JSON:
-//   {"vm_id": "<uuid>", "generation": N, "last_decision": "clone|move|rollback|adopt|rekey-foreign|reject|none",
+//   {"vm_id": "<uuid>", "generation": N | null, "last_decision": "clone|move|rollback|adopt|rekey-foreign|reject|none",
 //    "last_decision_at": "<ISO-8601 UTC>" | null, "checkpoint_outstanding": true|false}
+// (generation null: not read from the registry yet, before the first INIT, or while it cannot be read)
 // or, when vtpmd runs without --vm-id, result 0 with {"vm_id": null}.
 
 extension Server {
@@ -25,7 +26,7 @@ extension Server {
         if let identity = self.identity {
             let fields: [(String, String)] = [
                 ("vm_id", Self.jsonString(identity.vmID.description)),
-                ("generation", String(identity.generation)),
+                ("generation", identity.generationKnown ? String(identity.generation) : "null"),
                 ("last_decision", Self.jsonString(identity.lastDecision)),
                 ("last_decision_at", identity.lastDecisionAt.map { Self.jsonString($0.description) } ?? "null"),
                 ("checkpoint_outstanding", identity.checkpointOutstanding ? "true" : "false"),

@@ -457,8 +457,9 @@ extension VTPMCtl {
             discussion: """
                 Fails (exit 1) against swtpm ("backend does not support identity (TPM_BAD_ORDINAL)") and \
                 against a vtpmd started without --vm-id. JSON: the backend's document, \
-                {"vm_id": "...", "generation": N, "last_decision": "clone|move|rollback|adopt|rekey-foreign|\
-                reject|none", "last_decision_at": "ISO-8601" or null, "checkpoint_outstanding": false}
+                {"vm_id": "...", "generation": N (null before the first INIT), "last_decision": \
+                "clone|move|rollback|adopt|rekey-foreign|reject|none", "last_decision_at": "ISO-8601" or null, \
+                "checkpoint_outstanding": false}
                 """
         )
         @OptionGroup var connection: ConnectionOptions

@@ -51,4 +51,12 @@ enum GuestCommands {
         + " && tpm2_create -C 0x81000001 -i secret -u seal.pub -r seal.priv -Q"
         + " && tpm2_load -C 0x81000001 -u seal.pub -r seal.priv -c seal.ctx -Q"
         + " && tpm2_evictcontrol -C o -c seal.ctx 0x81000010 -Q && tpm2_flushcontext -t"
+
+    /// The RSA EK (context /data/ek.ctx, public area /data/ek.pub).
+    static let createEK = "cd /data && tpm2_createek -c ek.ctx -G rsa -u ek.pub -Q && tpm2_flushcontext -t"
+
+    /// An AK under the EK of ``createEK``, persisted at 0x81010002.
+    static let persistAK =
+        "cd /data && tpm2_createak -C ek.ctx -c ak.ctx -G rsa -g sha256 -s rsassa -u ak.pub -n ak.name -Q"
+        + " && tpm2_evictcontrol -C o -c ak.ctx 0x81010002 -Q && tpm2_flushcontext -t"
 }

@@ -45,13 +45,9 @@ struct GuestCloneTests {
             .init(directory: "\(host)/a", image: image, tpmSocket: backendA.controlSocket, disk: diskA)
         )
         try a.waitForReady()
-        try a.check("cd /data && tpm2_createek -c ek.ctx -G rsa -u ek.pub -Q && tpm2_flushcontext -t")
+        try a.check(GuestCommands.createEK)
         let ekA = try a.check("sha256sum /data/ek.pub | cut -c1-64")
-        try a.check(
-            "cd /data && tpm2_createak -C ek.ctx -c ak.ctx -G rsa -g sha256 -s rsassa -u ak.pub -n ak.name -Q"
-                + " && tpm2_evictcontrol -C o -c ak.ctx 0x81010002 -Q && tpm2_flushcontext -t",
-            timeout: .seconds(120)
-        )
+        try a.check(GuestCommands.persistAK, timeout: .seconds(120))
         try a.check(GuestCommands.seal, timeout: .seconds(120))
         #expect(try a.check("tpm2_unseal -c 0x81000010") == "A secret")
         // A signing key whose policy is PolicyNV(counter == its value now).

@@ -39,13 +39,9 @@ struct GuestClusterTests {
             .init(directory: "\(hosts[0])/a", image: image, tpmSocket: backend1.controlSocket, disk: diskA)
         )
         try a1.waitForReady()
-        try a1.check("cd /data && tpm2_createek -c ek.ctx -G rsa -u ek.pub -Q && tpm2_flushcontext -t")
+        try a1.check(GuestCommands.createEK)
         let ekA = try a1.check("sha256sum /data/ek.pub | cut -c1-64")
-        try a1.check(
-            "cd /data && tpm2_createak -C ek.ctx -c ak.ctx -G rsa -g sha256 -s rsassa -u ak.pub -n ak.name -Q"
-                + " && tpm2_evictcontrol -C o -c ak.ctx 0x81010002 -Q && tpm2_flushcontext -t",
-            timeout: .seconds(120)
-        )
+        try a1.check(GuestCommands.persistAK, timeout: .seconds(120))
         try a1.check("sync")
         try a1.savevm("s1")
         try a1.check("tpm2_getrandom 8 > /dev/null")

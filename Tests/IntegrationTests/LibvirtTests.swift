@@ -48,12 +48,7 @@ final class LibvirtTests {
     }
 
     static func persistAK(_ console: GuestConsole) throws {
-        try console.check(
-            "cd /data && tpm2_createek -c ek.ctx -G rsa -u ek.pub -Q && tpm2_flushcontext -t"
-                + " && tpm2_createak -C ek.ctx -c ak.ctx -G rsa -g sha256 -s rsassa -u ak.pub -n ak.name -Q"
-                + " && tpm2_evictcontrol -C o -c ak.ctx 0x81010002 -Q && tpm2_flushcontext -t",
-            timeout: .seconds(120)
-        )
+        try console.check(GuestCommands.createEK + " && " + GuestCommands.persistAK, timeout: .seconds(120))
     }
 
     /// Seals "A secret" under the SRK (0x81000001) and persists the sealed object at 0x81000010.
