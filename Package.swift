@@ -38,7 +38,11 @@ let package = Package(
         .target(name: "CVTPMShims"),
         .target(name: "_VTPMPosix", dependencies: ["CVTPMShims"], swiftSettings: settings),
         .target(name: "TPMWire", swiftSettings: settings),
-        .target(name: "VMIdentity", swiftSettings: settings),
+        .target(
+            name: "VMIdentity",
+            dependencies: [.product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: settings
+        ),
         .target(name: "TPMEngine", dependencies: ["CLibTPMS"], swiftSettings: settings),
         .target(
             name: "StateStore",
@@ -125,7 +129,7 @@ let package = Package(
         .target(
             name: "Registry",
             dependencies: [
-                "VMIdentity", "_VTPMPosix",
+                "VMIdentity", "TPMWire", "_VTPMPosix",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -133,7 +137,6 @@ let package = Package(
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: settings
         ),

@@ -415,12 +415,4 @@ public final class CloneRekeyCoordinator {
         if case .move = decision, let origin, origin.vmID == self.vmID { return origin.generation }
         return currentGeneration
     }
-
-    /// Records that the permanent state of `generation` was seen committed at `write` (a no-op without a
-    /// registry or a write generation).
-    /// - Throws: ``RegistryError``.
-    public func recordStateWrite(generation: UInt64, write: UInt64?) throws {
-        guard let write else { return }
-        try self.registry?.recordStateWrite(vmID: self.vmID, generation: generation, write: write)
-    }
 }

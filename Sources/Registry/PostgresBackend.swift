@@ -27,9 +27,11 @@ final class PostgresBackend: RegistryBackend {
     private let migrated = NIOLockedValueBox(false)
     /// ``close()`` was called: later operations throw.
     private let closed = NIOLockedValueBox(false)
-    private let logger = Logger(label: "vtpm.registry.postgres", factory: { _ in SwiftLogNoOpLogHandler() })
+    /// postgres-nio's own log lines are not wanted: every failure reaches the caller as a RegistryError.
+    static let logger = Logger(label: "vtpm.registry.postgres", factory: { _ in SwiftLogNoOpLogHandler() })
 
     var location: String { self.settings.description }
+    var timeout: Duration { self.settings.timeout }
 
     /// Connects at the first operation, not here: a vtpmd starts while PostgreSQL is unreachable (its guest's
     /// TPM does not need the registry), and the schema is checked on the first connection.
@@ -141,7 +143,7 @@ final class PostgresBackend: RegistryBackend {
             on: MultiThreadedEventLoopGroup.singleton.next(),
             configuration: configuration,
             id: 1,
-            logger: self.logger
+            logger: Self.logger
         )
         do {
             let connection = try Self.wait(future, self.settings.timeout)
@@ -253,7 +255,7 @@ final class PostgresBackend: RegistryBackend {
         /// Sends a statement without arguments and without waiting: its reply is checked with the next
         /// statement's.
         func enqueue(_ sql: String) {
-            self.pending.append(self.connection.query(PostgresQuery(unsafeSQL: sql), logger: Self.logger))
+            self.pending.append(self.connection.query(PostgresQuery(unsafeSQL: sql), logger: PostgresBackend.logger))
         }
 
         func execute(_ sql: String, _ arguments: [SQLValue]) throws -> Int {
@@ -297,7 +299,7 @@ final class PostgresBackend: RegistryBackend {
                 }
             }
             let query = PostgresQuery(unsafeSQL: Self.numberedPlaceholders(sql), binds: binds)
-            let future = self.connection.query(query, logger: Self.logger)
+            let future = self.connection.query(query, logger: PostgresBackend.logger)
             let earlier = self.pending
             self.pending = []
             do {
@@ -310,8 +312,6 @@ final class PostgresBackend: RegistryBackend {
                 throw error
             }
         }
-
-        static let logger = Logger(label: "vtpm.registry.postgres", factory: { _ in SwiftLogNoOpLogHandler() })
 
         /// `?` placeholders as PostgreSQL's `$1`, `$2`, ... (the registry's SQL has no `?` in literals).
         static func numberedPlaceholders(_ sql: String) -> String {

@@ -1,3 +1,4 @@
+import TPMWire
 public import VMIdentity
 
 /// The registry on a database: one SQLite file per host (``init(sqlitePath:busyTimeout:clock:)``), or one
@@ -15,6 +16,9 @@ public final class RegistryDatabase: RegistryStore {
 
     /// Where the registry is: a file path, or a PostgreSQL URL without its password.
     public var location: String { self.backend.location }
+
+    /// How long an operation may wait for the database (SQLite's busy timeout, PostgreSQL's `connect_timeout`).
+    public var timeout: Duration { self.backend.timeout }
 
     /// Closes the database. Later calls throw.
     /// - Throws: ``RegistryError``.
@@ -295,7 +299,7 @@ extension RegistryDatabase {
                 INSERT INTO host (host_id, name, public_key, registered_at) VALUES (?, ?, ?, ?)
                 ON CONFLICT (host_id) DO NOTHING
                 """,
-                [.text(id), .text(name), .text(publicKey.hex), .integer(self.clock().microsecondsSinceEpoch)]
+                [.text(id), .text(name), .text(publicKey.hexString), .integer(self.clock().microsecondsSinceEpoch)]
             )
             guard let row = try s.fetchOne("SELECT * FROM host WHERE host_id = ?", [.text(id)]) else {
                 throw RegistryError(.conflict, "host \(id) vanished while it was registered")
@@ -336,7 +340,7 @@ extension RegistryDatabase {
 
     static func host(from row: SQLRow) throws -> HostRecord {
         let keyText = try row.string("public_key")
-        guard let key = [UInt8](hex: keyText) else {
+        guard let key = [UInt8](hexString: keyText) else {
             throw RegistryError(.corrupt, "the registry holds a bad public_key for host \(try row.string("host_id"))")
         }
         return HostRecord(

@@ -95,6 +95,9 @@ protocol RegistryBackend: Sendable {
     /// Where the registry is, for messages (a path, or a PostgreSQL URL without its password).
     var location: String { get }
 
+    /// How long an operation may wait for the database: SQLite's busy timeout, PostgreSQL's per-step bound.
+    var timeout: Duration { get }
+
     /// Runs `body` in one transaction, committed when it returns and rolled back when it throws.
     /// Errors of the database come back as ``RegistryError``s naming `operation`.
     func transaction<T>(_ kind: TransactionKind, _ operation: String, _ body: (any SQLSession) throws -> T) throws -> T

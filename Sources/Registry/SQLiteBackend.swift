@@ -15,12 +15,14 @@ public import VMIdentity
 /// the registry does not know is then taken for a move (``DecisionTable``: no rekey without evidence).
 final class SQLiteBackend: RegistryBackend {
     let path: String
+    let timeout: Duration
     private let queue: DatabaseQueue
 
     var location: String { self.path }
 
     init(path: String, busyTimeout: Double) throws {
         self.path = path
+        self.timeout = .milliseconds(Int64(busyTimeout * 1000))
         _ = try RegistryFile.prepare(path: path)
         var configuration = Configuration()
         configuration.busyMode = .timeout(busyTimeout)

@@ -44,7 +44,7 @@ public struct SourceClaim: Hashable, Sendable, CustomStringConvertible {
     static let domain: [UInt8] = Array("swift-vtpm source claim v1".utf8)
     static let signedDomain: [UInt8] = Array("swift-vtpm signed source claim v1".utf8)
     /// The largest signed record (version 4 with the longest name).
-    static let maximumSignedValueSize = maximumValueSize + HostKey.idLength + 32
+    static let maximumSignedValueSize = maximumValueSize + HostID.byteCount + 32
 
     /// Adds the claim, signed with the host's key, to a GET_STATEBLOB blob of `blobType`.
     public static func attach(
@@ -140,10 +140,10 @@ public struct SourceClaim: Hashable, Sendable, CustomStringConvertible {
             case 2:
                 vmID = VMID(nameBytes: try r.readBytes(count: Int(try r.readUInt8())))
             case 3:
-                signer = try r.readBytes(count: HostKey.idLength)
+                signer = try r.readBytes(count: HostID.byteCount)
                 vmID = VMID(uuidBytes: try r.readBytes(count: 16))
             case 4:
-                signer = try r.readBytes(count: HostKey.idLength)
+                signer = try r.readBytes(count: HostID.byteCount)
                 vmID = VMID(nameBytes: try r.readBytes(count: Int(try r.readUInt8())))
             default:
                 throw StateStoreError(.unsupportedVersion, "source claim version \(version) is unknown")
@@ -171,9 +171,9 @@ public struct SourceClaim: Hashable, Sendable, CustomStringConvertible {
             }
             return (container.encoded, claim)
         }
-        let signerID = HostKey.idText(signer)
+        let signerID = signer.hexString
         let publicKey = signer == hostKey.idBytes ? hostKey.publicKey : try trustedHost(signerID)
-        guard HostKey.id(of: publicKey) == signer else {
+        guard HostID.of(publicKey: publicKey) == signer else {
             throw StateStoreError(.integrity, "the key given for host \(signerID) is not that host's key")
         }
         let input = Self.macInput(fields, container, blobType, domain: Self.signedDomain)
@@ -219,6 +219,8 @@ public struct HostKey: Sendable, CustomStringConvertible {
         }
         self.bytes = bytes
         self.signingKey = try Self.deriveSigningKey(bytes)
+        self.publicKey = Array(self.signingKey.publicKey.rawRepresentation)
+        self.idBytes = HostID.of(publicKey: self.publicKey)
     }
 
     public var description: String { "host key \(self.id)" }
@@ -244,24 +246,13 @@ public struct HostKey: Sendable, CustomStringConvertible {
     }
 
     /// The public half of ``signingKey`` (32 bytes), which the host registers.
-    public var publicKey: [UInt8] { Array(self.signingKey.publicKey.rawRepresentation) }
+    public let publicKey: [UInt8]
 
-    static let idLength = 16
-
-    /// The host id: the first 16 bytes of SHA-256 over ``publicKey``.
-    var idBytes: [UInt8] { Self.id(of: self.publicKey) }
+    /// The host id: ``HostID`` of ``publicKey``.
+    let idBytes: [UInt8]
 
     /// The host id in lower-case hexadecimal, as the registry records it.
-    public var id: String { Self.idText(self.idBytes) }
-
-    /// The host id of a public key (hexadecimal).
-    public static func id(ofPublicKey key: [UInt8]) -> String { self.idText(self.id(of: key)) }
-
-    static func id(of key: [UInt8]) -> [UInt8] { Array(SHA256.hash(data: key).prefix(Self.idLength)) }
-
-    static func idText(_ bytes: [UInt8]) -> String {
-        bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
-    }
+    public var id: String { self.idBytes.hexString }
 
     /// Loads `path`, or creates it (0600, atomically) when it does not exist. The file must be a
     /// regular file of ours that nobody else can read or write.

@@ -1,6 +1,7 @@
 import Foundation
 import Registry
 import StateStore
+import TPMWire
 
 /// `vtpm-state hosts`: the hosts of a cluster registry, whose claim-signing keys the registry holds.
 public enum HostsCommand {
@@ -24,7 +25,7 @@ public enum HostsCommand {
                     Entry(
                         hostID: $0.hostID,
                         name: $0.name,
-                        publicKey: $0.publicKey.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined(),
+                        publicKey: $0.publicKey.hexString,
                         registeredAt: "\($0.registeredAt)",
                         revokedAt: $0.revokedAt.map { "\($0)" },
                         revokedReason: $0.revokedReason

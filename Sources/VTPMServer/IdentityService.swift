@@ -122,17 +122,13 @@ final class IdentityService {
     func learnGeneration() -> Bool {
         do {
             self.generation = try self.registry.currentGeneration(vmID: self.vmID)?.generation ?? 0
-            self.latestCheckpoint =
-                try self.registry.latestCheckpoint(vmID: self.vmID, generation: self.generation)?.checkpoint ?? 0
         } catch {
             self.generationKnown = false
             self.logger.error("registry: cannot read this VM's generation: \(error)")
             return false
         }
-        self.currentCheckpoint = nil
-        self.unsavedCheckpoint = nil
-        self.generationKnown = true
-        return true
+        self.refreshCheckpoint()
+        return self.generationKnown
     }
 
     static func certificateAuthority(
@@ -156,7 +152,7 @@ final class IdentityService {
     /// Waits until the writer's queue is in the registry, so that a decision reads every fact this process
     /// knows. False (logged) when the registry stays unavailable: the caller refuses what needs the decision.
     func catchUp() -> Bool {
-        let timeout = self.registryTimeout
+        let timeout = self.registry.timeout
         if self.writer.flush(timeout: timeout) {
             return self.generationKnown || self.learnGeneration()
         }
@@ -165,14 +161,6 @@ final class IdentityService {
             metadata: ["cause": "\(self.writer.failure ?? "no answer within \(timeout)")"]
         )
         return false
-    }
-
-    /// How long a decision waits for the registry: the PostgreSQL timeout, or SQLite's busy timeout.
-    var registryTimeout: Duration {
-        if case .postgres(let settings)? = try? RegistryLocation(self.configuration.registryPath) {
-            return settings.timeout
-        }
-        return .seconds(5)
     }
 
     /// The public key of another host, for a claim it signed: the registry's record, unless the host is

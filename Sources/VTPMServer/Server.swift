@@ -1,4 +1,5 @@
 public import Logging
+import Registry
 import StateStore
 import TPMEngine
 import TPMWire
@@ -212,7 +213,7 @@ public final class Server {
         // A clean stop: the registry learns the newest state committed (a later restore of an older
         // copy is then a rollback).
         self.identity?.recordStateWrite()
-        if let identity = self.identity { identity.writer.stop(timeout: identity.registryTimeout) }
+        if let identity = self.identity { identity.writer.stop(timeout: identity.registry.timeout) }
         self.cleanup()
         return self.exitStatus
     }

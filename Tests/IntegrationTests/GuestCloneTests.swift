@@ -14,9 +14,10 @@ struct GuestCloneTests {
     static let vmA = "aaaaaaaa-1111-4111-8111-aaaaaaaaaaaa"
     static let vmB = "bbbbbbbb-2222-4222-8222-bbbbbbbbbbbb"
 
-    static func identityArguments(_ host: String, vm: String) -> [String] {
+    /// Clone-rekey on, with `host`'s CA and host key, and its SQLite registry unless `registry` names another.
+    static func identityArguments(_ host: String, vm: String, registry: String? = nil) -> [String] {
         [
-            "--vm-id", vm, "--ca", "\(host)/ca", "--registry", "\(host)/registry.sqlite", "--host-key",
+            "--vm-id", vm, "--ca", "\(host)/ca", "--registry", registry ?? "\(host)/registry.sqlite", "--host-key",
             "\(host)/host.key",
         ]
     }

@@ -12,8 +12,30 @@ struct GuestClusterTests {
     static let vmB = "b7b7b7b7-0000-4000-8000-0000000000b7"
     static let signWithAK = "cd /data && echo hello > m && tpm2_sign -c 0x81010002 -g sha256 -s rsassa -o sig m"
 
-    static func arguments(_ host: String, vm: String, registry: String) -> [String] {
-        ["--vm-id", vm, "--ca", "\(host)/ca", "--registry", registry, "--host-key", "\(host)/host.key"]
+    /// VM `vm` on `host` (its CA and host key, the cluster's `registry`): a vtpmd in `directory`, then QEMU on
+    /// `disk` with `extra` arguments.
+    static func start(
+        _ directory: String,
+        host: String,
+        vm: String,
+        registry: String,
+        disk: String,
+        extra: [String] = []
+    ) throws -> (backend: TPMBackendProcess, guest: QEMUGuest) {
+        let backend = try TPMBackendProcess(
+            directory: directory,
+            extraArguments: GuestCloneTests.identityArguments(host, vm: vm, registry: registry)
+        )
+        let guest = try QEMUGuest.launch(
+            .init(
+                directory: directory,
+                image: try GuestImage.locate(),
+                tpmSocket: backend.controlSocket,
+                disk: disk,
+                extraArguments: extra
+            )
+        )
+        return (backend, guest)
     }
 
     @Test(.timeLimit(.minutes(10)))
@@ -26,17 +48,16 @@ struct GuestClusterTests {
             try FileManager.default.createDirectory(atPath: "\(host)/a", withIntermediateDirectories: true)
         }
         defer { try? FileManager.default.removeItem(atPath: root) }
-        let image = try GuestImage.locate()
 
         // VM A on host 1: an EK, an AK under it (persistent), a snapshot s1, then the TPM runs on.
         let diskA = "\(root)/disk-a.qcow2"
         try QEMUGuest.createDisk(at: diskA)
-        let backend1 = try TPMBackendProcess(
-            directory: "\(hosts[0])/a",
-            extraArguments: Self.arguments(hosts[0], vm: Self.vmA, registry: registry)
-        )
-        let a1 = try QEMUGuest.launch(
-            .init(directory: "\(hosts[0])/a", image: image, tpmSocket: backend1.controlSocket, disk: diskA)
+        let (backend1, a1) = try Self.start(
+            "\(hosts[0])/a",
+            host: hosts[0],
+            vm: Self.vmA,
+            registry: registry,
+            disk: diskA
         )
         try a1.waitForReady()
         try a1.check(GuestCommands.createEK)
@@ -47,18 +68,13 @@ struct GuestClusterTests {
         try a1.check("tpm2_getrandom 8 > /dev/null")
 
         // Live migration to host 2 (shared storage: the same disk).
-        let backend2 = try TPMBackendProcess(
-            directory: "\(hosts[1])/a",
-            extraArguments: Self.arguments(hosts[1], vm: Self.vmA, registry: registry)
-        )
-        let a2 = try QEMUGuest.launch(
-            .init(
-                directory: "\(hosts[1])/a",
-                image: image,
-                tpmSocket: backend2.controlSocket,
-                disk: diskA,
-                extraArguments: ["-incoming", "unix:\(root)/migrate.sock"]
-            )
+        let (backend2, a2) = try Self.start(
+            "\(hosts[1])/a",
+            host: hosts[1],
+            vm: Self.vmA,
+            registry: registry,
+            disk: diskA,
+            extra: ["-incoming", "unix:\(root)/migrate.sock"]
         )
         try a1.migrate(to: "unix:\(root)/migrate.sock")
         try a2.waitForRunState("running")
@@ -76,18 +92,13 @@ struct GuestClusterTests {
         // Host 1's snapshot s1 loaded on host 3 (a copy of the disk): the cluster saw newer states of A.
         let diskA3 = "\(hosts[2])/a/disk.qcow2"
         try FileManager.default.copyItem(atPath: diskA, toPath: diskA3)
-        let backend3 = try TPMBackendProcess(
-            directory: "\(hosts[2])/a",
-            extraArguments: Self.arguments(hosts[2], vm: Self.vmA, registry: registry)
-        )
-        let a3 = try QEMUGuest.launch(
-            .init(
-                directory: "\(hosts[2])/a",
-                image: image,
-                tpmSocket: backend3.controlSocket,
-                disk: diskA3,
-                extraArguments: ["-loadvm", "s1"]
-            )
+        let (backend3, a3) = try Self.start(
+            "\(hosts[2])/a",
+            host: hosts[2],
+            vm: Self.vmA,
+            registry: registry,
+            disk: diskA3,
+            extra: ["-loadvm", "s1"]
         )
         try a3.waitForShell()
         #expect(backend3.log.contains("decision=rollback"), "\(backend3.log)")
@@ -99,18 +110,13 @@ struct GuestClusterTests {
         try FileManager.default.createDirectory(atPath: "\(hosts[1])/b", withIntermediateDirectories: true)
         let diskB = "\(hosts[1])/b/disk.qcow2"
         try FileManager.default.copyItem(atPath: diskA, toPath: diskB)
-        let backendB = try TPMBackendProcess(
-            directory: "\(hosts[1])/b",
-            extraArguments: Self.arguments(hosts[1], vm: Self.vmB, registry: registry)
-        )
-        let b = try QEMUGuest.launch(
-            .init(
-                directory: "\(hosts[1])/b",
-                image: image,
-                tpmSocket: backendB.controlSocket,
-                disk: diskB,
-                extraArguments: ["-loadvm", "s1"]
-            )
+        let (backendB, b) = try Self.start(
+            "\(hosts[1])/b",
+            host: hosts[1],
+            vm: Self.vmB,
+            registry: registry,
+            disk: diskB,
+            extra: ["-loadvm", "s1"]
         )
         try b.waitForShell()
         #expect(backendB.log.contains("decision=clone"), "\(backendB.log)")
@@ -136,13 +142,7 @@ struct GuestClusterTests {
         defer { try? FileManager.default.removeItem(atPath: root) }
         let disk = "\(root)/disk.qcow2"
         try QEMUGuest.createDisk(at: disk)
-        let backend = try TPMBackendProcess(
-            directory: "\(root)/a",
-            extraArguments: Self.arguments(root, vm: Self.vmA, registry: registry)
-        )
-        let guest = try QEMUGuest.launch(
-            .init(directory: "\(root)/a", image: try GuestImage.locate(), tpmSocket: backend.controlSocket, disk: disk)
-        )
+        let (backend, guest) = try Self.start("\(root)/a", host: root, vm: Self.vmA, registry: registry, disk: disk)
         try guest.waitForReady()
         try server.stop()
         // The guest's TPM during the outage: nothing waits on the registry (1 s timeout per attempt).

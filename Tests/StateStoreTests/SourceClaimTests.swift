@@ -112,7 +112,7 @@ struct SourceClaimTests {
             }
         }
         // The host id is the public key's hash, and the signing key is derived from the host key file only.
-        #expect(HostKey.id(ofPublicKey: Self.otherKey.publicKey) == Self.otherKey.id)
+        #expect(HostID.of(publicKey: Self.otherKey.publicKey).hexString == Self.otherKey.id)
         #expect(try HostKey(bytes: [UInt8](repeating: 0xa5, count: 32)).publicKey == Self.otherKey.publicKey)
         #expect(Self.key.id != Self.otherKey.id && Self.key.id.count == 32)
     }
