@@ -29,6 +29,7 @@ release: deps
 # which takes /usr/bin/swtpm and /usr/bin/swtpm_setup over with dpkg-divert (packaging/debian/).
 PREFIX ?= /usr/local
 SYSCONFDIR ?= /etc
+SYSTEMDDIR ?= /lib/systemd/system
 DESTDIR ?=
 SWTPM_NAMES ?= 0
 VERSION ?= $(shell sed -n 's/.*static let version = "\(.*\)".*/\1/p' Sources/VTPMServer/Capabilities.swift)
@@ -44,6 +45,8 @@ install: release
 	[ -e $(DESTDIR)$(SYSCONFDIR)/vtpm/vtpmd.conf ] || install -m 0644 packaging/vtpmd.conf $(DESTDIR)$(SYSCONFDIR)/vtpm/vtpmd.conf
 	install -m 0644 packaging/apparmor/swift-vtpm $(DESTDIR)$(SYSCONFDIR)/apparmor.d/abstractions/swift-vtpm
 	install -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/swift-vtpm/README.md
+	install -d -m 0755 $(DESTDIR)$(SYSTEMDDIR)
+	install -m 0644 packaging/systemd/vtpm-ca-signer.service $(DESTDIR)$(SYSTEMDDIR)/vtpm-ca-signer.service
 
 DEB_ROOT := .build/deb/root
 DEB_FILE := .build/deb/swift-vtpm_$(VERSION)_amd64.deb

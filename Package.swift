@@ -35,7 +35,7 @@ let package = Package(
             pkgConfig: "libtpms",
             providers: [.apt(["libtpms-dev"])]
         ),
-        .target(name: "CVTPMShims"),
+        .target(name: "CVTPMShims", linkerSettings: [.linkedLibrary("seccomp")]),
         .target(name: "_VTPMPosix", dependencies: ["CVTPMShims"], swiftSettings: settings),
         .target(name: "TPMWire", swiftSettings: settings),
         .target(
@@ -55,6 +55,14 @@ let package = Package(
             swiftSettings: settings
         ),
         .target(
+            name: "CASigner",
+            dependencies: [
+                "EndorsementCA", "Registry", "TPMWire", "VMIdentity", "_VTPMPosix",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: settings
+        ),
+        .target(
             name: "CloneRekey",
             dependencies: [
                 "TPMEngine", "TPMWire", "StateStore", "Registry", "EndorsementCA", "VMIdentity", "_VTPMPosix",
@@ -67,7 +75,7 @@ let package = Package(
             name: "VTPMServer",
             dependencies: [
                 "_VTPMPosix", "TPMWire", "TPMEngine", "StateStore", "CloneRekey", "EndorsementCA", "Registry",
-                "VMIdentity",
+                "VMIdentity", "CASigner",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -85,7 +93,7 @@ let package = Package(
             name: "StateTool",
             dependencies: [
                 "VTPMServer", "_VTPMPosix", "TPMEngine", "TPMWire", "StateStore", "CloneRekey", "EndorsementCA",
-                "Registry", "VMIdentity",
+                "Registry", "VMIdentity", "CASigner",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -145,6 +153,16 @@ let package = Package(
             dependencies: ["Registry", "VMIdentity", "TestSupport", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: settings
         ),
+        .testTarget(
+            name: "CASignerTests",
+            dependencies: [
+                "CASigner", "EndorsementCA", "Registry", "VMIdentity", "TestSupport", "_VTPMPosix",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: settings
+        ),
         .testTarget(name: "TPMWireTests", dependencies: ["TPMWire"], swiftSettings: settings),
         .testTarget(name: "VMIdentityTests", dependencies: ["VMIdentity"], swiftSettings: settings),
         .testTarget(name: "VTPMServerTests", dependencies: ["VTPMServer"], swiftSettings: settings),
@@ -186,7 +204,9 @@ let package = Package(
         ),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["TestSupport", "TPMWire", "StateStore", "EndorsementCA", "Registry", "VMIdentity"],
+            dependencies: [
+                "TestSupport", "TPMWire", "StateStore", "EndorsementCA", "Registry", "VMIdentity", "CASigner",
+            ],
             swiftSettings: settings
         ),
     ]

@@ -98,6 +98,9 @@ public final class CloneRekeyCoordinator {
         /// A CA loaded (or created) when a certificate is first needed (vtpmd: most starts issue none, and
         /// loading the P-384 key is a measurable part of a start).
         case deferred(() throws -> HostCA)
+        /// A separated signer that holds the CA key: each EK is recorded in the registry before its
+        /// certificate is asked for, and the signer checks the request against that record.
+        case remote(any EKCertificateIssuer)
     }
 
     private var authority: CertificateAuthority
@@ -199,8 +202,11 @@ public final class CloneRekeyCoordinator {
         generation: UInt64,
         certify: CertifiedKeys = .both
     ) throws -> RekeyResult {
-        let ca = try self.hostCA()
+        let issuer = try self.issuer()
+        let recordsKeys: Bool
+        if case .remote = self.authority { recordsKeys = true } else { recordsKeys = false }
         let vmID = self.vmID
+        let registry = self.registry
         return try RekeyProcedure().run(
             on: engine,
             permanentState: permanentState,
@@ -212,12 +218,33 @@ public final class CloneRekeyCoordinator {
                 generation: generation
             ),
             issueCertificates: { rsa, ecc in
-                guard let ca else { return ([], []) }
-                func issue(_ key: CertifiedKeys, _ tpm2bPublic: [UInt8]) throws -> [UInt8] {
-                    guard certify.contains(key) else { return [] }
-                    return try ca.issueEKCertificate(
+                guard let issuer else { return ([], []) }
+                let keys = (rsa: try EKPublicKey(tpm2bPublic: rsa), ecc: try EKPublicKey(tpm2bPublic: ecc))
+                if recordsKeys {
+                    guard let registry else {
+                        throw CloneRekeyError(
+                            .certificateIssuance,
+                            "a separated CA signer needs the registry to record the EKs"
+                        )
+                    }
+                    for (key, algorithm) in [(keys.rsa, EndorsementKeyRecord.Algorithm.rsa), (keys.ecc, .ecc)] {
+                        try registry.recordEndorsementKey(
+                            EndorsementKeyRecord(
+                                vmID: vmID,
+                                generation: generation,
+                                algorithm: algorithm,
+                                publicKeyDigest: try key.digest(),
+                                parentVMID: parent?.vmID,
+                                parentGeneration: parent?.generation
+                            )
+                        )
+                    }
+                }
+                func issue(_ which: CertifiedKeys, _ key: EKPublicKey) throws -> [UInt8] {
+                    guard certify.contains(which) else { return [] }
+                    return try issuer.issueEKCertificate(
                         EKCertificateRequest(
-                            publicKey: try EKPublicKey(tpm2bPublic: tpm2bPublic),
+                            publicKey: key,
                             vmID: vmID,
                             generation: generation,
                             parentVMID: parent?.vmID,
@@ -225,7 +252,7 @@ public final class CloneRekeyCoordinator {
                         )
                     )
                 }
-                return (try issue(.rsa, rsa), try issue(.ecc, ecc))
+                return (try issue(.rsa, keys.rsa), try issue(.ecc, keys.ecc))
             }
         )
     }
@@ -306,12 +333,14 @@ public final class CloneRekeyCoordinator {
         return outcome
     }
 
-    /// The host CA, loaded on first use; nil without one.
+    /// What issues this VM's EK certificates: the host CA (loaded on first use) or the separated signer;
+    /// nil without either.
     /// - Throws: The CA's error when it cannot be loaded (the rekey then fails and nothing changes).
-    public func hostCA() throws -> HostCA? {
+    public func issuer() throws -> (any EKCertificateIssuer)? {
         switch self.authority {
         case .none: return nil
         case .loaded(let ca): return ca
+        case .remote(let signer): return signer
         case .deferred(let load):
             let ca = try load()
             self.authority = .loaded(ca)

@@ -17,6 +17,7 @@ import _VTPMPosix
 /// | `ca` | the host CA directory (absolute path) |
 /// | `registry` | the registry: a SQLite file (absolute path) or a cluster's PostgreSQL (`postgresql://user@host:port/db`, ``RegistryLocation``) |
 /// | `host-key` | the host key file (absolute path) |
+/// | `ca-signer` | the separated CA signer's socket: EK certificates come from it, and `ca` is not read |
 /// | `host-name` | this host's name in the registry's list of hosts (default: the host name) |
 /// | `on-rollback` | `rekey` or `keep` |
 /// | `foreign-state` | `adopt` or `rekey` |
@@ -29,6 +30,8 @@ public struct HostConfiguration: Sendable, Hashable {
     public var vmID: VMID?
     public var vmIDFrom: VMIDPattern?
     public var caDirectory: String?
+    /// The separated CA signer's UNIX socket (`ca-signer`).
+    public var caSigner: String?
     public var registryPath: String?
     public var hostKeyPath: String?
     /// This host's name in a cluster registry's list of hosts (default: the host name).
@@ -158,10 +161,11 @@ public struct HostConfiguration: Sendable, Hashable {
                     throw fail(key, "'\(value)' is neither an absolute path nor a postgresql:// URL")
                 }
                 configuration.registryPath = value
-            case "ca", "host-key":
+            case "ca", "host-key", "ca-signer":
                 guard value.hasPrefix("/") else { throw fail(key, "'\(value)' is not an absolute path") }
                 switch key {
                 case "ca": configuration.caDirectory = value
+                case "ca-signer": configuration.caSigner = value
                 default: configuration.hostKeyPath = value
                 }
             case "host-name":
@@ -193,7 +197,7 @@ public struct HostConfiguration: Sendable, Hashable {
 
     /// The keys a file may hold.
     public static let keys: [String] = [
-        "ca", "foreign-state", "host-key", "host-name", "on-rollback", "registry", "vm-id", "vm-id-from",
+        "ca", "ca-signer", "foreign-state", "host-key", "host-name", "on-rollback", "registry", "vm-id", "vm-id-from",
     ]
 
     private static func trimmed(_ bytes: ArraySlice<UInt8>) -> ArraySlice<UInt8> {

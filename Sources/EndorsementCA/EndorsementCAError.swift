@@ -7,7 +7,7 @@ public struct EndorsementCAError: Error, Hashable, Sendable, CustomStringConvert
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         enum Base: Hashable, Sendable {
             case alreadyExists, notFound, hostileFile, io, malformedKey, malformedCertificate, keyMismatch
-            case malformedPublicArea, unsupportedKey, invalidRequest, signing
+            case malformedPublicArea, unsupportedKey, invalidRequest, signing, refused, unavailable
         }
         let base: Base
         /// `create` found a CA key or certificate in the directory and refuses to overwrite it.
@@ -32,6 +32,10 @@ public struct EndorsementCAError: Error, Hashable, Sendable, CustomStringConvert
         public static let invalidRequest = Code(base: .invalidRequest)
         /// Building or signing a certificate failed.
         public static let signing = Code(base: .signing)
+        /// The separated CA signer refused the request (it does not match what the registry records).
+        public static let refused = Code(base: .refused)
+        /// The separated CA signer could not be reached, or answered out of protocol.
+        public static let unavailable = Code(base: .unavailable)
         public var description: String { "\(self.base)" }
     }
 

@@ -551,7 +551,7 @@ extension RegistryDatabase {
     }
 
     /// A stored vm-id column.
-    private static func vmID(_ row: SQLRow, _ column: String) throws -> VMID {
+    static func vmID(_ row: SQLRow, _ column: String) throws -> VMID {
         guard let vm = try self.optionalVMID(row, column) else {
             throw RegistryError(.corrupt, "the registry holds a NULL \(column)")
         }
@@ -559,7 +559,7 @@ extension RegistryDatabase {
     }
 
     /// A stored vm-id column that may be NULL.
-    private static func optionalVMID(_ row: SQLRow, _ column: String) throws -> VMID? {
+    static func optionalVMID(_ row: SQLRow, _ column: String) throws -> VMID? {
         guard let text = try row.optionalString(column) else { return nil }
         guard let vm = VMID(text) else { throw RegistryError(.corrupt, "the registry holds a bad \(column) '\(text)'") }
         return vm
@@ -579,5 +579,89 @@ extension RegistryDatabase {
             throw RegistryError(.corrupt, "the registry holds a negative \(what) (\(value))")
         }
         return result
+    }
+}
+
+// MARK: - Endorsement keys
+
+extension RegistryDatabase {
+    public func recordEndorsementKey(_ record: EndorsementKeyRecord) throws {
+        let vm = record.vmID.description
+        let generation = try Self.int64(record.generation, "generation")
+        let parentGeneration = try record.parentGeneration.map { try Self.int64($0, "parent generation") }
+        let what = "record the \(record.algorithm.rawValue) EK of \(vm) generation \(record.generation)"
+        try self.run(.durableWrite, what) { s in
+            let current = try s.fetchOne("SELECT current_generation FROM identity WHERE vm_id = ?", [.text(vm)])?
+                .optionalInt64("current_generation")
+            let existing = try s.fetchOne(
+                "SELECT * FROM endorsement_key WHERE vm_id = ? AND generation = ? AND algorithm = ?",
+                [.text(vm), .integer(generation), .text(record.algorithm.rawValue)]
+            ).map(Self.endorsementKey(from:))
+            if let current, generation <= current {
+                // The generation is recorded: its keys are fixed.
+                guard let existing, existing.matches(record) else {
+                    throw RegistryError(
+                        .conflict,
+                        "\(vm) is at generation \(current): the EKs of generation \(record.generation) are fixed"
+                    )
+                }
+                return
+            }
+            let values: [SQLValue] = [
+                .text(record.publicKeyDigest.hexString), record.parentVMID.map { .text($0.description) } ?? .null,
+                parentGeneration.map { .integer($0) } ?? .null, .integer(self.clock().microsecondsSinceEpoch),
+                .text(vm), .integer(generation), .text(record.algorithm.rawValue),
+            ]
+            if existing == nil {
+                try s.execute(
+                    """
+                    INSERT INTO endorsement_key (public_key_digest, parent_vm_id, parent_generation, recorded_at,
+                        vm_id, generation, algorithm) VALUES (?, ?, ?, ?, ?, ?, ?)
+                    """,
+                    values
+                )
+            } else {
+                try s.execute(
+                    """
+                    UPDATE endorsement_key SET public_key_digest = ?, parent_vm_id = ?, parent_generation = ?,
+                        recorded_at = ? WHERE vm_id = ? AND generation = ? AND algorithm = ?
+                    """,
+                    values
+                )
+            }
+        }
+    }
+
+    public func endorsementKey(
+        vmID: VMID,
+        generation: UInt64,
+        algorithm: EndorsementKeyRecord.Algorithm
+    ) throws -> EndorsementKeyRecord? {
+        let vm = vmID.description
+        let number = try Self.int64(generation, "generation")
+        return try self.run(.read, "read the \(algorithm.rawValue) EK of \(vm) generation \(generation)") { s in
+            try s.fetchOne(
+                "SELECT * FROM endorsement_key WHERE vm_id = ? AND generation = ? AND algorithm = ?",
+                [.text(vm), .integer(number), .text(algorithm.rawValue)]
+            ).map(Self.endorsementKey(from:))
+        }
+    }
+
+    static func endorsementKey(from row: SQLRow) throws -> EndorsementKeyRecord {
+        let vm = try Self.vmID(row, "vm_id")
+        guard let algorithm = EndorsementKeyRecord.Algorithm(rawValue: try row.string("algorithm")),
+            let digest = [UInt8](hexString: try row.string("public_key_digest")), digest.count == 32
+        else {
+            throw RegistryError(.corrupt, "the registry holds a bad endorsement_key row of \(vm)")
+        }
+        return EndorsementKeyRecord(
+            vmID: vm,
+            generation: try Self.uint64(try row.int64("generation"), "generation"),
+            algorithm: algorithm,
+            publicKeyDigest: digest,
+            parentVMID: try Self.optionalVMID(row, "parent_vm_id"),
+            parentGeneration: try row.optionalInt64("parent_generation").map { try Self.uint64($0, "generation") },
+            recordedAt: Timestamp(microsecondsSinceEpoch: try row.int64("recorded_at"))
+        )
     }
 }

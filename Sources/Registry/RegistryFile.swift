@@ -8,6 +8,11 @@ import _VTPMPosix
 /// missing file is made in a fresh private directory (0700) beside it, with mode 0600, and then
 /// hard-linked into place: `link(2)` fails if the name exists, so a concurrent creator is never
 /// overwritten, and nobody can open the file in between. SQLite gives its journal the database file's mode.
+///
+/// A registry in a set-group-ID directory is shared with that directory's group (the separated CA signer's,
+/// which reads the EKs a rekey recorded): it is created with mode 0660, and group write is accepted on a
+/// file of the directory's group. SQLite's write-ahead log and shared-memory files, which every reader must
+/// be able to create and lock, then get the same mode and group.
 enum RegistryFile {
     /// Makes sure `path` names a usable registry file, creating an empty one (0600) if it is missing.
     /// - Returns: Whether this call created the file.
@@ -15,12 +20,14 @@ enum RegistryFile {
         let fileManager = FileManager.default
         // The common case, an existing file, is one fstatat (FileManager's attributes would also look up
         // the owner's and group's names: a measurable part of vtpmd's start).
-        if let status = try self.status(path) {
-            try self.vet(path: path, status: status)
-            return false
-        }
         let url = URL(fileURLWithPath: path)
         let directory = url.deletingLastPathComponent().path
+        let sharedGroup = try self.sharedGroup(directory: directory)
+        if let status = try self.status(path) {
+            try self.vet(path: path, status: status, sharedGroup: sharedGroup)
+            return false
+        }
+        let mode: Int = sharedGroup == nil ? 0o600 : 0o660
         do {
             if !fileManager.fileExists(atPath: directory) {
                 try fileManager.createDirectory(
@@ -42,13 +49,13 @@ enum RegistryFile {
             else {
                 throw RegistryError(.io, "cannot create \(fresh)")
             }
-            try fileManager.setAttributes([.posixPermissions: 0o600], ofItemAtPath: fresh)
+            try fileManager.setAttributes([.posixPermissions: mode], ofItemAtPath: fresh)
             do {
                 try fileManager.linkItem(atPath: fresh, toPath: path)
             } catch {
                 // Another process created it first: use theirs, after the same checks.
                 guard let status = try self.status(path) else { throw error }
-                try self.vet(path: path, status: status)
+                try self.vet(path: path, status: status, sharedGroup: sharedGroup)
                 return false
             }
             return true
@@ -73,15 +80,25 @@ enum RegistryFile {
         }
     }
 
-    /// Refuses a symlink, a non-regular file, and a file that group or others may write.
-    private static func vet(path: String, status: FileStatus) throws {
+    /// The group a set-group-ID `directory` shares its registry with, or nil.
+    private static func sharedGroup(directory: String) throws -> UInt32? {
+        guard let status = try self.status(directory), status.kind == .directory, status.mode & 0o2000 != 0 else {
+            return nil
+        }
+        return status.group
+    }
+
+    /// Refuses a symlink, a non-regular file, and a file that others may write, or group unless the file
+    /// is shared with `sharedGroup` (its group is that group).
+    private static func vet(path: String, status: FileStatus, sharedGroup: UInt32?) throws {
         if status.kind == .symlink {
             throw RegistryError(.hostileFile, "the registry \(path) is a symbolic link; refusing to follow it")
         }
         guard status.kind == .regular else {
             throw RegistryError(.hostileFile, "the registry \(path) is not a regular file")
         }
-        if status.mode & 0o022 != 0 {
+        let groupMayWrite = sharedGroup != nil && status.group == sharedGroup
+        if status.mode & 0o002 != 0 || (status.mode & 0o020 != 0 && !groupMayWrite) {
             throw RegistryError(
                 .hostileFile,
                 "the registry \(path) is writable by group or others (mode \(String(status.mode & 0o7777, radix: 8)))"

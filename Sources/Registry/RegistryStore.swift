@@ -175,6 +175,20 @@ public protocol RegistryStore: AnyObject, Sendable {
     @discardableResult
     func revokeHost(id: String, reason: String) throws -> HostRecord
 
+    /// Records an endorsement key derived for a generation, before its certificate is asked for. A record
+    /// for a generation beyond the VM's recorded one replaces an earlier record; once the generation is
+    /// recorded, only the same record is accepted again.
+    /// - Throws: ``RegistryError`` (``RegistryError/Code/conflict`` for another key of a recorded generation).
+    func recordEndorsementKey(_ record: EndorsementKeyRecord) throws
+
+    /// The recorded endorsement key of one generation and algorithm, or nil.
+    /// - Throws: ``RegistryError``.
+    func endorsementKey(
+        vmID: VMID,
+        generation: UInt64,
+        algorithm: EndorsementKeyRecord.Algorithm
+    ) throws -> EndorsementKeyRecord?
+
     /// Lineage events, of one VM (events that happened to it) or (with nil) of all, oldest first.
     /// - Parameter vmID: The VM identity, or nil for all.
     /// - Throws: ``RegistryError``.

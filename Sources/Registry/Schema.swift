@@ -18,7 +18,7 @@ import Foundation
 /// steps in one transaction and refuses a database written by a newer build.
 enum Schema {
     /// The version this build writes.
-    static let currentVersion: Int64 = 3
+    static let currentVersion: Int64 = 4
 
     /// The SQL dialects the schema is written for.
     enum Dialect: Sendable {
@@ -28,14 +28,14 @@ enum Schema {
     /// Migration steps: `steps(dialect)[n]` takes the schema from version n to n + 1.
     static func steps(_ dialect: Dialect) -> [String] {
         switch dialect {
-        case .sqlite: return [version1, version2, version3]
+        case .sqlite: return [version1, version2, version3, version4]
         // The only difference: PostgreSQL's auto-assigned id column is spelled differently.
         case .postgresql:
             return [
                 version1.replacingOccurrences(
                     of: "id INTEGER PRIMARY KEY,",
                     with: "id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
-                ), version2, version3,
+                ), version2, version3, version4,
             ]
         }
     }
@@ -113,6 +113,22 @@ enum Schema {
             registered_at BIGINT NOT NULL,
             revoked_at BIGINT,
             revoked_reason TEXT
+        );
+        """
+
+    /// Version 4: the endorsement keys a rekey derived (``EndorsementKeyRecord``), recorded before their
+    /// certificates are asked for, so that a separated CA signer certifies only what the registry records.
+    /// PostgreSQL: the same statement.
+    static let version4 = """
+        CREATE TABLE endorsement_key (
+            vm_id TEXT NOT NULL,
+            generation BIGINT NOT NULL,
+            algorithm TEXT NOT NULL,
+            public_key_digest TEXT NOT NULL,
+            parent_vm_id TEXT,
+            parent_generation BIGINT,
+            recorded_at BIGINT NOT NULL,
+            PRIMARY KEY (vm_id, generation, algorithm)
         );
         """
 

@@ -1,3 +1,4 @@
+import CASigner
 import CloneRekey
 import EndorsementCA
 import Foundation
@@ -50,6 +51,7 @@ public enum StateProvisioner {
         path: String,
         vmID: String,
         caDirectory: String?,
+        caSigner: String? = nil,
         registryPath: String?,
         overwrite: Bool,
         options: CreateOptions = CreateOptions()
@@ -58,6 +60,7 @@ public enum StateProvisioner {
             location: .directory(path),
             vmID: vmID,
             caDirectory: caDirectory,
+            caSigner: caSigner,
             registryPath: registryPath,
             overwrite: overwrite,
             options: options
@@ -70,6 +73,7 @@ public enum StateProvisioner {
         location: StateLocation,
         vmID: String,
         caDirectory: String?,
+        caSigner: String? = nil,
         registryPath: String?,
         overwrite: Bool,
         stateKey: StateKey? = nil,
@@ -77,20 +81,20 @@ public enum StateProvisioner {
     ) throws -> Outcome {
         let path = location.path
         let vm = try self.parseVMID(vmID)
-        guard caDirectory != nil || options.endorsementKeys == [.rsa, .ecc] else {
+        guard caDirectory != nil || caSigner != nil || options.endorsementKeys == [.rsa, .ecc] else {
             throw StateToolError(.invalidArgument, "--ek needs --ca: without a CA no EK certificate is written")
         }
         guard !options.endorsementKeys.isEmpty else {
             throw StateToolError(.invalidArgument, "--ek needs at least one of rsa, ecc")
         }
-        let ca = try caDirectory.map(self.loadCA)
+        let ca = try self.authority(directory: caDirectory, signer: caSigner, registryPath: registryPath)
         // Refused before any work; checked again once the directory is locked.
         if case .directory = location { try self.refuseExistingTPM(path, overwrite: overwrite) }
         let coordinator = try self.coordinator(vm, ca: ca, registryPath: registryPath)
         let generation = try self.nextGeneration(coordinator, atLeast: 0)
         let engine = try self.engine(InMemoryEngineStorage())
         var permanent = try self.manufacture(engine, pcrBanks: options.pcrBanks)
-        if ca != nil {
+        if coordinator.certifies {
             var certify: CloneRekeyCoordinator.CertifiedKeys = []
             if options.endorsementKeys.contains(.rsa) { certify.insert(.rsa) }
             if options.endorsementKeys.contains(.ecc) { certify.insert(.ecc) }
@@ -126,12 +130,18 @@ public enum StateProvisioner {
         source: String,
         target: String,
         vmID: String,
-        caDirectory: String,
+        caDirectory: String?,
+        caSigner: String? = nil,
         registryPath: String?,
         stateKey: StateKey? = nil
     ) throws -> Outcome {
         let vm = try self.parseVMID(vmID)
-        let ca = try self.loadCA(caDirectory)
+        let ca = try self.authority(
+            directory: caDirectory,
+            signer: caSigner,
+            registryPath: registryPath,
+            required: true
+        )
         let opened = try OpenedState.open(source, stateKey: stateKey)
         let permanent = try opened.requirePermanentState()
         if let sourceVM = opened.identity?.vmID, sourceVM == vm {
@@ -184,12 +194,18 @@ public enum StateProvisioner {
     public static func rekey(
         path: String,
         vmID: String?,
-        caDirectory: String,
+        caDirectory: String?,
+        caSigner: String? = nil,
         registryPath: String?,
         stateKey: StateKey? = nil
     ) throws -> Outcome {
         let given = try vmID.map(self.parseVMID)
-        let ca = try self.loadCA(caDirectory)
+        let ca = try self.authority(
+            directory: caDirectory,
+            signer: caSigner,
+            registryPath: registryPath,
+            required: true
+        )
         let opened = try OpenedState.open(path, stateKey: stateKey)
         let permanent = try opened.requirePermanentState()
         let recordedVM = opened.identity?.vmID
@@ -237,13 +253,39 @@ public enum StateProvisioner {
     }
 
     /// The clone-rekey coordinator for `vm` (the same one vtpmd uses).
-    static func coordinator(_ vm: VMID, ca: HostCA?, registryPath: String?) throws -> CloneRekeyCoordinator {
+    static func coordinator(
+        _ vm: VMID,
+        ca: CloneRekeyCoordinator.CertificateAuthority,
+        registryPath: String?
+    ) throws -> CloneRekeyCoordinator {
         CloneRekeyCoordinator(
             vmID: vm,
             registry: try registryPath.map(self.openRegistry),
-            ca: ca.map { .loaded($0) } ?? .none,
+            ca: ca,
             creator: "vtpm-state"
         )
+    }
+
+    /// The separated CA signer at `signer` when given (it needs the registry, where each EK is recorded
+    /// before its certificate is asked for), else the CA in `directory`, else none.
+    /// - Throws: ``StateToolError`` when the CA does not load, or (`required`) neither is given.
+    static func authority(
+        directory: String?,
+        signer: String?,
+        registryPath: String?,
+        required: Bool = false
+    ) throws -> CloneRekeyCoordinator.CertificateAuthority {
+        if let signer {
+            guard registryPath != nil else {
+                throw StateToolError(.invalidArgument, "the CA signer \(signer) needs a registry (--registry)")
+            }
+            return .remote(CASignerClient(socketPath: signer))
+        }
+        if let directory { return .loaded(try self.loadCA(directory)) }
+        guard !required else {
+            throw StateToolError(.invalidArgument, "give --ca or --ca-signer (or ca = DIR in the host configuration)")
+        }
+        return .none
     }
 
     static func loadCA(_ directory: String) throws -> HostCA {

@@ -141,12 +141,13 @@ public enum SwtpmSetup {
                     + "and --vmid names no UUID"
             )
         }
-        guard let caDirectory = host.caDirectory else {
+        guard let caSource = host.caSigner ?? host.caDirectory else {
             return self.delegate(
                 arguments,
                 environment: environment,
                 log: log,
-                reason: "the host configuration (\(host.source ?? HostConfiguration.defaultPath)) names no ca"
+                reason:
+                    "the host configuration (\(host.source ?? HostConfiguration.defaultPath)) names no ca or ca-signer"
             )
         }
         // Read only now: a hand-over above gives swtpm's tool the descriptor unread.
@@ -159,7 +160,8 @@ public enum SwtpmSetup {
         let outcome = try StateProvisioner.create(
             location: location,
             vmID: vmID,
-            caDirectory: caDirectory,
+            caDirectory: host.caDirectory,
+            caSigner: host.caSigner,
             registryPath: ToolDefaults.registry(nil, host),
             overwrite: options.overwrite,
             stateKey: stateKey,
@@ -168,7 +170,7 @@ public enum SwtpmSetup {
         let elapsed = ContinuousClock.now - start
         log.info("VM identity \(outcome.vmID) (from \(source)), generation \(outcome.generation).")
         log.info(
-            "Successfully created the RSA 2048 and ECC NIST P-256 EKs and their certificates from the CA \(caDirectory)."
+            "Successfully created the RSA 2048 and ECC NIST P-256 EKs and their certificates from the CA \(caSource)."
         )
         if stateKey != nil { log.info("The TPM's state is encrypted with the given key.") }
         if let banks = createOptions.pcrBanks {

@@ -11,7 +11,8 @@ public enum Capabilities {
     public static func json() -> String {
         // swtpm 0.7.1's names and order (its test suite matches the list exactly).
         var features = [
-            "tpm-2.0", "tpm-send-command-header", "flags-opt-startup", "cmdarg-key-fd", "cmdarg-pwd-fd",
+            "tpm-2.0", "tpm-send-command-header", "flags-opt-startup", "cmdarg-seccomp", "cmdarg-key-fd",
+            "cmdarg-pwd-fd",
             "cmdarg-print-states", "nvram-backend-dir",
         ]
         if self.fileBackendSupported { features.append("nvram-backend-file") }

@@ -70,6 +70,7 @@ extension CommandLineOptions {
             case "config": options.config = value
             case "vm-id": options.vmID = value
             case "ca": options.ca = value
+            case "ca-signer": options.caSigner = value
             case "registry": options.registry = value
             case "host-key": options.hostKey = value
             case "on-rollback": options.onRollback = value

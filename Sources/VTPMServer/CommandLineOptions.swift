@@ -22,6 +22,8 @@ public struct CommandLineOptions: Sendable {
     public var migrationKey: String?
     public var seccomp: String?
     public var runas: String?
+    /// `--ca-signer PATH`: the separated CA signer's socket.
+    public var caSigner: String?
     /// `chardev --fd N` / `socket --fd N`: an inherited connected data stream.
     public var fd: Int?
     public var environment: [String: String] = [:]
@@ -239,12 +241,13 @@ public struct CommandLineOptions: Sendable {
             if try o.bool("strict") == true { c.migrationPolicy = .strict }
         }
         try self.applyIdentity(to: &c)
-        // --seccomp: vtpmd installs no seccomp profile; only swtpm's spellings are accepted.
+        // --seccomp action=none|kill|log (swtpm's option; kill when absent, as swtpm's default).
         if let seccomp {
             let o = try OptionString(seccomp, option: "--seccomp", allowed: ["action"])
-            guard let action = try o.string("action"), ["none", "kill", "log"].contains(action) else {
+            guard let name = try o.string("action"), let action = SeccompProfile.Action(rawValue: name) else {
                 throw OptionError("--seccomp: action must be none, kill or log")
             }
+            c.seccomp = action
         }
         return c
     }
@@ -286,6 +289,7 @@ public struct CommandLineOptions: Sendable {
             }
         }
         let ca = self.ca ?? host.caDirectory
+        let caSigner = self.caSigner ?? host.caSigner
         let registry = self.registry ?? host.registryPath
         let hostKey = self.hostKey ?? host.hostKeyPath
         var onRollback = host.onRollback
@@ -304,10 +308,13 @@ public struct CommandLineOptions: Sendable {
         }
         guard let vm else {
             let given =
-                self.ca != nil || self.registry != nil || self.hostKey != nil || self.onRollback != nil
+                self.ca != nil || self.caSigner != nil || self.registry != nil || self.hostKey != nil
+                || self.onRollback != nil
                 || self.foreignState != nil
             if given && host.vmIDFrom == nil {
-                throw OptionError("--ca, --registry, --host-key, --on-rollback and --foreign-state need --vm-id")
+                throw OptionError(
+                    "--ca, --ca-signer, --registry, --host-key, --on-rollback and --foreign-state need --vm-id"
+                )
             }
             return
         }
@@ -323,6 +330,7 @@ public struct CommandLineOptions: Sendable {
         if let onRollback { identity.onRollback = onRollback }
         if let foreignState { identity.foreignState = foreignState }
         if let name = host.hostName { identity.hostName = name }
+        identity.caSigner = caSigner
         identity.loadCAAtStart = self.runas != nil
         c.identity = identity
     }

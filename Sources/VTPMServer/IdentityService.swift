@@ -1,3 +1,4 @@
+import CASigner
 public import CloneRekey
 import Crypto
 import EndorsementCA
@@ -22,6 +23,9 @@ public struct IdentityConfiguration: Sendable {
     /// The host CA; nil: EKs are not certified (a rekey removes the old certificates, a new TPM is
     /// manufactured blank, as swtpm does without swtpm_setup).
     public var caDirectory: String?
+    /// The separated CA signer's socket (`--ca-signer`, `ca-signer`): when set, EK certificates come from it
+    /// and ``caDirectory`` is not read.
+    public var caSigner: String?
     public var registryPath: String
     public var hostKeyPath: String
     /// This host's name in the registry's list of hosts (`host-name`, else the host name).
@@ -112,7 +116,7 @@ final class IdentityService {
         self.coordinator = CloneRekeyCoordinator(
             vmID: configuration.vmID,
             registry: self.registry,
-            ca: try Self.certificateAuthority(configuration),
+            ca: try Self.certificateAuthority(configuration, logger: logger),
             policy: DecisionPolicy(onRollback: configuration.onRollback, foreignState: configuration.foreignState)
         )
     }
@@ -132,9 +136,14 @@ final class IdentityService {
     }
 
     static func certificateAuthority(
-        _ configuration: IdentityConfiguration
+        _ configuration: IdentityConfiguration,
+        logger: Logger
     ) throws -> CloneRekeyCoordinator.CertificateAuthority {
+        if let socket = configuration.caSigner { return .remote(CASignerClient(socketPath: socket)) }
         guard let directory = configuration.caDirectory else { return .none }
+        logger.warning(
+            "the host CA's private key (\(directory)) is read by the process that serves the guest: set ca-signer to keep it in a separate signer"
+        )
         if configuration.loadCAAtStart { return .loaded(try HostCA.loadOrCreate(at: directory)) }
         return .deferred({ try HostCA.loadOrCreate(at: directory) })
     }

@@ -237,6 +237,25 @@ public final class Server {
         }
     }
 
+    /// Installs the seccomp filter (``SeccompProfile``) with the configured action, once the start-up that
+    /// needs more (configuration, sockets, files, `--runas`) is done. With `VTPMD_TEST_SECCOMP_PROBE` in the
+    /// environment it then makes one call outside the list, which the tests of the filter look for.
+    public func confine() throws {
+        let action = self.configuration.seccomp
+        do {
+            try SeccompProfile.install(action)
+        } catch {
+            throw ServerError.startup("cannot install the seccomp filter: \(error)")
+        }
+        self.logger.info(
+            "seccomp filter: action=\(action.rawValue), \(SeccompProfile.installable.count) system calls allowed"
+        )
+        if ProcessControl.environment("VTPMD_TEST_SECCOMP_PROBE") != nil {
+            let ran = SeccompFilter.probe()
+            self.logger.notice("seccomp probe: personality(2) \(ran ? "ran" : "failed")")
+        }
+    }
+
     /// Undoes `start` after a startup failure: closes the sockets, removes their paths and the pid file.
     public func abandon() {
         self.engine.terminate()

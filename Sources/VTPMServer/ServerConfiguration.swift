@@ -22,6 +22,8 @@ public struct ServerConfiguration: Sendable {
     }
 
     public var control: Endpoint?
+    /// What a system call outside ``SeccompProfile/allowed`` gets once vtpmd serves (`--seccomp action=`).
+    public var seccomp: SeccompProfile.Action = .kill
     public var server: Endpoint?
     /// The data descriptor is a character device (`chardev --fd`): errors on it stop its
     /// service but do not end the process.

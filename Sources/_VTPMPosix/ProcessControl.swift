@@ -1,3 +1,5 @@
+internal import CVTPMShims
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -99,18 +101,42 @@ package enum ProcessControl {
         return unsafe (String(cString: name), String(cString: home))
     }
 
-    /// Switches to `user` (name or numeric uid): supplementary groups, gid, uid. Wraps `setuid`.
+    /// Switches to `user` (name or numeric uid) for good: the capability bounding and ambient sets are
+    /// emptied (where the process may), the supplementary groups are dropped (the process keeps only the
+    /// user's primary group), then gid and uid change and the permitted, effective and inheritable
+    /// capabilities are cleared. Wraps `setgroups`, `setgid`, `setuid` and `capset`.
     package static func runAs(user: String) throws(PosixError) {
         guard let pw = unsafe getpwnam(user) ?? (UInt32(user).flatMap { unsafe getpwuid($0) }) else {
             throw PosixError(errno: ENOENT, function: "getpwnam", object: user)
         }
         let uid = unsafe pw.pointee.pw_uid
-        let gid = unsafe pw.pointee.pw_gid
-        if unsafe initgroups(pw.pointee.pw_name, gid) != 0 {
-            throw PosixError(errno: currentErrno(), function: "initgroups", object: user)
+        var gid = unsafe pw.pointee.pw_gid
+        let privileged = geteuid() == 0
+        if privileged {
+            let rc = cvtpm_drop_bounding_capabilities()
+            if rc != 0 { throw PosixError(errno: -rc, function: "prctl(PR_CAPBSET_DROP)", object: user) }
+            if unsafe setgroups(1, &gid) != 0 {
+                throw PosixError(errno: currentErrno(), function: "setgroups", object: user)
+            }
         }
         if setgid(gid) != 0 { throw PosixError(errno: currentErrno(), function: "setgid", object: user) }
         if setuid(uid) != 0 { throw PosixError(errno: currentErrno(), function: "setuid", object: user) }
+        if uid != 0 {
+            let rc = cvtpm_clear_capabilities()
+            if rc != 0 { throw PosixError(errno: -rc, function: "capset", object: user) }
+        }
+    }
+
+    /// The id of user `name` (or a numeric uid), or nil. Wraps `getpwnam`.
+    package static func userID(_ name: String) -> UInt32? {
+        if let user = unsafe getpwnam(name) { return unsafe user.pointee.pw_uid }
+        return UInt32(name)
+    }
+
+    /// The id of group `name` (or a numeric gid), or nil. Wraps `getgrnam`.
+    package static func groupID(_ name: String) -> UInt32? {
+        if let group = unsafe getgrnam(name) { return unsafe group.pointee.gr_gid }
+        return UInt32(name)
     }
 
     /// Replaces this process with `path` run with `arguments` (`arguments[0]` is the program name it

@@ -1,3 +1,5 @@
+internal import CVTPMShims
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -107,6 +109,29 @@ package enum Socket {
         setNoDelay(fd)
         return fd
     }
+
+    /// Bounds every later blocking read and write on `fd` to `milliseconds` (SO_RCVTIMEO, SO_SNDTIMEO): a
+    /// call that waits longer fails with EAGAIN. Wraps `setsockopt`.
+    package static func setTimeouts(_ fd: Int32, milliseconds: Int) throws(PosixError) {
+        var tv = timeval(tv_sec: milliseconds / 1000, tv_usec: (milliseconds % 1000) * 1000)
+        for option in [SO_RCVTIMEO, SO_SNDTIMEO] {
+            if unsafe setsockopt(fd, SOL_SOCKET, option, &tv, socklen_t(MemoryLayout<timeval>.size)) != 0 {
+                throw PosixError(errno: currentErrno(), function: "setsockopt(SO_RCVTIMEO)")
+            }
+        }
+    }
+
+    /// The process, user and group of a UNIX socket's peer (SO_PEERCRED), or nil. Wraps `getsockopt`.
+    package static func peerCredentials(_ fd: Int32) -> (pid: Int32, uid: UInt32, gid: UInt32)? {
+        var pid: Int32 = 0
+        var uid: UInt32 = 0
+        var gid: UInt32 = 0
+        guard unsafe cvtpm_peer_credentials(fd, &pid, &uid, &gid) == 0 else { return nil }
+        return (pid, uid, gid)
+    }
+
+    /// Shuts a socket down both ways: a thread blocked in `accept` or `read` on it returns. Wraps `shutdown`.
+    package static func shutdown(_ fd: Int32) { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
 
     /// Turns Nagle off where the socket is TCP; harmless elsewhere.
     package static func setNoDelay(_ fd: Int32) {

@@ -102,6 +102,21 @@ struct CAOption: ParsableArguments {
     }
 }
 
+/// `--ca-signer`: the separated CA signer (`vtpm-state ca serve`) issues the certificates instead of a CA
+/// directory this process reads.
+struct CASignerOption: ParsableArguments {
+    @Option(
+        name: .customLong("ca-signer"),
+        help: ArgumentHelp(
+            "The CA signer's socket (default: the host configuration's ca-signer); the CA key is then not read.",
+            valueName: "SOCKET"
+        )
+    )
+    var caSigner: String?
+
+    func resolved(_ host: HostConfiguration) -> String? { self.caSigner ?? host.caSigner }
+}
+
 struct RegistryOption: ParsableArguments {
     @Option(
         help: ArgumentHelp(
@@ -117,8 +132,60 @@ extension VTPMState {
         static let configuration = CommandConfiguration(
             commandName: "ca",
             abstract: "Manage the host CA.",
-            subcommands: [Init.self]
+            subcommands: [Init.self, Serve.self]
         )
+
+        struct Serve: ParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Run the separated CA signer: the only process that reads the CA key.",
+                discussion: """
+                    Issues an EK certificate only for a request that matches the registry's record of the VM's \
+                    EK (vm-id, generation, key, origin), and logs every issuance and refusal. vtpmd and \
+                    vtpm-state use it with --ca-signer SOCKET (or ca-signer = SOCKET in the host configuration).
+                    """
+            )
+            @OptionGroup var ca: CAOption
+            @Option(help: ArgumentHelp("The registry (default: the host configuration's).", valueName: "PATH|URL"))
+            var registry: String?
+            @Option(help: ArgumentHelp("The socket to listen on.", valueName: "PATH")) var socket: String
+            @Option(
+                name: .customLong("socket-mode"),
+                help: ArgumentHelp("The socket's mode (octal).", valueName: "MODE")
+            )
+            var socketMode: String = "0660"
+            @Option(
+                name: .customLong("socket-group"),
+                help: ArgumentHelp("The group that may connect (vtpmd's user's group).", valueName: "GROUP")
+            )
+            var socketGroup: String?
+            @Option(help: ArgumentHelp("Switch to this user once the socket exists.", valueName: "USER"))
+            var runas: String?
+            @Option(help: ArgumentHelp("Log issuances and refusals to this file.", valueName: "FILE"))
+            var log: String?
+
+            func validate() throws {
+                guard let mode = UInt32(self.socketMode, radix: 8), mode <= 0o777 else {
+                    throw ValidationError("--socket-mode: '\(self.socketMode)' is not an octal mode")
+                }
+                _ = mode
+            }
+
+            func run() throws {
+                try runTool {
+                    let host = try self.ca.config.load()
+                    var options = CASignerDaemon.Options(
+                        caDirectory: try self.ca.resolved(),
+                        registry: ToolDefaults.registry(self.registry, host) ?? "/var/lib/vtpm/registry.sqlite",
+                        socketPath: self.socket
+                    )
+                    options.socketMode = UInt32(self.socketMode, radix: 8) ?? 0o660
+                    options.socketGroup = self.socketGroup
+                    options.runas = self.runas
+                    options.logPath = self.log
+                    try CASignerDaemon.run(options)
+                }
+            }
+        }
 
         struct Init: ParsableCommand {
             static let configuration = CommandConfiguration(
@@ -349,6 +416,7 @@ extension VTPMState {
             help: ArgumentHelp("EKs that get a certificate: rsa, ecc (default: both; needs --ca).", valueName: "LIST")
         )
         var endorsementKeys: String?
+        @OptionGroup var signer: CASignerOption
         @OptionGroup var registry: RegistryOption
         @Flag(help: "Replace an existing TPM in the directory.") var overwrite = false
 
@@ -376,6 +444,7 @@ extension VTPMState {
                     path: self.state.state,
                     vmID: try ToolDefaults.vmID(self.vmID, host, statePath: self.state.state),
                     caDirectory: self.ca ?? host.caDirectory,
+                    caSigner: self.signer.resolved(host),
                     registryPath: ToolDefaults.registry(self.registry.registry, host),
                     overwrite: self.overwrite,
                     options: try self.options()
@@ -400,6 +469,7 @@ extension VTPMState {
         )
         var vmID: String?
         @OptionGroup var ca: CAOption
+        @OptionGroup var signer: CASignerOption
         @OptionGroup var registry: RegistryOption
         @OptionGroup var key: KeyOption
 
@@ -414,7 +484,9 @@ extension VTPMState {
                     source: self.from,
                     target: self.to,
                     vmID: try ToolDefaults.vmID(self.vmID, host, statePath: self.to),
-                    caDirectory: try ToolDefaults.caDirectory(self.ca.ca, host),
+                    caDirectory: self.signer.resolved(host) == nil
+                        ? try ToolDefaults.caDirectory(self.ca.ca, host) : nil,
+                    caSigner: self.signer.resolved(host),
                     registryPath: ToolDefaults.registry(self.registry.registry, host),
                     stateKey: try ToolDefaults.stateKey(self.key.key)
                 )
@@ -437,6 +509,7 @@ extension VTPMState {
         )
         var vmID: String?
         @OptionGroup var ca: CAOption
+        @OptionGroup var signer: CASignerOption
         @OptionGroup var registry: RegistryOption
         @OptionGroup var key: KeyOption
 
@@ -446,7 +519,9 @@ extension VTPMState {
                 let outcome = try StateProvisioner.rekey(
                     path: self.state.state,
                     vmID: self.vmID ?? ToolDefaults.optionalVMID(host, statePath: self.state.state),
-                    caDirectory: try ToolDefaults.caDirectory(self.ca.ca, host),
+                    caDirectory: self.signer.resolved(host) == nil
+                        ? try ToolDefaults.caDirectory(self.ca.ca, host) : nil,
+                    caSigner: self.signer.resolved(host),
                     registryPath: ToolDefaults.registry(self.registry.registry, host),
                     stateKey: try ToolDefaults.stateKey(self.key.key)
                 )

@@ -65,9 +65,7 @@ struct SwtpmOptions: ParsableArguments {
         help: "Same syntax as --key (plus strict): encrypt outgoing state blobs."
     )
     var migrationKey: String?
-    // Accepted for scripts written for swtpm, but hidden: vtpmd installs no seccomp profile, and
-    // swtpm's tests (rightly) check for one when `--help` lists the option.
-    @Option(help: .hidden)
+    @Option(help: "action=kill|log|none: what a system call outside vtpmd's allow list gets (default kill).")
     var seccomp: String?
     @Option(name: [.customShort("r"), .customLong("runas")], help: "Switch to this user after creating the sockets.")
     var runas: String?
@@ -79,6 +77,11 @@ struct SwtpmOptions: ParsableArguments {
     var vmID: String?
     @Option(help: "The host CA directory (created on first use) that issues the EK certificates.")
     var ca: String?
+    @Option(
+        name: .customLong("ca-signer"),
+        help: "The separated CA signer's socket: EK certificates come from it, and the CA key is not read."
+    )
+    var caSigner: String?
     @Option(
         help:
             "The registry of identities and generations: a SQLite file (default /var/lib/vtpm/registry.sqlite) or postgresql://user@host:port/db."
@@ -134,6 +137,7 @@ struct SwtpmOptions: ParsableArguments {
         o.config = self.config
         o.vmID = self.vmID
         o.ca = self.ca
+        o.caSigner = self.caSigner
         o.registry = self.registry
         o.hostKey = self.hostKey
         o.onRollback = self.onRollback
@@ -231,6 +235,7 @@ enum Launcher {
             try server.start()
             if let user = options.runas { try ProcessControl.runAs(user: user) }
             try server.startTPMIfRequested()
+            try server.confine()
         } catch {
             created?.abandon()
             logger.error("startup failed: \(error)")

@@ -12,7 +12,7 @@ final class VTPMDInstance {
     let dataPort: UInt16
     let daemon: Daemon
 
-    init(dir: String, extra: [String] = [], state: String? = nil) throws {
+    init(dir: String, extra: [String] = [], state: String? = nil, environment: [String: String] = [:]) throws {
         self.dir = dir
         self.state = state ?? "\(dir)/state"
         try? FileManager.default.createDirectory(atPath: self.state, withIntermediateDirectories: true)
@@ -25,7 +25,8 @@ final class VTPMDInstance {
                 "socket", "--tpm2", "--tpmstate", "dir=\(self.state)", "--ctrl", "type=unixio,path=\(self.ctrlPath)",
                 "--server", "type=tcp,port=\(self.dataPort)", "--log", "file=\(dir)/vtpmd.log,level=20",
             ] + extra,
-            waitFor: self.ctrlPath
+            waitFor: self.ctrlPath,
+            environment: environment
         )
     }
 

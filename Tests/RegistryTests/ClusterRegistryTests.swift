@@ -124,7 +124,7 @@ import VMIdentity
     @Test(.enabled(if: PostgresServer.isAvailable)) func aSchemaFromANewerBuildIsRefused() throws {
         let settings = try freshPostgresDatabase()
         let registry = RegistryDatabase(postgres: settings)
-        #expect(try registry.schemaVersion() == 3)
+        #expect(try registry.schemaVersion() == 4)
         try registry.close()
         _ = try sharedPostgres.get().sql("UPDATE schema_version SET version = 99", database: settings.database)
         let newer = RegistryDatabase(postgres: settings)

@@ -43,7 +43,7 @@ import VMIdentity
                 try registry.close()
             }
             let reopened = try RegistryDatabase(sqlitePath: path)
-            #expect(try reopened.schemaVersion() == 3)
+            #expect(try reopened.schemaVersion() == 4)
             #expect(try reopened.currentGeneration(vmID: VM.a)?.generation == 0)
             let latest = try #require(try reopened.latestCheckpoint(vmID: VM.a, generation: 0))
             #expect(latest.checkpoint == 1 && latest.ranAfter)
@@ -111,7 +111,7 @@ import VMIdentity
                 FileManager.default.createFile(atPath: path, contents: Data(), attributes: [.posixPermissions: 0o600])
             )
             let registry = try RegistryDatabase(sqlitePath: path)
-            #expect(try registry.schemaVersion() == 3)
+            #expect(try registry.schemaVersion() == 4)
         }
     }
 }

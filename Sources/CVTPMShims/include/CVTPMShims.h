@@ -1,7 +1,37 @@
 #ifndef CVTPM_SHIMS_H
 #define CVTPM_SHIMS_H
 
+#include <stddef.h>
+
 /// renameat2(2) with RENAME_EXCHANGE: atomically swaps two names in directories. Returns 0 or -1 with errno.
 int cvtpm_rename_exchange(int olddirfd, const char *oldpath, int newdirfd, const char *newpath);
+
+/// The process, user and group of a UNIX socket's peer (SO_PEERCRED). Returns 0 or -1 with errno.
+int cvtpm_peer_credentials(int fd, int *pid, unsigned int *uid, unsigned int *gid);
+
+/// What a seccomp filter does with a system call outside its allow list.
+enum cvtpm_seccomp_action {
+    CVTPM_SECCOMP_KILL = 1,  ///< kill the process (SCMP_ACT_KILL_PROCESS)
+    CVTPM_SECCOMP_LOG = 2,   ///< allow it and have the kernel log it (SCMP_ACT_LOG)
+};
+
+/// Installs a seccomp filter on every thread of the process (TSYNC; NO_NEW_PRIVS is set) that allows the
+/// `count` system calls named in `names` and gives every other one `action`. Returns 0, or a negative errno;
+/// -EINVAL with `*unknown` set to the index of a name libseccomp does not know for this architecture.
+int cvtpm_seccomp_install(int action, const char *const *names, size_t count, size_t *unknown);
+
+/// Whether libseccomp knows the system call `name` on this architecture.
+int cvtpm_seccomp_known(const char *name);
+
+/// Makes a system call outside any profile vtpmd installs (personality(2) querying the current persona, which
+/// changes nothing), for the tests of the filter. Returns its result.
+int cvtpm_seccomp_probe(void);
+
+/// Empties the capability bounding set (where this process may: with CAP_SETPCAP) and the ambient set.
+/// Returns 0 or a negative errno.
+int cvtpm_drop_bounding_capabilities(void);
+
+/// Clears the permitted, effective and inheritable capability sets (capset(2)). Returns 0 or a negative errno.
+int cvtpm_clear_capabilities(void);
 
 #endif
