@@ -56,7 +56,7 @@ deb: release
 	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/$(DEB_ROOT) PREFIX=/usr SWTPM_NAMES=1
 	sed 's/@VERSION@/$(VERSION)/' packaging/debian/control.in >$(DEB_ROOT)/DEBIAN/control
 	echo "Installed-Size: $$(du -sk --exclude=DEBIAN $(DEB_ROOT) | cut -f1)" >>$(DEB_ROOT)/DEBIAN/control
-	install -m 0755 packaging/debian/preinst packaging/debian/postinst packaging/debian/postrm $(DEB_ROOT)/DEBIAN/
+	install -m 0755 packaging/debian/preinst packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm $(DEB_ROOT)/DEBIAN/
 	install -m 0644 packaging/debian/conffiles $(DEB_ROOT)/DEBIAN/
 	dpkg-deb --root-owner-group --build $(DEB_ROOT) $(DEB_FILE)
 	@echo "built $(DEB_FILE)"

@@ -8,7 +8,7 @@ import _VTPMPosix
 public struct CASignerClient: EKCertificateIssuer {
     /// The signer's UNIX socket.
     public var socketPath: String
-    /// How long one request may take.
+    /// How long one request may take, connecting included.
     public var timeoutMilliseconds: Int
 
     public init(socketPath: String, timeoutMilliseconds: Int = 5000) {
@@ -46,9 +46,10 @@ public struct CASignerClient: EKCertificateIssuer {
     /// - Throws: ``EndorsementCAError`` (`unavailable`) when the signer cannot be reached or answers out of
     ///   protocol.
     public func exchange(_ request: SignerMessage.Request) throws -> SignerMessage.Response {
+        let deadline = SignerMessage.deadline(in: self.timeoutMilliseconds)
         let fd: Int32
         do {
-            fd = try Socket.connectUnix(path: self.socketPath)
+            fd = try Socket.connectUnix(path: self.socketPath, timeoutMilliseconds: self.timeoutMilliseconds)
         } catch {
             throw EndorsementCAError(.unavailable, "cannot reach the CA signer: \(error)")
         }
@@ -56,7 +57,7 @@ public struct CASignerClient: EKCertificateIssuer {
         do {
             try Socket.setTimeouts(fd, milliseconds: self.timeoutMilliseconds)
             try SignerMessage.send(fd, request.encoded())
-            guard let bytes = try SignerMessage.receive(fd) else {
+            guard let bytes = try SignerMessage.receive(fd, deadline: deadline) else {
                 throw EndorsementCAError(.unavailable, "CA signer \(self.socketPath) closed without answering")
             }
             return try SignerMessage.Response(decoding: bytes)

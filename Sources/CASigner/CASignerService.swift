@@ -1,7 +1,9 @@
 import Dispatch
 public import EndorsementCA
+import Foundation
 public import Logging
 public import Registry
+import Synchronization
 import TPMWire
 import VMIdentity
 import _VTPMPosix
@@ -13,7 +15,8 @@ import _VTPMPosix
 /// with the requesting process.
 ///
 /// ``handle(_:peer:)`` is the policy, without sockets; ``serve(listener:)`` answers each connection on a thread
-/// of its own (at most ``maximumConnections`` at once), each bounded by ``connectionTimeoutMilliseconds``.
+/// of its own (at most ``maximumConnections`` at once, two per process), each cut off
+/// ``connectionTimeoutMilliseconds`` after it was accepted.
 public final class CASignerService: Sendable {
     let ca: HostCA
     let registry: any RegistryStore
@@ -117,12 +120,16 @@ public final class CASignerService: Sendable {
 
     /// How many connections are answered at once; a further one waits in the listen backlog.
     public static let maximumConnections = 16
+    /// How many of them one process may hold.
+    public static let maximumConnectionsPerProcess = 2
 
-    /// Serves `listener` until accepting fails. Each connection is answered on a thread of its own, so a
-    /// client that stalls holds one of ``maximumConnections`` slots for at most its timeout, not the signer.
+    /// Serves `listener` until accepting fails. Each connection is answered on a thread of its own and must
+    /// deliver its request within ``connectionTimeoutMilliseconds`` of being accepted, however it paces its
+    /// bytes; one process holds at most ``maximumConnectionsPerProcess`` of the ``maximumConnections``.
     /// - Throws: `PosixError` when accepting fails.
     public func serve(listener: Int32) throws -> Never {
         let slots = DispatchSemaphore(value: Self.maximumConnections)
+        let perProcess = Mutex<[Int32: Int]>([:])
         while true {
             slots.wait()
             let connection: Int32
@@ -130,11 +137,30 @@ public final class CASignerService: Sendable {
                 slots.signal()
                 throw error
             }
-            DispatchQueue.global().async {
-                self.answer(connection)
+            let pid = Socket.peerCredentials(connection)?.pid ?? 0
+            let admitted = perProcess.withLock { counts in
+                guard counts[pid, default: 0] < Self.maximumConnectionsPerProcess else { return false }
+                counts[pid, default: 0] += 1
+                return true
+            }
+            guard admitted else {
+                self.logger.warning(
+                    "connection from pid \(pid) refused: it holds \(Self.maximumConnectionsPerProcess) already"
+                )
                 closeDescriptor(connection)
                 slots.signal()
+                continue
             }
+            let thread = Thread {
+                self.answer(connection)
+                closeDescriptor(connection)
+                perProcess.withLock { counts in
+                    counts[pid, default: 1] -= 1
+                    if counts[pid] == 0 { counts[pid] = nil }
+                }
+                slots.signal()
+            }
+            thread.start()
         }
     }
 
@@ -142,9 +168,10 @@ public final class CASignerService: Sendable {
     func answer(_ connection: Int32) {
         let peer =
             Socket.peerCredentials(connection).map { "pid \($0.pid) uid \($0.uid) gid \($0.gid)" } ?? "an unknown peer"
+        let deadline = SignerMessage.deadline(in: self.connectionTimeoutMilliseconds)
         do {
             try Socket.setTimeouts(connection, milliseconds: self.connectionTimeoutMilliseconds)
-            guard let bytes = try SignerMessage.receive(connection) else { return }
+            guard let bytes = try SignerMessage.receive(connection, deadline: deadline) else { return }
             let response: SignerMessage.Response
             do {
                 response = self.handle(try SignerMessage.Request(decoding: bytes), peer: peer)

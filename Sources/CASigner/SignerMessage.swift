@@ -146,23 +146,37 @@ public enum SignerMessage {
         try Socket.sendAll(fd, w.bytes)
     }
 
-    /// Receives one length-prefixed message; nil when the peer closed before its first byte.
-    /// - Throws: `PosixError` (EAGAIN past the socket's timeout), ``EndorsementCAError`` for a bad length
-    ///   or a message cut short.
-    static func receive(_ fd: Int32) throws -> [UInt8]? {
-        guard let header = try self.readExactly(fd, 4, allowEmpty: true) else { return nil }
+    /// Receives one length-prefixed message whole before `deadline` (monotonic nanoseconds): a peer that
+    /// sends slowly is cut off there, however it paces its bytes. Nil when the peer closed before its first
+    /// byte.
+    /// - Throws: ``EndorsementCAError`` for a bad length, a message cut short or the deadline; `PosixError`.
+    static func receive(_ fd: Int32, deadline: UInt64) throws -> [UInt8]? {
+        guard let header = try self.readExactly(fd, 4, allowEmpty: true, deadline: deadline) else { return nil }
         let length = Int(header[0]) << 24 | Int(header[1]) << 16 | Int(header[2]) << 8 | Int(header[3])
         guard length <= self.maximumLength else {
             throw EndorsementCAError(.invalidRequest, "message of \(length) bytes (at most \(self.maximumLength))")
         }
-        guard let body = try self.readExactly(fd, length, allowEmpty: length == 0) else { return [] }
+        guard let body = try self.readExactly(fd, length, allowEmpty: length == 0, deadline: deadline) else {
+            return []
+        }
         return body
     }
 
-    private static func readExactly(_ fd: Int32, _ count: Int, allowEmpty: Bool) throws -> [UInt8]? {
+    /// Monotonic nanoseconds `milliseconds` from now.
+    static func deadline(in milliseconds: Int) -> UInt64 {
+        ProcessControl.monotonicNanoseconds() + UInt64(max(0, milliseconds)) * 1_000_000
+    }
+
+    private static func readExactly(_ fd: Int32, _ count: Int, allowEmpty: Bool, deadline: UInt64) throws -> [UInt8]? {
         var buffer = [UInt8](repeating: 0, count: count)
         var filled = 0
         while filled < count {
+            let now = ProcessControl.monotonicNanoseconds()
+            guard now < deadline,
+                try waitReadable(fd, timeoutMilliseconds: Int32(min((deadline - now) / 1_000_000 + 1, 60_000)))
+            else {
+                throw EndorsementCAError(.unavailable, "no whole message within the deadline (\(filled) bytes)")
+            }
             let n = try Socket.read(fd, into: &buffer, at: filled, count: count - filled)
             if n == 0 {
                 if filled == 0 && allowEmpty { return nil }

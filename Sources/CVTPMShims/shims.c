@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/personality.h>
+#include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -28,6 +30,37 @@ int cvtpm_peer_credentials(int fd, int *pid, unsigned int *uid, unsigned int *gi
     return 0;
 }
 
+/* Adds the allow rule for system call `nr` named `name`. Four calls are allowed only in part, by their
+ * arguments (which a filter can see when they are not behind a pointer):
+ *   socket  only for AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK (glibc's resolver sorts addresses over netlink);
+ *   ioctl   only FIONREAD (glibc's resolver);
+ *   clone   only with CLONE_THREAD: a thread, never a new process;
+ *   clone3  fails with ENOSYS (its flags are behind a pointer), and glibc then creates threads with clone. */
+static int add_allow_rule(scmp_filter_ctx ctx, const char *name, int nr)
+{
+    if (strcmp(name, "socket") == 0) {
+        const int domains[] = {AF_UNIX, AF_INET, AF_INET6, AF_NETLINK};
+        for (size_t i = 0; i < sizeof domains / sizeof domains[0]; i++) {
+            struct scmp_arg_cmp domain = SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)domains[i]);
+            int rc = seccomp_rule_add_exact_array(ctx, SCMP_ACT_ALLOW, nr, 1, &domain);
+            if (rc < 0) return rc;
+        }
+        return 0;
+    }
+    if (strcmp(name, "ioctl") == 0) {
+        struct scmp_arg_cmp request = SCMP_A1(SCMP_CMP_EQ, (scmp_datum_t)FIONREAD);
+        return seccomp_rule_add_exact_array(ctx, SCMP_ACT_ALLOW, nr, 1, &request);
+    }
+    if (strcmp(name, "clone") == 0) {
+        struct scmp_arg_cmp flags = SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, CLONE_THREAD);
+        return seccomp_rule_add_exact_array(ctx, SCMP_ACT_ALLOW, nr, 1, &flags);
+    }
+    if (strcmp(name, "clone3") == 0) {
+        return seccomp_rule_add_exact_array(ctx, SCMP_ACT_ERRNO(ENOSYS), nr, 0, NULL);
+    }
+    return seccomp_rule_add_array(ctx, SCMP_ACT_ALLOW, nr, 0, NULL);
+}
+
 int cvtpm_seccomp_install(int action, const char *const *names, size_t count, size_t *unknown)
 {
     uint32_t otherwise;
@@ -46,7 +79,7 @@ int cvtpm_seccomp_install(int action, const char *const *names, size_t count, si
             rc = -EINVAL;
             break;
         }
-        rc = seccomp_rule_add_array(ctx, SCMP_ACT_ALLOW, nr, 0, NULL);
+        rc = add_allow_rule(ctx, names[i], nr);
     }
     if (rc == 0) rc = seccomp_load(ctx);
     seccomp_release(ctx);

@@ -195,12 +195,24 @@ enum PasswordFile {
         user: String,
         required: Bool
     ) throws -> String? {
-        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path) else {
+        // The file's own status (a symbolic link is not followed) and its bytes through one descriptor: the
+        // calls vtpmd's seccomp filter allows (a reconnect reads the file again under it).
+        let (directory, name) = splitPath(path)
+        let status: FileStatus?
+        let handle: DirectoryHandle
+        do {
+            handle = try DirectoryHandle.open(directory)
+            status = try handle.status(name)
+        } catch {
             if required { throw RegistryError(.invalidArgument, "registry password file \(path) cannot be read") }
             return nil
         }
-        let mode = (attributes[.posixPermissions] as? NSNumber)?.intValue ?? 0o777
-        guard attributes[.type] as? FileAttributeType == .typeRegular, mode & 0o077 == 0 else {
+        defer { handle.close() }
+        guard let status else {
+            if required { throw RegistryError(.invalidArgument, "registry password file \(path) cannot be read") }
+            return nil
+        }
+        guard status.kind == .regular, status.mode & 0o077 == 0 else {
             // libpq ignores such a file too.
             if required {
                 throw RegistryError(
@@ -210,8 +222,8 @@ enum PasswordFile {
             }
             return nil
         }
-        guard let data = FileManager.default.contents(atPath: path), data.count <= 1 << 20,
-            let text = String(data: data, encoding: .utf8)
+        guard let bytes = try? handle.readFile(name, maxSize: 1 << 20, strictMode: false),
+            let text = String(validating: bytes, as: UTF8.self)
         else {
             throw RegistryError(.invalidArgument, "registry password file \(path) is not a text file")
         }

@@ -50,6 +50,10 @@ enum RegistryFile {
                 throw RegistryError(.io, "cannot create \(fresh)")
             }
             try fileManager.setAttributes([.posixPermissions: mode], ofItemAtPath: fresh)
+            // The private directory is not set-group-ID (its mode is 0700): the directory's group is set here.
+            if let sharedGroup {
+                try fileManager.setAttributes([.groupOwnerAccountID: NSNumber(value: sharedGroup)], ofItemAtPath: fresh)
+            }
             do {
                 try fileManager.linkItem(atPath: fresh, toPath: path)
             } catch {

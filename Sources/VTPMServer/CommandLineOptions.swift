@@ -289,7 +289,8 @@ public struct CommandLineOptions: Sendable {
             }
         }
         let ca = self.ca ?? host.caDirectory
-        let caSigner = self.caSigner ?? host.caSigner
+        // An explicit --ca wins over the file's ca-signer (and --ca-signer over the file's ca).
+        let caSigner = self.caSigner ?? (self.ca == nil ? host.caSigner : nil)
         let registry = self.registry ?? host.registryPath
         let hostKey = self.hostKey ?? host.hostKeyPath
         var onRollback = host.onRollback

@@ -5,40 +5,48 @@ import _VTPMPosix
 /// of `--seccomp action=` (swtpm's option): `kill` (the default, as swtpm's), `log` (allowed, logged by the
 /// kernel as audit type 1326) or `none` (no filter).
 ///
-/// How the list was measured is in docs/SECCOMP.md: the whole test suite (QEMU guests, swtpm's own suite,
-/// clone/rollback/migration, SQLite and PostgreSQL registries, TLS) run with `action=log`, and every
-/// logged call reviewed. A call is here because one of those paths makes it, named beside it.
+/// How the list was measured is in docs/SECCOMP.md: `scripts/seccomp-syscalls.sh` traces what vtpmd calls
+/// after this point in each mode (socket, chardev, clone-rekey with the CA in-process, created on first use,
+/// or in the separated signer, SQLite and PostgreSQL registries), and a few calls of paths that trace does
+/// not reach are added, each named there; the whole test suite (QEMU guests, libvirt, swtpm's own suite)
+/// runs under `action=kill`.
 public enum SeccompProfile {
     /// What a system call outside the list gets.
     public enum Action: String, Sendable, Hashable, CaseIterable {
         case none, kill, log
     }
 
-    /// The allow list, by libseccomp's names (x86_64 and aarch64 names alike; names this architecture
-    /// lacks are left out by ``installable``).
+    /// The allow list, by libseccomp's names (x86_64: a name another architecture lacks, such as aarch64's
+    /// missing `epoll_create`, resolves to a placeholder libseccomp leaves out of the filter).
     public static let allowed: [String] = [
-        // Descriptors and files: the state directory, the log, the registry's SQLite file, the CA, /proc.
-        "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev", "lseek", "close",
-        "openat", "open", "fstat", "newfstatat", "stat", "lstat", "statx", "fstatfs", "statfs", "fcntl", "flock",
-        "fsync", "fdatasync", "ftruncate", "fallocate", "getdents64", "rename", "renameat", "renameat2", "unlink",
-        "unlinkat", "mkdir", "mkdirat", "fchmod", "fchmodat", "chmod", "fchown", "fchownat", "link", "linkat",
-        "readlink", "readlinkat", "access", "faccessat", "faccessat2", "getcwd", "dup", "dup2", "dup3", "pipe2",
-        "ioctl", "umask", "fadvise64",
-        // Sockets: control and data connections (accept, SCM_RIGHTS), PostgreSQL connections.
-        "socket", "connect", "accept", "accept4", "getsockname", "getpeername", "getsockopt", "setsockopt",
-        "sendto", "recvfrom", "sendmsg", "recvmsg", "shutdown", "socketpair",
-        // Waiting: the poll loop, SwiftNIO's event loop (PostgreSQL), Dispatch.
-        "poll", "ppoll", "select", "pselect6", "epoll_create", "epoll_create1", "epoll_ctl", "epoll_wait",
-        "epoll_pwait", "eventfd2", "timerfd_create", "timerfd_settime", "nanosleep", "clock_nanosleep",
-        "clock_gettime", "clock_getres", "gettimeofday",
+        // Files: the state directory (read, atomic replace, directory sync, the lock), the log, the registry's
+        // SQLite files, the host CA (created in its directory at the first certificate), /proc and cgroup facts.
+        "openat", "read", "write", "pread64", "pwrite64", "lseek", "close", "newfstatat", "fstat", "statfs", "fcntl",
+        "fsync", "fdatasync", "ftruncate", "getdents64", "renameat", "renameat2", "unlink", "unlinkat", "mkdir",
+        "chmod", "fchmod",
+        // Sockets: control and data connections (accept, descriptors passed with SCM_RIGHTS), the CA signer and
+        // PostgreSQL (connect), SwiftNIO's vector writes.
+        "accept", "socket", "connect", "recvmsg", "sendmsg", "sendto", "readv", "writev", "setsockopt",
+        "getsockopt", "getsockname", "getpeername",
+        // glibc's resolver, for a PostgreSQL registry named by host: DNS over UDP, FIONREAD, and the netlink
+        // socket that sorts several addresses. `socket` is allowed for UNIX, IPv4, IPv6 and netlink only, and
+        // `ioctl` for FIONREAD only (argument filters).
+        "sendmmsg", "recvfrom", "ioctl", "bind", "uname",
+        // Waiting: vtpmd's poll loop, SwiftNIO's event loop (PostgreSQL), the registry writer's back-off.
+        "poll", "epoll_create", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "eventfd2",
+        "timerfd_create", "timerfd_settime", "futex", "nanosleep", "clock_nanosleep", "clock_gettime",
+        "restart_syscall",
         // Memory.
-        "mmap", "munmap", "mprotect", "mremap", "brk", "madvise",
-        // Threads (the registry writer, Dispatch, SwiftNIO) and signals.
-        "clone", "clone3", "futex", "set_robust_list", "rseq", "set_tid_address", "sched_yield", "sched_getaffinity",
-        "getpriority", "setpriority", "prctl", "gettid", "getpid", "tgkill", "exit", "exit_group", "sigaltstack",
-        "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "restart_syscall",
-        // Process facts: getrandom for keys and nonces, ids for file ownership checks.
-        "getrandom", "getuid", "geteuid", "getgid", "getegid", "uname", "sysinfo", "prlimit64", "getrlimit",
+        "brk", "mmap", "munmap", "mprotect", "mremap", "madvise",
+        // Daemon mode: standard error onto /dev/null once the parent has the ready report.
+        "dup2",
+        // Threads (the registry writer, Dispatch, SwiftNIO): start, name, priority, end; signal masks. `clone` only
+        // with CLONE_THREAD; `clone3`, whose flags a filter cannot see, fails with ENOSYS and glibc uses `clone`.
+        "clone", "clone3", "set_robust_list", "rseq", "prctl", "setpriority", "sched_yield", "sched_getaffinity",
+        "gettid",
+        "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "exit", "exit_group",
+        // Facts: random numbers (keys, serials, nonces), ids for file-ownership checks.
+        "getrandom", "getpid", "getuid", "geteuid", "getgid", "getegid",
     ]
 
     /// The filter for `action` over ``allowed``.
@@ -52,7 +60,7 @@ public enum SeccompProfile {
         try SeccompFilter.install(action: filterAction, allowing: self.installable)
     }
 
-    /// ``allowed`` without the names this architecture does not have (aarch64 has no `open`, `stat`, ...).
+    /// ``allowed`` without names libseccomp does not know at all.
     static var installable: [String] {
         self.allowed.filter { SeccompFilter.isKnown($0) }
     }

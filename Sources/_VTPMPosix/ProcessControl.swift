@@ -102,21 +102,26 @@ package enum ProcessControl {
     }
 
     /// Switches to `user` (name or numeric uid) for good: the capability bounding and ambient sets are
-    /// emptied (where the process may), the supplementary groups are dropped (the process keeps only the
-    /// user's primary group), then gid and uid change and the permitted, effective and inheritable
-    /// capabilities are cleared. Wraps `setgroups`, `setgid`, `setuid` and `capset`.
+    /// emptied (where the process holds CAP_SETPCAP), the supplementary groups are dropped (the process keeps
+    /// only the user's primary group; a process that may not set groups must have none other already), then
+    /// gid and uid change and the permitted, effective and inheritable capabilities are cleared. Wraps
+    /// `setgroups`, `setgid`, `setuid` and `capset`.
     package static func runAs(user: String) throws(PosixError) {
         guard let pw = unsafe getpwnam(user) ?? (UInt32(user).flatMap { unsafe getpwuid($0) }) else {
             throw PosixError(errno: ENOENT, function: "getpwnam", object: user)
         }
         let uid = unsafe pw.pointee.pw_uid
         var gid = unsafe pw.pointee.pw_gid
-        let privileged = geteuid() == 0
-        if privileged {
-            let rc = cvtpm_drop_bounding_capabilities()
-            if rc != 0 { throw PosixError(errno: -rc, function: "prctl(PR_CAPBSET_DROP)", object: user) }
-            if unsafe setgroups(1, &gid) != 0 {
-                throw PosixError(errno: currentErrno(), function: "setgroups", object: user)
+        // Without CAP_SETPCAP the bounding set stays as it is; the capabilities themselves go at setuid.
+        let dropped = cvtpm_drop_bounding_capabilities()
+        if dropped != 0 && dropped != -EPERM {
+            throw PosixError(errno: -dropped, function: "prctl(PR_CAPBSET_DROP)", object: user)
+        }
+        if unsafe setgroups(1, &gid) != 0 {
+            // A process that may not set groups (no CAP_SETGID) is fine only if it has no other group already.
+            let code = currentErrno()
+            guard code == EPERM, Self.supplementaryGroups().allSatisfy({ $0 == gid }) else {
+                throw PosixError(errno: code, function: "setgroups", object: user)
             }
         }
         if setgid(gid) != 0 { throw PosixError(errno: currentErrno(), function: "setgid", object: user) }
@@ -125,6 +130,15 @@ package enum ProcessControl {
             let rc = cvtpm_clear_capabilities()
             if rc != 0 { throw PosixError(errno: -rc, function: "capset", object: user) }
         }
+    }
+
+    /// The supplementary groups of this process. Wraps `getgroups`.
+    package static func supplementaryGroups() -> [UInt32] {
+        let count = unsafe getgroups(0, nil)
+        guard count > 0 else { return [] }
+        var groups = [gid_t](repeating: 0, count: Int(count))
+        let got = unsafe getgroups(count, &groups)
+        return got < 0 ? [] : Array(groups.prefix(Int(got)))
     }
 
     /// The id of user `name` (or a numeric uid), or nil. Wraps `getpwnam`.

@@ -157,6 +157,36 @@ package enum Socket {
         return fd
     }
 
+    /// Connects to a UNIX stream socket, giving up after `timeoutMilliseconds`: a listener whose backlog is
+    /// full refuses a non-blocking connect with EAGAIN, which is retried every 10 ms until then (a blocking
+    /// connect would wait for as long as the listener does not accept). The socket is blocking afterwards.
+    /// Wraps `connect`.
+    package static func connectUnix(path: String, timeoutMilliseconds: Int) throws(PosixError) -> Int32 {
+        var addr = try unixAddress(path)
+        let flags = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
+        let fd = Glibc.socket(AF_UNIX, flags, 0)
+        guard fd >= 0 else { throw PosixError(errno: currentErrno(), function: "socket", object: path) }
+        let deadline = ProcessControl.monotonicNanoseconds() + UInt64(max(0, timeoutMilliseconds)) * 1_000_000
+        while true {
+            let rc = unsafe withUnsafePointer(to: &addr) { ptr in
+                unsafe ptr.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
+                    unsafe Glibc.connect(fd, sa, socklen_t(MemoryLayout<sockaddr_un>.size))
+                }
+            }
+            if rc == 0 { break }
+            let err = currentErrno()
+            if err == EINTR { continue }
+            if err == EAGAIN && ProcessControl.monotonicNanoseconds() < deadline {
+                _ = try? pollDescriptors([], timeoutMilliseconds: 10)
+                continue
+            }
+            _ = Glibc.close(fd)
+            throw PosixError(errno: err == EAGAIN ? ETIMEDOUT : err, function: "connect", object: path)
+        }
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+        return fd
+    }
+
     /// Connects to a TCP port on an IPv4 address. Wraps `connect`.
     package static func connectTCP(host: String, port: UInt16) throws(PosixError) -> Int32 {
         var addr = sockaddr_in()

@@ -114,7 +114,10 @@ struct CASignerOption: ParsableArguments {
     )
     var caSigner: String?
 
-    func resolved(_ host: HostConfiguration) -> String? { self.caSigner ?? host.caSigner }
+    /// `--ca-signer`, else the configuration's `ca-signer` unless `--ca` was given (the command line wins).
+    func resolved(_ host: HostConfiguration, explicitCA: String?) -> String? {
+        self.caSigner ?? (explicitCA == nil ? host.caSigner : nil)
+    }
 }
 
 struct RegistryOption: ParsableArguments {
@@ -444,7 +447,7 @@ extension VTPMState {
                     path: self.state.state,
                     vmID: try ToolDefaults.vmID(self.vmID, host, statePath: self.state.state),
                     caDirectory: self.ca ?? host.caDirectory,
-                    caSigner: self.signer.resolved(host),
+                    caSigner: self.signer.resolved(host, explicitCA: self.ca),
                     registryPath: ToolDefaults.registry(self.registry.registry, host),
                     overwrite: self.overwrite,
                     options: try self.options()
@@ -484,9 +487,9 @@ extension VTPMState {
                     source: self.from,
                     target: self.to,
                     vmID: try ToolDefaults.vmID(self.vmID, host, statePath: self.to),
-                    caDirectory: self.signer.resolved(host) == nil
+                    caDirectory: self.signer.resolved(host, explicitCA: self.ca.ca) == nil
                         ? try ToolDefaults.caDirectory(self.ca.ca, host) : nil,
-                    caSigner: self.signer.resolved(host),
+                    caSigner: self.signer.resolved(host, explicitCA: self.ca.ca),
                     registryPath: ToolDefaults.registry(self.registry.registry, host),
                     stateKey: try ToolDefaults.stateKey(self.key.key)
                 )
@@ -519,9 +522,9 @@ extension VTPMState {
                 let outcome = try StateProvisioner.rekey(
                     path: self.state.state,
                     vmID: self.vmID ?? ToolDefaults.optionalVMID(host, statePath: self.state.state),
-                    caDirectory: self.signer.resolved(host) == nil
+                    caDirectory: self.signer.resolved(host, explicitCA: self.ca.ca) == nil
                         ? try ToolDefaults.caDirectory(self.ca.ca, host) : nil,
-                    caSigner: self.signer.resolved(host),
+                    caSigner: self.signer.resolved(host, explicitCA: self.ca.ca),
                     registryPath: ToolDefaults.registry(self.registry.registry, host),
                     stateKey: try ToolDefaults.stateKey(self.key.key)
                 )

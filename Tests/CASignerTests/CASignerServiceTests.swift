@@ -74,13 +74,74 @@ struct MemoryLogHandler: LogHandler {
         )
     }
 
-    func withSigner(_ body: (CASignerService, RegistryDatabase, HostCA, LogLines, String) throws -> Void) throws {
+    func withSigner(
+        timeout: Int = 2000,
+        _ body: (CASignerService, RegistryDatabase, HostCA, LogLines, String) throws -> Void
+    ) throws {
         try withTemporaryDirectory { dir in
             let ca = try HostCA.create(at: dir + "/ca")
             let registry = try RegistryDatabase(sqlitePath: dir + "/registry.sqlite")
             let lines = LogLines()
             let logger = Logger(label: "test") { _ in MemoryLogHandler(sink: lines) }
-            try body(CASignerService(ca: ca, registry: registry, logger: logger), registry, ca, lines, dir)
+            let service = CASignerService(
+                ca: ca,
+                registry: registry,
+                logger: logger,
+                connectionTimeoutMilliseconds: timeout
+            )
+            try body(service, registry, ca, lines, dir)
+        }
+    }
+
+    /// Runs `service` on a socket in `dir` for `body`; the serving thread ends afterwards.
+    func serving(_ service: CASignerService, in dir: String, _ body: (String) throws -> Void) throws {
+        let path = dir + "/signer.sock"
+        let listener = try Socket.listenUnix(path: path, mode: 0o600, backlog: 4)
+        let thread = Thread { try? service.serve(listener: listener) }
+        thread.start()
+        defer {
+            Socket.shutdown(listener)
+            closeDescriptor(listener)
+        }
+        try body(path)
+    }
+
+    @Test func aClientThatDripsItsRequestIsCutOffAndOneProcessHoldsTwoConnections() throws {
+        try withSigner(timeout: 600) { service, _, ca, log, dir in
+            try serving(service, in: dir) { path in
+                // One byte every 250 ms: each read is quick, the whole request is not.
+                let drip = try Socket.connectUnix(path: path)
+                defer { closeDescriptor(drip) }
+                let request = SignerMessage.Request.caCertificate.encoded()
+                let framed = [0, 0, 0, UInt8(request.count)] + request
+                var closed = false
+                for byte in framed {
+                    if (try? Socket.sendAll(drip, [byte])) == nil {
+                        closed = true
+                        break
+                    }
+                    Thread.sleep(forTimeInterval: 0.25)
+                }
+                // The signer closed the connection without an answer.
+                #expect(closed || (try? Socket.read(drip, max: 64))?.isEmpty == true)
+                #expect(log.all.contains { $0.contains("dropped") && $0.contains("deadline") })
+                // Two silent connections of this process are held; a third is closed at once.
+                let first = try Socket.connectUnix(path: path)
+                let second = try Socket.connectUnix(path: path)
+                defer {
+                    closeDescriptor(first)
+                    closeDescriptor(second)
+                }
+                Thread.sleep(forTimeInterval: 0.1)
+                let third = try Socket.connectUnix(path: path)
+                defer { closeDescriptor(third) }
+                #expect(try waitReadable(third, timeoutMilliseconds: 2000))
+                #expect(try Socket.read(third, max: 16).isEmpty)
+                #expect(log.all.contains { $0.contains("refused: it holds 2 already") })
+                // Once they are cut off, the process is served again.
+                Thread.sleep(forTimeInterval: 0.8)
+                #expect(try CASignerClient(socketPath: path).caCertificate() == ca.certificateDER)
+            }
         }
     }
 
@@ -176,33 +237,27 @@ struct MemoryLogHandler: LogHandler {
 
     @Test func theClientGetsCertificatesAndRefusalsThroughTheSocket() throws {
         try withSigner { service, registry, ca, _, dir in
-            let listener = try Socket.listenUnix(path: dir + "/signer.sock", mode: 0o600, backlog: 4)
-            let thread = Thread { try? service.serve(listener: listener) }
-            thread.start()
-            defer {
-                // The serving thread's accept fails and it ends.
-                Socket.shutdown(listener)
-                closeDescriptor(listener)
+            try serving(service, in: dir) { path in
+                let client = CASignerClient(socketPath: path)
+                #expect(try client.caCertificate() == ca.certificateDER)
+                let key = Self.eccKey()
+                try registry.recordEndorsementKey(try Self.record(key, Self.vm, 3))
+                let request = EKCertificateRequest(publicKey: key, vmID: Self.vm, generation: 3)
+                #expect(ca.verify(try client.issueEKCertificate(request)))
+                let refused = #expect(throws: EndorsementCAError.self) {
+                    try client.issueEKCertificate(EKCertificateRequest(publicKey: key, vmID: Self.other, generation: 3))
+                }
+                #expect(refused?.code == .refused)
+                // A client that connects and says nothing does not hold the others up.
+                let silent = try Socket.connectUnix(path: path)
+                defer { closeDescriptor(silent) }
+                #expect(try client.caCertificate() == ca.certificateDER)
+                // Nothing listens: unavailable.
+                let missing = #expect(throws: EndorsementCAError.self) {
+                    try CASignerClient(socketPath: dir + "/none.sock").caCertificate()
+                }
+                #expect(missing?.code == .unavailable)
             }
-            let client = CASignerClient(socketPath: dir + "/signer.sock")
-            #expect(try client.caCertificate() == ca.certificateDER)
-            let key = Self.eccKey()
-            try registry.recordEndorsementKey(try Self.record(key, Self.vm, 3))
-            let der = try client.issueEKCertificate(EKCertificateRequest(publicKey: key, vmID: Self.vm, generation: 3))
-            #expect(ca.verify(der))
-            let refused = #expect(throws: EndorsementCAError.self) {
-                try client.issueEKCertificate(EKCertificateRequest(publicKey: key, vmID: Self.other, generation: 3))
-            }
-            #expect(refused?.code == .refused)
-            // A client that connects and says nothing does not hold the others up.
-            let silent = try Socket.connectUnix(path: dir + "/signer.sock")
-            defer { closeDescriptor(silent) }
-            #expect(try client.caCertificate() == ca.certificateDER)
-            // Nothing listens: unavailable.
-            let missing = #expect(throws: EndorsementCAError.self) {
-                try CASignerClient(socketPath: dir + "/none.sock").caCertificate()
-            }
-            #expect(missing?.code == .unavailable)
         }
     }
 }

@@ -1,7 +1,9 @@
 import Foundation
+import Registry
 import TPMWire
 import TestSupport
 import Testing
+import VMIdentity
 import _VTPMPosix
 
 /// vtpmd's seccomp filter (`--seccomp action=kill|log|none`, kill by default) and what `--runas` drops.
@@ -57,6 +59,76 @@ struct LeastPrivilegeTests {
             #expect(v.log.contains("seccomp filter: action=kill"))
             #expect(v.daemon.isRunning)
             #expect(FileManager.default.fileExists(atPath: "\(dir)/state/tpm2-00.permall"))
+        }
+    }
+
+    /// `vtpmd chardev --fd 3`: socat hands it one end of a connection to a UNIX socket, as a character device
+    /// would be handed over; TPM commands on it are answered under the filter.
+    @Test func chardevRunsUnderTheFilterToo() throws {
+        try withTemporaryDirectory { dir in
+            try FileManager.default.createDirectory(atPath: "\(dir)/state", withIntermediateDirectories: true)
+            let script = "\(dir)/chardev.sh"
+            try """
+            #!/bin/sh
+            exec \(Binaries.vtpmd) chardev --tpm2 --fd 3 --tpmstate dir=\(dir)/state --ctrl type=unixio,path=\(dir)/ctrl.sock \
+                --flags not-need-init,startup-clear --log file=\(dir)/vtpmd.log,level=20
+
+            """.write(toFile: script, atomically: true, encoding: .utf8)
+            try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: script)
+            let socat = try Daemon(
+                "socat",
+                ["UNIX-LISTEN:\(dir)/data.socket", "EXEC:\(script),fdin=3,fdout=3"],
+                waitFor: "\(dir)/data.socket"
+            )
+            let data = DataClient(descriptor: try Socket.connectUnix(path: "\(dir)/data.socket"))
+            let random = try data.transmit(TPMCommands.getRandom(8))
+            #expect(TPMFrame.responseCode(random) == 0 && random.count == 10 + 2 + 8)
+            let found = try runCommand("pgrep", ["-f", "chardev --tpm2 --fd 3 --tpmstate dir=\(dir)/state"])
+            let pid = try #require(found.stdout.split(separator: "\n").first.flatMap { Int32($0) })
+            #expect(Self.status(pid, "Seccomp") == "2")
+            #expect(Self.status(pid, "NoNewPrivs") == "1")
+            let c = try ControlClient(unixPath: "\(dir)/ctrl.sock")
+            #expect(try c.result(.shutdown) == 0)
+            _ = socat.waitForExit(timeout: .seconds(5))
+        }
+    }
+
+    /// The registry's connections are made under the filter (the first at the first decision, again after an
+    /// outage): a PostgreSQL registry named by host (glibc's resolver), over TLS with the server's certificate
+    /// checked, with a password file — what the package's configuration suggests.
+    @Test(.enabled(if: PostgresServer.isAvailable)) func aPostgreSQLRegistryByHostNameOverTLSWorksUnderTheFilter()
+        throws
+    {
+        let server = try PostgresServer(tlsOnly: true)
+        try withTemporaryDirectory { dir in
+            let passfile = "\(dir)/pgpass"
+            try "localhost:\(server.port):\(server.database):postgres:unused\n".write(
+                toFile: passfile,
+                atomically: true,
+                encoding: .utf8
+            )
+            try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: passfile)
+            let url =
+                "postgresql://postgres@localhost:\(server.port)/\(server.database)?sslmode=verify-full"
+                + "&sslrootcert=\(server.certificate)&connect_timeout=5"
+            let vm = "6f1c1a52-3c1e-4a57-9d0e-4f3b2a1c0d9e"
+            let v = try VTPMDInstance(
+                dir: dir,
+                extra: ["--vm-id", vm, "--registry", url, "--host-key", "\(dir)/host.key", "--ca", "\(dir)/ca"],
+                environment: ["PGPASSFILE": passfile]
+            )
+            let c = try v.control()
+            #expect(try c.result(.initialize(flags: 0)) == 0)
+            let d = try v.data()
+            #expect(try TPMFrame.responseCode(d.transmit(TPMCommands.startup())) == 0)
+            // A snapshot: its checkpoint goes to the registry from the writer's thread.
+            #expect(try c.stateBlob(type: 1).result == 0)
+            #expect(try c.result(.shutdown) == 0)
+            #expect(v.daemon.waitForExit() == 0, "\(v.log)")
+            #expect(v.log.contains("seccomp filter: action=kill"))
+            #expect(!v.log.contains("unavailable"), "\(v.log)")
+            let registry = RegistryDatabase(postgres: try PostgresSettings(url: url, environment: [:]))
+            #expect(try registry.currentGeneration(vmID: try #require(VMID(vm)))?.generation == 0)
         }
     }
 

@@ -65,9 +65,17 @@ import VMIdentity
             let shared = dir + "/shared"
             try FileManager.default.createDirectory(atPath: shared, withIntermediateDirectories: false)
             try FileManager.default.setAttributes([.posixPermissions: 0o2770], ofItemAtPath: shared)
+            // As root, the directory's group is not the creator's (nogroup, 65534).
+            let isRoot = geteuid() == 0
+            if isRoot {
+                try FileManager.default.setAttributes([.groupOwnerAccountID: 65534], ofItemAtPath: shared)
+                try FileManager.default.setAttributes([.posixPermissions: 0o2770], ofItemAtPath: shared)
+            }
             let registry = try RegistryDatabase(sqlitePath: shared + "/registry.sqlite")
             try registry.ensureIdentity(vmID: VM.a)
             #expect(try permissions(shared + "/registry.sqlite") == 0o660)
+            let attributes = try FileManager.default.attributesOfItem(atPath: shared + "/registry.sqlite")
+            if isRoot { #expect((attributes[.groupOwnerAccountID] as? NSNumber)?.uint32Value == 65534) }
             try registry.close()
             // Reopened: group write is accepted there (the file's group is the directory's).
             _ = try RegistryDatabase(sqlitePath: shared + "/registry.sqlite").identity(vmID: VM.a)

@@ -16,7 +16,8 @@ enum cvtpm_seccomp_action {
 };
 
 /// Installs a seccomp filter on every thread of the process (TSYNC; NO_NEW_PRIVS is set) that allows the
-/// `count` system calls named in `names` and gives every other one `action`. Returns 0, or a negative errno;
+/// `count` system calls named in `names` and gives every other one `action`. `socket`, `ioctl`, `clone` and
+/// `clone3` are allowed only in part (see shims.c): socket families, FIONREAD, threads only. Returns 0, or a negative errno;
 /// -EINVAL with `*unknown` set to the index of a name libseccomp does not know for this architecture.
 int cvtpm_seccomp_install(int action, const char *const *names, size_t count, size_t *unknown);
 
