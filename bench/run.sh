@@ -10,6 +10,8 @@
 #                word-split, e.g. VTPMD_ARGS='--some-flag off'
 #   SWTPM        swtpm binary [/usr/bin/swtpm]
 #   SERVERS      which servers to run ["floor swtpm vtpmd vtpmd-nofsync"]; also
+#                vtpmd-noseccomp: vtpmd with --seccomp action=none (the filter's own cost; vtpmd and
+#                swtpm both filter by default),
 #                vtpmd-config: vtpmd with swtpm's command line and clone-rekey from a host
 #                configuration file (--config; vm-id-from the state path, host CA, registry)
 #   OPS          ["getrandom pcrextend createprimary nvincrement"]
@@ -112,7 +114,7 @@ for s in $SERVERS; do
     floor) ACTIVE+=(floor) ;;
     swtpm)
         if [[ -x $SWTPM ]]; then ACTIVE+=(swtpm); else echo "swtpm not found at $SWTPM - skipping it" >&2; fi ;;
-    vtpmd | vtpmd-nofsync | vtpmd-config)
+    vtpmd | vtpmd-nofsync | vtpmd-noseccomp | vtpmd-config)
         if [[ -x $VTPMD ]]; then ACTIVE+=("$s"); else echo "vtpmd not found at $VTPMD (not built yet?) - skipping it" >&2; fi ;;
     *) die "unknown server '$s'" ;;
     esac
@@ -239,6 +241,10 @@ server_cmd() {
                 --ctrl "type=tcp,port=$((port + 1))" --flags not-need-init,startup-clear --config "$IDDIR/vtpmd.conf"
                 ${VTPMD_EXTRA[@]+"${VTPMD_EXTRA[@]}"}) ;;
     # the same vtpmd with durable writes turned off (swtpm 0.7.1 never fsyncs)
+    # the same vtpmd without its seccomp filter
+    vtpmd-noseccomp) CMD=("$VTPMD" socket --tpm2 --tpmstate "dir=$dir" --server "type=tcp,port=$port"
+                --ctrl "type=tcp,port=$((port + 1))" --flags not-need-init,startup-clear --seccomp action=none
+                ${VTPMD_EXTRA[@]+"${VTPMD_EXTRA[@]}"}) ;;
     vtpmd-nofsync) CMD=("$VTPMD" socket --tpm2 --tpmstate "dir=$dir,fsync=off" --server "type=tcp,port=$port"
                 --ctrl "type=tcp,port=$((port + 1))" --flags not-need-init,startup-clear
                 ${VTPMD_EXTRA[@]+"${VTPMD_EXTRA[@]}"}) ;;
@@ -449,6 +455,16 @@ fmt() { if [[ $1 == "-" ]]; then echo "-"; else printf "%.${2:-0}f" "$1"; fi; }
         for op in $OPS; do
             f=$(med OPS_V "floor,$op"); w=$(med OPS_V "swtpm,$op"); v=$(med OPS_V "vtpmd-nofsync,$op")
             printf '%-14s %11s %11s %16s %16s\n' "$op" "$(fmt "$w")" "$(fmt "$v")" "$(ratio "$v" "$w")" "$(ratio "$v" "$f")"
+        done
+    fi
+    if [[ " ${ACTIVE[*]} " == *" vtpmd-noseccomp "* ]]; then
+        echo
+        echo "vtpmd without its seccomp filter (--seccomp action=none; vtpmd and swtpm filter by default)"
+        printf '%-14s %11s %11s %11s %16s %16s\n' op swtpm vtpmd noseccomp vtpmd/noseccomp noseccomp/swtpm
+        for op in $OPS; do
+            w=$(med OPS_V "swtpm,$op"); v=$(med OPS_V "vtpmd,$op"); n=$(med OPS_V "vtpmd-noseccomp,$op")
+            printf '%-14s %11s %11s %11s %16s %16s\n' "$op" "$(fmt "$w")" "$(fmt "$v")" "$(fmt "$n")" \
+                "$(ratio "$v" "$n")" "$(ratio "$n" "$w")"
         done
     fi
     echo
