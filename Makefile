@@ -2,7 +2,7 @@
 SWIFT ?= swift
 GUEST_DIR := qemu/out
 
-.PHONY: all deps build release guest test unit-test demo bench swtpm-compat lint clean install deb
+.PHONY: all deps build release guest test unit-test demo bench swtpm-compat fuzz lint clean install deb
 
 all: build
 
@@ -81,6 +81,10 @@ bench: deps release
 # swtpm 0.7.1's own test scripts against vtpmd (needs a local copy of swtpm's tests/, see README).
 swtpm-compat: build
 	./scripts/swtpm-compat.sh
+
+# Every parser that takes outside bytes under libFuzzer, FUZZ_SECONDS each (Fuzz/README.md).
+fuzz: deps
+	./scripts/fuzz.sh
 
 lint:
 	git ls-files -z '*.swift' | xargs -0 $(SWIFT) format lint --strict --parallel

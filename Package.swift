@@ -1,4 +1,5 @@
 // swift-tools-version:6.2
+import Foundation
 import PackageDescription
 
 let settings: [SwiftSetting] = [
@@ -211,3 +212,15 @@ let package = Package(
         ),
     ]
 )
+
+// The fuzz harness (`make fuzz`, Fuzz/README.md) is part of the package only when VTPM_FUZZ is set, so that the
+// normal build and `make test` never compile it.
+if ProcessInfo.processInfo.environment["VTPM_FUZZ"] != nil {
+    package.targets.append(
+        .executableTarget(
+            name: "vtpm-fuzz",
+            dependencies: ["TPMWire", "StateStore", "CloneRekey", "EndorsementCA", "CASigner"],
+            path: "Fuzz/vtpm-fuzz"
+        )
+    )
+}
