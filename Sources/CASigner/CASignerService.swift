@@ -137,7 +137,8 @@ public final class CASignerService: Sendable {
                 slots.signal()
                 throw error
             }
-            let pid = Socket.peerCredentials(connection)?.pid ?? 0
+            let credentials = Socket.peerCredentials(connection)
+            let pid = credentials?.pid ?? 0
             let admitted = perProcess.withLock { counts in
                 guard counts[pid, default: 0] < Self.maximumConnectionsPerProcess else { return false }
                 counts[pid, default: 0] += 1
@@ -151,8 +152,9 @@ public final class CASignerService: Sendable {
                 slots.signal()
                 continue
             }
+            let peer = credentials.map { "pid \($0.pid) uid \($0.uid) gid \($0.gid)" } ?? "an unknown peer"
             let thread = Thread {
-                self.answer(connection)
+                self.answer(connection, peer: peer)
                 closeDescriptor(connection)
                 perProcess.withLock { counts in
                     counts[pid, default: 1] -= 1
@@ -164,10 +166,8 @@ public final class CASignerService: Sendable {
         }
     }
 
-    /// Reads one request from `connection` and writes the answer.
-    func answer(_ connection: Int32) {
-        let peer =
-            Socket.peerCredentials(connection).map { "pid \($0.pid) uid \($0.uid) gid \($0.gid)" } ?? "an unknown peer"
+    /// Reads one request from `connection` (of `peer`, for the log) and writes the answer.
+    func answer(_ connection: Int32, peer: String) {
         let deadline = SignerMessage.deadline(in: self.connectionTimeoutMilliseconds)
         do {
             try Socket.setTimeouts(connection, milliseconds: self.connectionTimeoutMilliseconds)

@@ -168,21 +168,13 @@ public enum SignerMessage {
     }
 
     private static func readExactly(_ fd: Int32, _ count: Int, allowEmpty: Bool, deadline: UInt64) throws -> [UInt8]? {
-        var buffer = [UInt8](repeating: 0, count: count)
-        var filled = 0
-        while filled < count {
-            let now = ProcessControl.monotonicNanoseconds()
-            guard now < deadline,
-                try waitReadable(fd, timeoutMilliseconds: Int32(min((deadline - now) / 1_000_000 + 1, 60_000)))
-            else {
-                throw EndorsementCAError(.unavailable, "no whole message within the deadline (\(filled) bytes)")
-            }
-            let n = try Socket.read(fd, into: &buffer, at: filled, count: count - filled)
-            if n == 0 {
-                if filled == 0 && allowEmpty { return nil }
-                throw EndorsementCAError(.invalidRequest, "message cut short after \(filled) of \(count) bytes")
-            }
-            filled += n
+        var buffer: [UInt8] = []
+        guard readUntilFilled(&buffer, from: fd, to: count, deadline: deadline) else {
+            let timedOut = ProcessControl.monotonicNanoseconds() >= deadline
+            if buffer.isEmpty && allowEmpty && !timedOut { return nil }
+            throw timedOut
+                ? EndorsementCAError(.unavailable, "no whole message within the deadline (\(buffer.count) bytes)")
+                : EndorsementCAError(.invalidRequest, "message cut short after \(buffer.count) of \(count) bytes")
         }
         return buffer
     }

@@ -1,4 +1,5 @@
 public import Logging
+import Registry
 import _VTPMPosix
 
 /// A swift-log handler that appends one line per message to a descriptor (the `--log` file or
@@ -36,24 +37,8 @@ public struct FileLogHandler: LogHandler {
         try? writeAll(fd: self.descriptor, Array(line.utf8))
     }
 
-    /// UTC `YYYY-MM-DDTHH:MM:SS.uuuuuuZ` without Foundation (civil-from-days).
+    /// UTC `YYYY-MM-DDTHH:MM:SS.uuuuuuZ`, computed without Foundation (the registry's timestamp form).
     static func timestamp(seconds: Int, micros: Int) -> String {
-        let days = seconds >= 0 ? seconds / 86400 : (seconds - 86399) / 86400
-        let secondOfDay = seconds - days * 86400
-        let z = days + 719_468
-        let era = (z >= 0 ? z : z - 146_096) / 146_097
-        let doe = z - era * 146_097
-        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-        let mp = (5 * doy + 2) / 153
-        let day = doy - (153 * mp + 2) / 5 + 1
-        let month = mp < 10 ? mp + 3 : mp - 9
-        let year = yoe + era * 400 + (month <= 2 ? 1 : 0)
-        func pad(_ v: Int, _ width: Int) -> String {
-            let s = String(v)
-            return String(repeating: "0", count: max(0, width - s.count)) + s
-        }
-        return "\(pad(year, 4))-\(pad(month, 2))-\(pad(day, 2))T\(pad(secondOfDay / 3600, 2)):"
-            + "\(pad(secondOfDay / 60 % 60, 2)):\(pad(secondOfDay % 60, 2)).\(pad(micros, 6))Z"
+        Timestamp(microsecondsSinceEpoch: Int64(seconds) * 1_000_000 + Int64(micros)).description
     }
 }

@@ -50,14 +50,18 @@ public enum SeccompProfile {
     ]
 
     /// The filter for `action` over ``allowed``.
-    static func install(_ action: Action) throws {
+    /// - Returns: How many system calls it allows (``installable``).
+    @discardableResult
+    static func install(_ action: Action) throws -> Int {
         let filterAction: SeccompFilter.Action
         switch action {
         case .none: filterAction = .none
         case .kill: filterAction = .kill
         case .log: filterAction = .log
         }
-        try SeccompFilter.install(action: filterAction, allowing: self.installable)
+        let names = self.installable
+        try SeccompFilter.install(action: filterAction, allowing: names)
+        return names.count
     }
 
     /// ``allowed`` without names libseccomp does not know at all.

@@ -35,7 +35,7 @@ extension Server {
             return
         }
         let deadline = start + Self.controlDeadlineNanoseconds
-        guard self.fill(&buffer, from: fd, to: 4, deadline: deadline) else {
+        guard readUntilFilled(&buffer, from: fd, to: 4, deadline: deadline) else {
             self.logger.warning("control: short command (\(buffer.count) bytes), closing the connection")
             self.closeControlConnection()
             return
@@ -49,7 +49,7 @@ extension Server {
         }
         switch rule {
         case .exactly(let n), .atLeast(let n):
-            guard self.fill(&buffer, from: fd, to: 4 + n, deadline: deadline) else {
+            guard readUntilFilled(&buffer, from: fd, to: 4 + n, deadline: deadline) else {
                 self.rejectShort(code, have: buffer.count, need: 4 + n)
                 return
             }
@@ -71,7 +71,7 @@ extension Server {
             self.replyControl(reply)
             if request == .shutdown { self.shouldExit = true }
         case .stateBlob:
-            guard self.fill(&buffer, from: fd, to: 16, deadline: deadline) else {
+            guard readUntilFilled(&buffer, from: fd, to: 16, deadline: deadline) else {
                 self.rejectShort(code, have: buffer.count, need: 16)
                 return
             }
@@ -84,14 +84,15 @@ extension Server {
                 self.closeControlConnection()
                 return
             }
-            guard self.fill(&buffer, from: fd, to: 16 + length, deadline: start + Self.bodyDeadlineNanoseconds) else {
+            guard readUntilFilled(&buffer, from: fd, to: 16 + length, deadline: start + Self.bodyDeadlineNanoseconds)
+            else {
                 self.rejectShort(code, have: buffer.count, need: 16 + length)
                 return
             }
             let blob = Array(buffer[16..<(16 + length)])
             self.replyControl(ControlReply.result(self.setStateBlob(flags: flags, type: type, blob: blob)))
         case .hashData:
-            guard self.fill(&buffer, from: fd, to: 8, deadline: deadline) else {
+            guard readUntilFilled(&buffer, from: fd, to: 8, deadline: deadline) else {
                 self.rejectShort(code, have: buffer.count, need: 8)
                 return
             }
@@ -103,21 +104,6 @@ extension Server {
             }
             self.replyControl(ControlReply.result(result))
         }
-    }
-
-    /// Reads until `buffer` holds `count` bytes or the deadline passes. Never reads beyond `count`.
-    func fill(_ buffer: inout [UInt8], from fd: Int32, to count: Int, deadline: UInt64) -> Bool {
-        while buffer.count < count {
-            let now = ProcessControl.monotonicNanoseconds()
-            guard now < deadline else { return false }
-            let waitMs = Int32(min((deadline - now) / 1_000_000 + 1, 60_000))
-            guard (try? waitReadable(fd, timeoutMilliseconds: waitMs)) == true else { continue }
-            guard let more = try? Socket.read(fd, max: min(count - buffer.count, 1 << 16)), !more.isEmpty else {
-                return false
-            }
-            buffer.append(contentsOf: more)
-        }
-        return true
     }
 
     func rejectShort(_ code: ControlCode, have: Int, need: Int) {
@@ -382,7 +368,9 @@ extension Server {
             }
             if received >= length { break }
             var more: [UInt8] = []
-            guard self.fill(&more, from: fd, to: min(length - received, 65536), deadline: deadline) else { return nil }
+            guard readUntilFilled(&more, from: fd, to: min(length - received, 65536), deadline: deadline) else {
+                return nil
+            }
             received += more.count
             pending.append(contentsOf: more)
         }

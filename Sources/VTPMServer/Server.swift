@@ -242,14 +242,13 @@ public final class Server {
     /// environment it then makes one call outside the list, which the tests of the filter look for.
     public func confine() throws {
         let action = self.configuration.seccomp
+        let allowed: Int
         do {
-            try SeccompProfile.install(action)
+            allowed = try SeccompProfile.install(action)
         } catch {
             throw ServerError.startup("cannot install the seccomp filter: \(error)")
         }
-        self.logger.info(
-            "seccomp filter: action=\(action.rawValue), \(SeccompProfile.installable.count) system calls allowed"
-        )
+        self.logger.info("seccomp filter: action=\(action.rawValue), \(allowed) system calls allowed")
         if ProcessControl.environment("VTPMD_TEST_SECCOMP_PROBE") != nil {
             let ran = SeccompFilter.probe()
             self.logger.notice("seccomp probe: personality(2) \(ran ? "ran" : "failed")")

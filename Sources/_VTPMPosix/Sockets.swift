@@ -432,3 +432,20 @@ package func waitReadable(_ fd: Int32, timeoutMilliseconds: Int32) throws(PosixE
     let events = try pollDescriptors([(fd, .readable)], timeoutMilliseconds: timeoutMilliseconds)
     return !events[0].isEmpty
 }
+
+/// Reads from `fd` into `buffer` until it holds `count` bytes, the peer closes, or `deadline` (monotonic
+/// nanoseconds) passes, never beyond `count`: a peer that paces its bytes is cut off at the deadline.
+/// Returns whether `buffer` holds `count` bytes.
+package func readUntilFilled(_ buffer: inout [UInt8], from fd: Int32, to count: Int, deadline: UInt64) -> Bool {
+    while buffer.count < count {
+        let now = ProcessControl.monotonicNanoseconds()
+        guard now < deadline else { return false }
+        let waitMs = Int32(min((deadline - now) / 1_000_000 + 1, 60_000))
+        guard (try? waitReadable(fd, timeoutMilliseconds: waitMs)) == true else { continue }
+        guard let more = try? Socket.read(fd, max: min(count - buffer.count, 1 << 16)), !more.isEmpty else {
+            return false
+        }
+        buffer.append(contentsOf: more)
+    }
+    return true
+}

@@ -82,7 +82,9 @@ struct CASignerWireTests {
             )
             #expect(peek.status != 0 && !peek.stdout.contains("PRIVATE KEY"))
             #expect(
-                Self.status(signer.pid, "Uid")?.hasPrefix(String(ProcessControl.userID(Self.signerUser) ?? 0)) == true
+                LeastPrivilegeTests.status(signer.pid, "Uid")?.hasPrefix(
+                    String(ProcessControl.userID(Self.signerUser) ?? 0)
+                ) == true
             )
 
             // A's TPM, provisioned through the signer (as the swtpm_setup stand-in would).
@@ -109,7 +111,7 @@ struct CASignerWireTests {
             )
             let control = try ControlClient(unixPath: ctrl)
             #expect(try control.result(.initialize(flags: 0)) == 0)
-            #expect(Self.status(vtpmd.pid, "Uid")?.hasPrefix("\(tssUID)\t") == true)
+            #expect(LeastPrivilegeTests.status(vtpmd.pid, "Uid")?.hasPrefix("\(tssUID)\t") == true)
             #expect(try control.result(.shutdown) == 0)
             _ = vtpmd.waitForExit()
             let log = (try? String(contentsOfFile: "\(root)/b.log", encoding: .utf8)) ?? ""
@@ -153,9 +155,5 @@ struct CASignerWireTests {
             #expect(signerLog.components(separatedBy: "refused").count - 1 == cases.count)
             #expect(signer.isRunning)
         }
-    }
-
-    static func status(_ pid: Int32, _ field: String) -> String? {
-        LeastPrivilegeTests.status(pid, field)
     }
 }
