@@ -166,7 +166,14 @@ let package = Package(
         ),
         .testTarget(name: "TPMWireTests", dependencies: ["TPMWire"], swiftSettings: settings),
         .testTarget(name: "VMIdentityTests", dependencies: ["VMIdentity"], swiftSettings: settings),
-        .testTarget(name: "VTPMServerTests", dependencies: ["VTPMServer"], swiftSettings: settings),
+        .testTarget(
+            name: "VTPMServerTests",
+            dependencies: [
+                "VTPMServer", "TPMEngine", "TPMWire", "TestSupport", "_VTPMPosix",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: settings
+        ),
         .testTarget(
             name: "CloneRekeyTests",
             dependencies: [
@@ -219,7 +226,7 @@ if ProcessInfo.processInfo.environment["VTPM_FUZZ"] != nil {
     package.targets.append(
         .executableTarget(
             name: "vtpm-fuzz",
-            dependencies: ["TPMWire", "StateStore", "CloneRekey", "EndorsementCA", "CASigner"],
+            dependencies: ["TPMWire", "TPMEngine", "StateStore", "CloneRekey", "EndorsementCA", "CASigner"],
             path: "Fuzz/vtpm-fuzz"
         )
     )

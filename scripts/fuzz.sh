@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${FUZZ_SECONDS:-60}
-ALL="control tpm-response blob-container source-claim state-file migration-blob linear-file host-config certificate signer-message"
+ALL="control tpm-frame tpm-response blob-container source-claim state-file migration-blob linear-file identity host-config certificate signer-message libtpms-state"
 TARGETS=${FUZZ_TARGETS:-$ALL}
 OUT=$PWD/.build-fuzz
 export VTPM_FUZZ=1
@@ -78,10 +78,24 @@ openssl x509 -in "$SEEDS/ca/ca.pem" -outform der -out "$SEEDS/ca.der" && seed ce
 openssl x509 -in "$SEEDS/ca/ca.pem" -pubkey -noout | openssl pkey -pubin -outform der -out "$SEEDS/ca.spki" &&
     seed certificate "$SEEDS/ca.spki"
 seed host-config packaging/vtpmd.conf
-# Control messages: INIT, GET_STATEBLOB, SET_BUFFERSIZE, GET_INFO.
-printf '\000\000\000\002\000\000\000\001' >"$SEEDS/c1" && seed control "$SEEDS/c1"
-printf '\000\000\000\014\000\000\000\001\000\000\000\001\000\000\000\000' >"$SEEDS/c2" && seed control "$SEEDS/c2"
-printf '\000\000\000\022\000\000\000\000\000\000\000\001\000\000\000\000' >"$SEEDS/c3" && seed control "$SEEDS/c3"
+# The identity: the instance marker vtpm-state wrote, and a bare identity record (no vm-id, generation 1).
+for f in "$SEEDS"/plain/*vtpm-instance*; do [[ -f $f ]] && seed identity "$f"; done
+printf 'VTPD\000\001\000\000\000\000\000\000\000\000\001\000\000\000\000\000\000\000\000\001\000\002ab' >"$SEEDS/i1" &&
+    seed identity "$SEEDS/i1"
+# Control streams (first byte: the read size - 1): INIT, then GET_STATEBLOB + SET_BUFFERSIZE pipelined, then GET_INFO
+# and a small SET_STATEBLOB and HASH_DATA.
+printf '\377\000\000\000\002\000\000\000\001' >"$SEEDS/c1" && seed control "$SEEDS/c1"
+printf '\003\000\000\000\014\000\000\000\001\000\000\000\001\000\000\000\000\000\000\000\021\000\000\020\000' >"$SEEDS/c2" &&
+    seed control "$SEEDS/c2"
+printf '\377\000\000\000\022\000\000\000\000\000\000\000\001\000\000\000\000\000\000\000\000' >"$SEEDS/c3" && seed control "$SEEDS/c3"
+printf '\010\000\000\000\015\000\000\000\000\000\000\000\001\000\000\000\003abc\000\000\000\007\000\000\000\002xy' >"$SEEDS/c4" &&
+    seed control "$SEEDS/c4"
+# Data streams (first byte: read size - 1, bit 0 also allows TPM_SEND_COMMAND): GetRandom, plain and framed.
+printf '\377\200\001\000\000\000\014\000\000\001\173\000\010' >"$SEEDS/f1" && seed tpm-frame "$SEEDS/f1"
+printf '\004\000\000\000\010\003\000\000\000\014\200\001\000\000\000\014\000\000\001\173\000\010' >"$SEEDS/f2" &&
+    seed tpm-frame "$SEEDS/f2"
+# libtpms' own blobs, from a TPM libtpms manufactures in the replay build.
+"$REPLAY" --seeds libtpms-state "$(corpus libtpms-state)" >&2
 # TPM responses: a GetRandom answer; the signer's messages: a CA-certificate request.
 printf '\200\001\000\000\000\024\000\000\000\000\000\010abcdefgh' >"$SEEDS/r1" && seed tpm-response "$SEEDS/r1"
 printf '\001\002' >"$SEEDS/s1" && seed signer-message "$SEEDS/s1"

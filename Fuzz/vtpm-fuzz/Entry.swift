@@ -38,6 +38,16 @@ import Foundation
 struct Replay {
     static func main() throws {
         let arguments = CommandLine.arguments.dropFirst()
+        if arguments.first == "--seeds", arguments.count == 3 {
+            let name = arguments[arguments.startIndex + 1]
+            let directory = arguments[arguments.startIndex + 2]
+            let seeds = Targets.seeds[name]?() ?? []
+            for (index, seed) in seeds.enumerated() {
+                try Data(seed).write(to: URL(fileURLWithPath: "\(directory)/seed-\(name)-\(index)"))
+            }
+            print("\(name): \(seeds.count) seeds written")
+            return
+        }
         guard let name = arguments.first, let target = Targets.all[name] else {
             print(
                 "usage: vtpm-fuzz TARGET FILE|DIRECTORY... (targets: \(Targets.all.keys.sorted().joined(separator: " ")))"

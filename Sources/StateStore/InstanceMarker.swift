@@ -44,7 +44,7 @@ public struct InstanceIdentity: Sendable, Hashable, CustomStringConvertible {
 /// `"VTPMINST" | be16 version | be64 creation time (Unix seconds) | TPM2B creator`, and from
 /// version 2 on `| vmID? | be64 generation | parent?`, where an optional vm-id is `u8 0` (none) or
 /// the vm-id's binary form (``VMID/encoded``: `u8 1` + 16 UUID bytes, or `u8 2` + `u8 n` + name).
-enum InstanceMarker {
+package enum InstanceMarker {
     static let magic: [UInt8] = Array("VTPMINST".utf8)
     static let version: UInt16 = 2
 
@@ -60,7 +60,7 @@ enum InstanceMarker {
         return try StateFile.encode(w.bytes, key: nil, generation: identity.generation &+ 1)
     }
 
-    static func decode(_ stored: [UInt8]) throws(StateStoreError) -> InstanceIdentity {
+    package static func decode(_ stored: [UInt8]) throws(StateStoreError) -> InstanceIdentity {
         let (data, _) = try StateFile.decode(stored, key: nil)
         var r = ByteReader(data)
         do {
@@ -95,7 +95,7 @@ enum InstanceMarker {
 ///     "VTPD" | be16 version 1 | vmID? | be64 generation | parent? | be64 creation time | TPM2B creator
 ///
 /// (optional vm-ids as in the marker). It makes the identity travel with the state itself.
-enum IdentityRecord {
+package enum IdentityRecord {
     static let magic: [UInt8] = Array("VTPD".utf8)
     static let version: UInt16 = 1
 
@@ -111,7 +111,7 @@ enum IdentityRecord {
         return w.bytes
     }
 
-    static func decode(_ value: [UInt8]) throws(StateStoreError) -> InstanceIdentity {
+    package static func decode(_ value: [UInt8]) throws(StateStoreError) -> InstanceIdentity {
         var r = ByteReader(value)
         do {
             guard try r.readBytes(count: 4) == self.magic else {

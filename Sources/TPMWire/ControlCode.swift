@@ -51,12 +51,16 @@ public struct ControlCode: RawRepresentable, Hashable, Sendable, CustomStringCon
         }
     }
 
-    /// How many payload bytes follow the code on the wire.
+    /// How many payload bytes follow the code on the wire. The channel is a byte stream: a message's
+    /// length comes from its code (and for two commands from a length field), never from how the bytes
+    /// were split into reads, so messages may be pipelined.
     public enum PayloadRule: Hashable, Sendable {
-        /// Exactly `n` bytes; more bytes in the same read make it a bad-parameter error.
-        case exactly(Int)
-        /// At least `n` bytes; bytes beyond are ignored (swtpm's behaviour).
-        case atLeast(Int)
+        /// Exactly `n` bytes.
+        case fixed(Int)
+        /// `usual` bytes as QEMU writes them (the size of swtpm's request/response union), or `minimum` as
+        /// swtpm_ioctl writes them (the request alone). Fewer than `usual` bytes make a message only when
+        /// nothing else has arrived behind them (see ``ControlDecoder``).
+        case padded(minimum: Int, usual: Int)
         /// 12-byte header (flags, type, length) followed by `length` bytes.
         case stateBlob
         /// be32 length followed by `length` bytes, streamed.
@@ -66,16 +70,14 @@ public struct ControlCode: RawRepresentable, Hashable, Sendable, CustomStringCon
     /// The payload rule, or nil for a code vtpmd does not implement.
     public var payloadRule: PayloadRule? {
         switch self {
-        case .getCapability, .setDataFD: .atLeast(0)
-        case .initialize: .exactly(4)
-        case .shutdown, .getTPMEstablished, .hashStart, .hashEnd, .cancelTPMCommand, .storeVolatile, .stop,
-            .getConfig, .vtpmGetIdentity:
-            .exactly(0)
-        case .setLocality, .resetTPMEstablished: .atLeast(1)
-        case .getStateBlob: .atLeast(12)
+        case .getCapability, .setDataFD, .shutdown, .getTPMEstablished, .hashStart, .hashEnd, .cancelTPMCommand,
+            .storeVolatile, .stop, .getConfig, .vtpmGetIdentity:
+            .fixed(0)
+        case .initialize, .setBufferSize: .fixed(4)
+        case .setLocality, .resetTPMEstablished: .padded(minimum: 1, usual: 4)
+        case .getStateBlob: .fixed(12)
+        case .getInfo: .fixed(16)
         case .setStateBlob: .stateBlob
-        case .setBufferSize: .atLeast(4)
-        case .getInfo: .atLeast(16)
         case .hashData: .hashData
         default: nil
         }

@@ -4,6 +4,53 @@ import TPMEngine
 import TPMWire
 import _VTPMPosix
 
+/// One control connection: the decoder of what it sent, the descriptors that came with it, the replies
+/// it has not read yet. A reference, so the loop and the protocol core can both hold it while a message
+/// is executed.
+final class ControlConnection {
+    let fd: Int32
+    var decoder: ControlDecoder
+    /// Descriptors received with its bytes (SCM_RIGHTS), in order; SET_DATAFD takes the first.
+    var descriptors: [Int32] = []
+    /// When the first byte of the message being received arrived (its deadline runs from there).
+    var messageStarted: UInt64 = 0
+    /// Replies not yet written.
+    var outbox = Outbox()
+    /// The HASH_DATA being received: its result so far (nil: none).
+    var hashResult: UInt32? = nil
+    /// A peer waiting for its turn: the next command is not read-only (``Server/isReadOnly(_:)``).
+    var parked = false
+
+    init(fd: Int32, maximumBlobSize: Int) {
+        self.fd = fd
+        self.decoder = ControlDecoder(maximumBlobSize: maximumBlobSize)
+    }
+
+    /// Closes the connection and the descriptors it was sent and did not use.
+    func close() {
+        closeDescriptor(self.fd)
+        self.releaseDescriptors()
+    }
+
+    func releaseDescriptors() {
+        for fd in self.descriptors { closeDescriptor(fd) }
+        self.descriptors = []
+    }
+}
+
+/// What the protocol core asks the poll loop to do with a connection; the core itself never reads,
+/// writes or closes a socket.
+enum ConnectionAction: Hashable {
+    /// Send these bytes (after any not yet sent).
+    case reply([UInt8])
+    /// Serve this descriptor as the data channel (SET_DATAFD).
+    case adoptDataDescriptor(Int32)
+    /// Close the connection once the replies before are out.
+    case close(reason: String)
+    /// End the process once the replies before are out (SHUTDOWN).
+    case exit
+}
+
 extension Server {
     /// How long a control command may take to arrive completely (swtpm uses 500 ms).
     static let controlDeadlineNanoseconds: UInt64 = 500_000_000
@@ -12,104 +59,99 @@ extension Server {
     /// swtpm's first read size: 4 + sizeof(hash-data struct).
     static let firstControlRead = 4104
 
-    /// Reads one control command from the control connection, executes it, replies.
-    /// - Parameter received: Bytes of the command already read, and descriptors that came with them (a peer
-    ///   that waited its turn).
-    func serveControl(received: (bytes: [UInt8], fds: [Int32]) = ([], [])) {
-        let fd = self.controlConnection
-        let start = ProcessControl.monotonicNanoseconds()
-        var first = received
-        if received.bytes.isEmpty {
-            do {
-                first = try Socket.receive(fd, max: Self.firstControlRead)
-            } catch {
-                self.closeControlConnection()
-                return
-            }
-        }
-        var passed = first.fds
-        defer { for extra in passed { closeDescriptor(extra) } }
-        var buffer = first.bytes
-        if buffer.isEmpty {
-            self.closeControlConnection()
-            return
-        }
-        let deadline = start + Self.controlDeadlineNanoseconds
-        guard readUntilFilled(&buffer, from: fd, to: 4, deadline: deadline) else {
-            self.logger.warning("control: short command (\(buffer.count) bytes), closing the connection")
-            self.closeControlConnection()
-            return
-        }
-        let code = ControlCode(rawValue: buffer.readBigEndianUInt32(at: 0))
-        self.logger.trace("control command", metadata: ["code": "\(code)"])
-        guard let rule = code.payloadRule else {
-            self.logger.warning("control: unknown command code 0x\(String(code.rawValue, radix: 16))")
-            self.replyControl(ControlReply.result(ControlResult.badOrdinal))
-            return
-        }
-        switch rule {
-        case .exactly(let n), .atLeast(let n):
-            guard readUntilFilled(&buffer, from: fd, to: 4 + n, deadline: deadline) else {
-                self.rejectShort(code, have: buffer.count, need: 4 + n)
-                return
-            }
-            if case .exactly = rule, buffer.count > 4 + n {
-                self.logger.warning("control: \(code) with \(buffer.count - 4 - n) unexpected trailing bytes")
-                self.replyControl(self.errorReply(code, ControlResult.badParameter))
-                return
-            }
-            let request: ControlRequest
-            do {
-                request = try ControlRequest(code: code, payload: Array(buffer[4..<(4 + n)]))
-            } catch {
-                self.replyControl(self.errorReply(code, ControlResult.badParameter))
-                return
-            }
+    /// Takes bytes (and descriptors) received on a control connection.
+    func receiveControl(_ bytes: [UInt8], descriptors: [Int32], on connection: ControlConnection, now: UInt64) {
+        if connection.decoder.phase == .idle { connection.messageStarted = now }
+        connection.decoder.receive(bytes)
+        connection.descriptors += descriptors
+    }
+
+    /// Decodes and executes the next complete message of the served control connection.
+    /// - Returns: what to do, or nil when no complete message is buffered.
+    func stepControl(_ connection: ControlConnection, now: UInt64) -> [ConnectionAction]? {
+        guard let message = connection.decoder.next() else { return nil }
+        let actions = self.execute(message, on: connection)
+        // A message ended: the bytes of the next one arrived no later than now, its deadline runs from here.
+        if case .hashData = message {} else { connection.messageStarted = now }
+        if connection.decoder.phase == .idle { connection.releaseDescriptors() }
+        return actions
+    }
+
+    /// Executes one decoded message.
+    func execute(_ message: ControlDecoder.Message, on connection: ControlConnection) -> [ConnectionAction] {
+        switch message {
+        case .request(let request):
+            self.logger.trace("control command", metadata: ["request": "\(request)"])
+            var actions: [ConnectionAction] = []
             var descriptor: Int32? = nil
-            if request == .setDataFD, !passed.isEmpty { descriptor = passed.removeFirst() }
+            if request == .setDataFD, !connection.descriptors.isEmpty {
+                descriptor = connection.descriptors.removeFirst()
+            }
             let reply = self.handle(request, passedDescriptor: descriptor)
-            self.replyControl(reply)
-            if request == .shutdown { self.shouldExit = true }
-        case .stateBlob:
-            guard readUntilFilled(&buffer, from: fd, to: 16, deadline: deadline) else {
-                self.rejectShort(code, have: buffer.count, need: 16)
-                return
+            actions.append(.reply(reply))
+            if let descriptor, reply == ControlReply.result(0) { actions.append(.adoptDataDescriptor(descriptor)) }
+            if request == .shutdown { actions.append(.exit) }
+            return actions
+        case .setStateBlob(let flags, let type, let blob):
+            return [.reply(ControlReply.result(self.setStateBlob(flags: flags, type: type, blob: blob)))]
+        case .hashData(let chunk):
+            if connection.hashResult == nil {
+                let running = self.engine.isRunning
+                if running { self.identity?.stateWillChange() }
+                connection.hashResult = running ? 0 : ControlResult.badOrdinal
             }
-            let flags = buffer.readBigEndianUInt32(at: 4)
-            let type = buffer.readBigEndianUInt32(at: 8)
-            let length = Int(buffer.readBigEndianUInt32(at: 12))
-            guard length <= self.configuration.maximumBlobSize else {
-                self.logger.warning("control: SET_STATEBLOB of \(length) bytes exceeds the limit; closing")
-                self.replyControl(ControlReply.result(ControlResult.badParameter))
-                self.closeControlConnection()
-                return
-            }
-            guard readUntilFilled(&buffer, from: fd, to: 16 + length, deadline: start + Self.bodyDeadlineNanoseconds)
-            else {
-                self.rejectShort(code, have: buffer.count, need: 16 + length)
-                return
-            }
-            let blob = Array(buffer[16..<(16 + length)])
-            self.replyControl(ControlReply.result(self.setStateBlob(flags: flags, type: type, blob: blob)))
-        case .hashData:
-            guard readUntilFilled(&buffer, from: fd, to: 8, deadline: deadline) else {
-                self.rejectShort(code, have: buffer.count, need: 8)
-                return
-            }
-            let length = Int(buffer.readBigEndianUInt32(at: 4))
-            let result = self.streamHashData(firstBytes: Array(buffer.dropFirst(8).prefix(length)), length: length)
-            guard let result else {
-                self.closeControlConnection()
-                return
-            }
-            self.replyControl(ControlReply.result(result))
+            if connection.hashResult == 0 { connection.hashResult = self.engine.hashData(chunk) }
+            return []
+        case .hashDataEnd:
+            let result = connection.hashResult ?? (self.engine.isRunning ? 0 : ControlResult.badOrdinal)
+            connection.hashResult = nil
+            return [.reply(ControlReply.result(result))]
+        case .unknownCommand(let code):
+            self.logger.warning("control: unknown command code 0x\(String(code.rawValue, radix: 16))")
+            return [.reply(ControlReply.result(ControlResult.badOrdinal))]
+        case .invalid(let code, let error):
+            self.logger.warning("control: \(code): \(error)")
+            return [.reply(self.errorReply(code, ControlResult.badParameter))]
+        case .blobTooLarge(let length):
+            self.logger.warning("control: SET_STATEBLOB of \(length) bytes exceeds the limit; closing")
+            return [
+                .reply(ControlReply.result(ControlResult.badParameter)),
+                .close(reason: "SET_STATEBLOB too large"),
+            ]
         }
     }
 
-    func rejectShort(_ code: ControlCode, have: Int, need: Int) {
-        self.logger.warning("control: \(code) incomplete (\(have) of \(need) bytes) at the deadline; closing")
-        self.replyControl(self.errorReply(code, ControlResult.badParameter))
-        self.closeControlConnection()
+    /// When the message being received on `connection` must be complete (nil: none is). While replies
+    /// wait to be read, messages wait too, and the reply deadline applies instead.
+    func controlDeadline(_ connection: ControlConnection) -> UInt64? {
+        guard connection.outbox.isEmpty else { return nil }
+        return switch connection.decoder.phase {
+        case .idle: nil
+        case .command: connection.messageStarted + Self.controlDeadlineNanoseconds
+        case .body: connection.messageStarted + Self.bodyDeadlineNanoseconds
+        }
+    }
+
+    /// The message being received missed its deadline: an error reply where the command is known, and
+    /// the connection is closed (what follows in the stream can no longer be framed).
+    func expireControl(_ connection: ControlConnection) -> [ConnectionAction] {
+        let buffered = connection.decoder.bufferedCount
+        switch connection.decoder.phase {
+        case .idle:
+            return []
+        case .command(nil):
+            self.logger.warning("control: short command (\(buffered) bytes), closing the connection")
+            return [.close(reason: "short command")]
+        case .command(let code?):
+            self.logger.warning("control: \(code) incomplete (\(buffered) bytes) at the deadline; closing")
+            return [.reply(self.errorReply(code, ControlResult.badParameter)), .close(reason: "incomplete command")]
+        case .body(let code):
+            self.logger.warning("control: \(code) body incomplete at the deadline; closing")
+            connection.hashResult = nil
+            // swtpm answers a short HASH_DATA with TPM_IOERROR.
+            let result = code == .hashData ? ControlResult.ioError : ControlResult.badParameter
+            return [.reply(ControlReply.result(result)), .close(reason: "incomplete body")]
+        }
     }
 
     /// An error reply of the size QEMU reads for `code`: 8 bytes for GET_TPMESTABLISHED, 16 for
@@ -119,16 +161,6 @@ extension Server {
         case .getTPMEstablished: ControlReply.established(result: result, bit: false)
         case .getStateBlob: ControlReply.stateBlob(result: result, flags: 0, data: [])
         default: ControlReply.result(result)
-        }
-    }
-
-    func replyControl(_ bytes: [UInt8]) {
-        guard self.controlConnection >= 0 else { return }
-        do {
-            try Socket.sendAll(self.controlConnection, bytes)
-        } catch {
-            self.logger.debug("control: reply failed: \(error)")
-            self.closeControlConnection()
         }
     }
 
@@ -195,14 +227,12 @@ extension Server {
                 migrationKey: self.configuration.migrationKey != nil
             )
         case .setDataFD:
+            // The loop adopts the descriptor (``ConnectionAction/adoptDataDescriptor(_:)``).
             guard self.dataConnection < 0, self.dataListener < 0 else {
                 if let passedDescriptor { closeDescriptor(passedDescriptor) }
                 return ControlReply.result(ControlResult.ioError)
             }
-            guard let passedDescriptor else { return ControlReply.result(ControlResult.badParameter) }
-            self.dataConnection = passedDescriptor
-            self.dataFromControl = true
-            self.connectionEpoch += 1
+            guard passedDescriptor != nil else { return ControlReply.result(ControlResult.badParameter) }
             return ControlReply.result(0)
         case .setBufferSize(let wanted):
             if wanted != 0 {
@@ -348,33 +378,6 @@ extension Server {
             return error.result
         }
         return 0
-    }
-
-    /// HASH_DATA: feeds the announced bytes to libtpms in chunks of at most 4096 as they arrive.
-    /// Returns the result code, or nil when the connection must be closed.
-    func streamHashData(firstBytes: [UInt8], length: Int) -> UInt32? {
-        let fd = self.controlConnection
-        let running = self.engine.isRunning
-        var result: UInt32 = running ? 0 : ControlResult.badOrdinal
-        if running { self.identity?.stateWillChange() }
-        var pending = firstBytes
-        var received = firstBytes.count
-        let deadline = ProcessControl.monotonicNanoseconds() + Self.bodyDeadlineNanoseconds
-        while true {
-            while pending.count >= 4096 || (!pending.isEmpty && received == length) {
-                let chunk = Array(pending.prefix(4096))
-                pending.removeFirst(chunk.count)
-                if running && result == 0 { result = self.engine.hashData(chunk) }
-            }
-            if received >= length { break }
-            var more: [UInt8] = []
-            guard readUntilFilled(&more, from: fd, to: min(length - received, 65536), deadline: deadline) else {
-                return nil
-            }
-            received += more.count
-            pending.append(contentsOf: more)
-        }
-        return result
     }
 }
 

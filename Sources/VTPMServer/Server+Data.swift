@@ -8,66 +8,45 @@ extension Server {
     static let dataDeadlineNanoseconds: UInt64 = 2_000_000_000
     static let tpm2ShutdownCode: UInt32 = 0x145
 
-    /// Reads one TPM command and answers it. Clients (QEMU, tpm2-tss, swtpm's tools) write a whole
-    /// command and wait for its response, so one command is what arrives: it is framed by its size
-    /// field, the rest of a short command is waited for (up to the deadline), and bytes beyond the
-    /// size field that arrived with it are an error (R8), never a second command: on QEMU's socket
-    /// that would give QEMU two responses for one request.
-    func serveData() {
-        let fd = self.dataConnection
-        let n: Int
-        do {
-            n = try Socket.read(fd, into: &self.readBuffer, at: 0, count: self.readBuffer.count)
-        } catch {
-            self.closeDataConnection(byPeer: true, reason: "read failed: \(error)")
-            return
+    /// Accounts for `count` bytes the loop read into `readBuffer` at `dataFramer.filled` and answers the
+    /// command they complete. Framing (R8) is ``TPMCommandFramer``'s: a frame is delimited by its size
+    /// field, bytes beyond it in the frame's first read are an error, never a second command.
+    func receivedData(_ count: Int, now: UInt64) -> [ConnectionAction] {
+        if !self.dataFramer.isInFrame { self.dataStarted = now }
+        let step = self.dataFramer.received(
+            count,
+            in: self.readBuffer,
+            maximumCommand: Int(self.bufferSize),
+            allowSendCommand: !self.dataFromControl && !self.configuration.dataIsCharacterDevice
+        )
+        switch step {
+        case .needMore:
+            return []
+        case .malformed(let reason):
+            return self.rejectFrame(reason: reason)
+        case .frame(let frame):
+            let response: [UInt8]
+            if let locality = frame.sendCommandLocality {
+                response = self.executeSendCommand(frame.command, locality: locality)
+            } else {
+                response = self.execute(frameOf: frame.command.count)
+            }
+            var actions: [ConnectionAction] = [.reply(response)]
+            if self.configuration.disconnectAfterResponse {
+                actions.append(.close(reason: "disconnect after response"))
+            }
+            return actions
         }
-        if n == 0 {
-            self.closeDataConnection(byPeer: true, reason: "end of stream")
-            return
-        }
-        self.dataPending = n
-        let deadline = ProcessControl.monotonicNanoseconds() + Self.dataDeadlineNanoseconds
-        guard self.fillData(fd, to: TPMFrame.headerSize, deadline: deadline) else {
-            self.rejectFrame(reason: "header of \(self.dataPending) bytes")
-            return
-        }
-        if self.readBuffer.readBigEndianUInt32(at: 0) == Self.tcgSendCommand {
-            self.serveSendCommandFrame(fd, deadline: deadline)
-            return
-        }
-        let size = Int(self.readBuffer.readBigEndianUInt32(at: 2))
-        guard size >= TPMFrame.headerSize, size <= Int(self.bufferSize), size <= self.readBuffer.count else {
-            self.rejectFrame(reason: "size field \(size) outside 10...\(self.bufferSize)")
-            return
-        }
-        guard self.fillData(fd, to: size, deadline: deadline) else {
-            self.rejectFrame(reason: "\(self.dataPending) of \(size) bytes arrived")
-            return
-        }
-        guard self.dataPending == size else {
-            self.rejectFrame(reason: "\(self.dataPending - size) bytes beyond the size field")
-            return
-        }
-        let response = self.execute(frameOf: size)
-        self.dataPending = 0
-        _ = self.respond(fd, response)
     }
 
-    /// Writes a response; with `disconnect`, closes the connection after it.
-    /// Returns whether the connection is still open.
-    func respond(_ fd: Int32, _ response: [UInt8]) -> Bool {
-        do {
-            try Socket.sendAll(fd, response)
-        } catch {
-            self.closeDataConnection(byPeer: true, reason: "write failed: \(error)")
-            return false
-        }
-        if self.configuration.disconnectAfterResponse {
-            self.closeDataConnection(byPeer: false, reason: "disconnect after response")
-            return false
-        }
-        return true
+    /// When the partial frame must be complete (nil: none is being received).
+    var dataDeadline: UInt64? {
+        self.dataFramer.isInFrame ? self.dataStarted + Self.dataDeadlineNanoseconds : nil
+    }
+
+    /// The partial frame missed its deadline.
+    func expireData() -> [ConnectionAction] {
+        self.rejectFrame(reason: self.dataFramer.expire(in: self.readBuffer))
     }
 
     /// TCG "TPM_SEND_COMMAND" framing (the MS simulator convention, capability 0x8000):
@@ -75,30 +54,8 @@ extension Server {
     /// Accepted only on connections from the `--server` listener (never on QEMU's SET_DATAFD
     /// socket), and unlike swtpm the locality applies to this one command only and is checked
     /// against 0...4 and `reject-locality-4`.
-    static let tcgSendCommand: UInt32 = 8
-
-    func serveSendCommandFrame(_ fd: Int32, deadline: UInt64) {
-        guard !self.dataFromControl, !self.configuration.dataIsCharacterDevice else {
-            self.rejectFrame(reason: "TCG send-command framing on a QEMU data channel")
-            return
-        }
-        let prefix = 9
-        let locality = self.readBuffer[4]
-        let size = Int(self.readBuffer.readBigEndianUInt32(at: 5))
-        guard size >= TPMFrame.headerSize, size <= Int(self.bufferSize), prefix + size <= self.readBuffer.count else {
-            self.rejectFrame(reason: "send-command size \(size) outside 10...\(self.bufferSize)")
-            return
-        }
-        guard self.fillData(fd, to: prefix + size, deadline: deadline) else {
-            self.rejectFrame(reason: "\(self.dataPending) of \(prefix + size) send-command bytes arrived")
-            return
-        }
-        guard self.dataPending == prefix + size else {
-            self.rejectFrame(reason: "\(self.dataPending - prefix - size) bytes beyond the send-command size")
-            return
-        }
-        var command = Array(self.readBuffer[prefix..<(prefix + size)])
-        self.dataPending = 0
+    func executeSendCommand(_ range: Range<Int>, locality: UInt8) -> [UInt8] {
+        var command = Array(self.readBuffer[range])
         let response: [UInt8]
         if locality > 4 || (locality == 4 && self.configuration.rejectLocality4) {
             response = TPMFrame.errorResponse(TPMFrame.rcLocality)
@@ -112,7 +69,7 @@ extension Server {
         w.write(UInt32(response.count))
         w.write(bytes: response)
         w.write(UInt32(0))
-        _ = self.respond(fd, w.bytes)
+        return w.bytes
     }
 
     /// Runs the size-checked command at the start of the read buffer, in place.
@@ -164,40 +121,17 @@ extension Server {
         return TPMFrame.errorResponse(TPMFrame.rcSuccess)
     }
 
-    /// Reads until `dataPending` reaches `count` or the deadline passes (never beyond `count`).
-    func fillData(_ fd: Int32, to count: Int, deadline: UInt64) -> Bool {
-        while self.dataPending < count {
-            let now = ProcessControl.monotonicNanoseconds()
-            guard now < deadline else { return false }
-            let waitMs = Int32((deadline - now) / 1_000_000 + 1)
-            guard (try? waitReadable(fd, timeoutMilliseconds: waitMs)) == true else { continue }
-            guard
-                let n = try? Socket.read(
-                    fd,
-                    into: &self.readBuffer,
-                    at: self.dataPending,
-                    count: count - self.dataPending
-                ), n > 0
-            else {
-                return false
-            }
-            self.dataPending += n
-        }
-        return true
-    }
-
     /// A frame that cannot be a TPM command: one TPM_RC_COMMAND_SIZE reply and libtpms is not called.
     /// On QEMU's socket (SET_DATAFD) the connection stays open, since QEMU never reconnects and a
     /// guest must not be able to cut itself off from its TPM with one bad command; QEMU sends nothing
     /// more until it has the reply, so the stream is in step again. Other clients are disconnected,
     /// as the rest of an oversized command could still be on its way.
-    func rejectFrame(reason: String) {
+    func rejectFrame(reason: String) -> [ConnectionAction] {
         self.logger.warning("data: malformed TPM command (\(reason))")
-        self.dataPending = 0
-        let fd = self.dataConnection
-        guard self.respond(fd, TPMFrame.errorResponse(TPMFrame.rcCommandSize)) else { return }
+        var actions: [ConnectionAction] = [.reply(TPMFrame.errorResponse(TPMFrame.rcCommandSize))]
         if !self.dataFromControl && !self.configuration.dataIsCharacterDevice {
-            self.closeDataConnection(byPeer: false, reason: "malformed command")
+            actions.append(.close(reason: "malformed command"))
         }
+        return actions
     }
 }

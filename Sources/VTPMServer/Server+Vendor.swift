@@ -11,7 +11,7 @@ import VMIdentity
 //   the connection, so a client can probe for the command and fall back cleanly.
 // - QEMU only sends the codes its capability check knows about, and GET_CAPABILITY stays 0xffff
 //   (no bit is added), so QEMU neither sends nor expects it.
-// - The request has no payload (`PayloadRule.exactly(0)`): trailing bytes give 0x03 like STOP.
+// - The request has no payload (`PayloadRule.fixed(0)`): bytes behind it are the next message.
 //
 // Reply: be32 result, be32 length, then `length` bytes of UTF-8 JSON:
 //   {"vm_id": "<uuid>", "generation": N | null, "last_decision": "clone|move|rollback|adopt|rekey-foreign|reject|none",

@@ -24,11 +24,17 @@ public final class Server {
     var identityChecked = false
 
     var controlListener: Int32 = -1
-    var controlConnection: Int32 = -1
-    /// Further control connections (read-only queries, or waiting their turn): see ``ControlPeer``.
-    var controlPeers: [ControlPeer] = []
+    /// The control connection being served.
+    var control: ControlConnection?
+    /// Further control connections (read-only queries, or waiting their turn): see Server+Observers.
+    var controlPeers: [ControlConnection] = []
     var dataListener: Int32 = -1
     var dataConnection: Int32 = -1
+    /// Framing of the data channel's commands in `readBuffer`, and when the current one started.
+    var dataFramer: TPMCommandFramer
+    var dataStarted: UInt64 = 0
+    /// Responses the data peer has not read yet.
+    var dataOutbox = Outbox()
     /// The data connection came from SET_DATAFD (QEMU) rather than the --server listener.
     var dataFromControl = false
     var signalDescriptor: Int32 = -1
@@ -42,9 +48,8 @@ public final class Server {
     var lastCommandWasShutdown = false
     /// GET_STATEBLOB results kept for reads at offset > 0 (the bytes must not change between chunks).
     var blobCache: [UInt32: (blob: [UInt8], flags: UInt32)] = [:]
-    /// Data-channel input buffer and how many bytes of it are filled.
+    /// Data-channel input buffer: commands are read into it and executed in place.
     var readBuffer: [UInt8]
-    var dataPending = 0
 
     /// Creates the server; opens nothing yet.
     public init(configuration: ServerConfiguration, logger: Logger) throws {
@@ -70,6 +75,7 @@ public final class Server {
         self.engine = try Engine(storage: self.storage)
         self.bufferSize = Engine.setBufferSize(0).size
         self.readBuffer = [UInt8](repeating: 0, count: Int(Engine.setBufferSize(0).maximum) + 16)
+        self.dataFramer = TPMCommandFramer(capacity: self.readBuffer.count)
     }
 
     /// Creates the sockets and the pid file, starts libtpms if told to. Errors here are startup
@@ -91,7 +97,7 @@ public final class Server {
             case .listeningDescriptor(let fd):
                 self.controlListener = fd
             case .connectedDescriptor(let fd):
-                self.controlConnection = fd
+                self.control = ControlConnection(fd: fd, maximumBlobSize: self.configuration.maximumBlobSize)
             }
         }
         if let server = self.configuration.server {
@@ -141,83 +147,6 @@ public final class Server {
         self.logger.info("vtpmd ready", metadata: ["pid": "\(ProcessControl.processID)"])
     }
 
-    /// Serves until SHUTDOWN, a termination signal, or (with --terminate) loss of the data
-    /// connection. Returns the process exit status.
-    public func run() -> Int32 {
-        // After --runas: the registry's connections are made as the user the process runs as.
-        self.identity?.writer.resume()
-        while !self.shouldExit {
-            self.promoteControlPeer()
-            if self.shouldExit { break }
-            var fds: [(fd: Int32, events: PollEvents)] = [(self.signalDescriptor, .readable)]
-            if self.controlConnection >= 0 {
-                fds.append((self.controlConnection, .readable))
-                if self.acceptsControlPeers { fds.append((self.controlListener, .readable)) }
-            } else if self.controlListener >= 0 {
-                fds.append((self.controlListener, .readable))
-            }
-            for peer in self.controlPeers where !peer.parked { fds.append((peer.fd, .readable)) }
-            if self.dataConnection >= 0 {
-                fds.append((self.dataConnection, .readable))
-            } else if self.dataListener >= 0 {
-                fds.append((self.dataListener, .readable))
-            }
-            // Registry bookkeeping that is due (the write generation after an INIT) waits until nothing
-            // else is: it never delays a reply.
-            let idleWork = self.identity?.stateWriteDue == true
-            let ready: [PollEvents]
-            do {
-                ready = try pollDescriptors(fds, timeoutMilliseconds: idleWork ? 0 : self.controlPeerTimeout())
-            } catch {
-                self.logger.error("poll failed: \(error)")
-                self.exitStatus = 1
-                break
-            }
-            if idleWork && ready.allSatisfy(\.isEmpty) {
-                self.identity?.recordStateWrite()
-                continue
-            }
-            let epoch = self.connectionEpoch
-            for (index, entry) in fds.enumerated() where !ready[index].isEmpty {
-                if self.shouldExit || self.connectionEpoch != epoch { break }
-                switch entry.fd {
-                case self.signalDescriptor:
-                    if let sig = ProcessControl.readSignal(self.signalDescriptor) {
-                        self.logger.info("terminating on signal \(sig)")
-                        self.shouldExit = true
-                    }
-                case self.controlConnection:
-                    self.serveControl()
-                case self.controlListener:
-                    if self.controlConnection >= 0 {
-                        self.acceptControlPeer()
-                    } else if let fd = try? Socket.accept(self.controlListener) {
-                        self.controlConnection = fd
-                        self.connectionEpoch += 1
-                    }
-                case self.dataConnection:
-                    self.serveData()
-                case self.dataListener:
-                    if let fd = try? Socket.accept(self.dataListener) {
-                        self.dataConnection = fd
-                        self.connectionEpoch += 1
-                    }
-                default:
-                    self.serveControlPeer(entry.fd)
-                }
-            }
-            self.expireControlPeers()
-        }
-        self.shutdownTPM()
-        self.identity?.saveCheckpoint()
-        // A clean stop: the registry learns the newest state committed (a later restore of an older
-        // copy is then a rollback).
-        self.identity?.recordStateWrite()
-        if let identity = self.identity { identity.writer.stop(timeout: identity.registry.timeout) }
-        self.cleanup()
-        return self.exitStatus
-    }
-
     /// Orderly stop of libtpms: TPM2_Shutdown(SU_STATE) first unless the guest already did it (R13).
     func shutdownTPM() {
         guard self.engine.isRunning else { return }
@@ -262,10 +191,12 @@ public final class Server {
     }
 
     func cleanup() {
-        for fd in [self.controlConnection, self.dataConnection, self.controlListener, self.dataListener] where fd >= 0 {
+        for fd in [self.dataConnection, self.controlListener, self.dataListener] where fd >= 0 {
             closeDescriptor(fd)
         }
-        for peer in self.controlPeers { ([peer.fd] + peer.descriptors).forEach(closeDescriptor) }
+        self.control?.close()
+        self.control = nil
+        for peer in self.controlPeers { peer.close() }
         self.controlPeers = []
         if case .unix(let path, _, _, _) = self.configuration.control { removePath(path) }
         if case .unix(let path, _, _, _) = self.configuration.server { removePath(path) }
@@ -280,7 +211,8 @@ public final class Server {
         closeDescriptor(self.dataConnection)
         self.dataConnection = -1
         self.connectionEpoch += 1
-        self.dataPending = 0
+        self.dataFramer.reset()
+        self.dataOutbox = Outbox()
         self.dataFromControl = false
         self.logger.debug("data connection closed", metadata: ["reason": "\(reason)"])
         var inherited = false
@@ -296,9 +228,9 @@ public final class Server {
     }
 
     func closeControlConnection() {
-        guard self.controlConnection >= 0 else { return }
-        closeDescriptor(self.controlConnection)
-        self.controlConnection = -1
+        guard let control = self.control else { return }
+        control.close()
+        self.control = nil
         self.connectionEpoch += 1
         if case .connectedDescriptor = self.configuration.control {
             // swtpm_setup's socketpair: nobody can reconnect, so the process is done.

@@ -361,6 +361,30 @@ package enum Socket {
         return true
     }
 
+    /// Writes as much of `bytes[offset...]` as the descriptor takes now (MSG_DONTWAIT | MSG_NOSIGNAL) and
+    /// returns how many bytes that was: 0 when its buffer is full. A descriptor that is not a socket (a
+    /// character device) is written with `write`. Wraps `send`.
+    package static func sendAvailable(_ fd: Int32, _ bytes: [UInt8], from offset: Int) throws(PosixError) -> Int {
+        var sent = offset
+        while sent < bytes.count {
+            let n = unsafe bytes.withUnsafeBytes { buf in
+                unsafe Glibc.send(fd, buf.baseAddress! + sent, buf.count - sent, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+            }
+            if n < 0 {
+                let err = currentErrno()
+                if err == EINTR { continue }
+                if err == EAGAIN || err == EWOULDBLOCK { break }
+                if err == ENOTSOCK {
+                    try writeAll(fd: fd, Array(bytes[sent...]))
+                    return bytes.count - offset
+                }
+                throw PosixError(errno: err, function: "send")
+            }
+            sent += n
+        }
+        return sent - offset
+    }
+
     /// The local TCP port a socket is bound to (tests bind port 0).
     package static func localPort(_ fd: Int32) -> UInt16? {
         var addr = sockaddr_in()

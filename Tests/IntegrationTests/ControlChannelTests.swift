@@ -85,12 +85,10 @@ struct ControlChannelTests {
             // Locality out of range, then in range.
             #expect(try c.result(.setLocality(5)) == ControlResult.badLocality)
             #expect(try c.result(.setLocality(4)) == 0)
-            // STOP with trailing bytes: exact-size command.
-            #expect(
-                try c.exchange([0, 0, 0, 0x0e, 1, 2], replySize: 4) == ControlReply.result(ControlResult.badParameter)
-            )
-            // The connection still works.
-            #expect(try c.request(.getCapability, replySize: 8).count == 8)
+            // Two messages in one write: two replies, in order.
+            try c.send(ControlRequest.stop.encoded + ControlRequest.getCapability.encoded)
+            #expect(try c.read(12) == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff])
+            #expect(try c.result(.setLocality(4)) == 0)
             // SET_STATEBLOB with an unknown type, and a truncated/garbage blob.
             var w = ByteWriter()
             w.write(ControlCode.setStateBlob.rawValue)
@@ -367,6 +365,144 @@ extension ControlPeerTests {
             for _ in 0..<500 where !v.log.contains("does not read its replies") { Thread.sleep(forTimeInterval: 0.02) }
             #expect(v.log.contains("does not read its replies"), "\(v.log)")
             #expect(try first.request(.getCapability, replySize: 8) == [0, 0, 0, 0, 0, 0, 0xff, 0xff])
+        }
+    }
+}
+
+/// A control peer that stalls never stalls the guest's TPM: the data channel is served while the control
+/// connection holds part of a message, and the control channel takes messages at any pace within their
+/// deadline, pipelined or not.
+@Suite(.serialized)
+struct ControlStallTests {
+    static let getRandom: [UInt8] = [0x80, 0x01, 0, 0, 0, 0x0c, 0, 0, 0x01, 0x7b, 0, 8]
+
+    /// Sends GetRandom on the data channel and returns the milliseconds until its response.
+    static func timedGetRandom(_ d: DataClient) throws -> Double {
+        let start = ProcessControl.monotonicNanoseconds()
+        let r = try d.transmit(Self.getRandom, timeout: 5000)
+        let elapsed = Double(ProcessControl.monotonicNanoseconds() - start) / 1e6
+        #expect(TPMFrame.responseCode(r) == 0 && r.count == 20)
+        return elapsed
+    }
+
+    static func stalledPrefixes() -> [(name: String, bytes: [UInt8], deadlineMs: Int)] {
+        var blob = ByteWriter()
+        blob.write(ControlCode.setStateBlob.rawValue)
+        blob.write(UInt32(0))
+        blob.write(UInt32(1))
+        blob.write(UInt32(1000))
+        blob.write(bytes: [UInt8](repeating: 0xAA, count: 100))
+        var hash = ByteWriter()
+        hash.write(ControlCode.hashData.rawValue)
+        hash.write(UInt32(1000))
+        hash.write(bytes: [UInt8](repeating: 0x55, count: 100))
+        return [
+            ("mid-header", [0, 0, 0], 500),
+            ("mid-payload", [0, 0, 0, 2, 0], 500),
+            ("mid-SET_STATEBLOB body", blob.bytes, 10_000),
+            ("mid-HASH_DATA body", ControlRequest.hashStart.encoded + hash.bytes, 10_000),
+        ]
+    }
+
+    @Test func theDataChannelIsServedWhileTheControlPeerStalls() throws {
+        try withTemporaryDirectory { dir in
+            let v = try VTPMDInstance(dir: dir, extra: ["--flags", "not-need-init,startup-clear"])
+            let d = try v.data()
+            _ = try Self.timedGetRandom(d)
+            for stall in Self.stalledPrefixes() {
+                let c = try v.control()
+                try c.send(stall.bytes)
+                // HASH_START's reply comes first.
+                if stall.name.contains("HASH") { #expect(try c.read(4) == [0, 0, 0, 0]) }
+                Thread.sleep(forTimeInterval: 0.05)
+                var worst = 0.0
+                for _ in 0..<10 { worst = max(worst, try Self.timedGetRandom(d)) }
+                // Answered while the stalled message is still pending: nothing waited for it.
+                #expect(try c.read(1, timeout: 0).isEmpty, "\(stall.name)")
+                #expect(worst < Double(stall.deadlineMs) / 2, "\(stall.name): \(worst) ms")
+                print("GetRandom while the control peer stalls \(stall.name): slowest of 10 \(worst) ms")
+                if stall.deadlineMs == 500 {
+                    // At its deadline the stalled connection is answered (when its command is known) and closed.
+                    let reply = try c.read(4, timeout: 3000)
+                    #expect(reply == (stall.bytes.count < 4 ? [] : [0, 0, 0, 3]), "\(stall.name)")
+                    #expect(c.isClosed(timeout: 3000), "\(stall.name)")
+                }
+            }
+            #expect(v.daemon.isRunning)
+        }
+    }
+
+    @Test func aMessageSentOneBytePer50msWithinItsDeadlineIsServed() throws {
+        try withTemporaryDirectory { dir in
+            let v = try VTPMDInstance(dir: dir)
+            let c = try v.control()
+            // INIT: 8 bytes over 350 ms, within the 500 ms control deadline.
+            for byte in ControlRequest.initialize(flags: 0).encoded {
+                try c.send([byte])
+                Thread.sleep(forTimeInterval: 0.05)
+            }
+            #expect(try c.read(4) == [0, 0, 0, 0])
+            // A state blob body is paced the same way, within the 10 s body deadline.
+            let blob = try c.request(.getStateBlob(flags: 0, type: 1, offset: 0), replySize: 16 + 65536)
+            let length = Int(blob.readBigEndianUInt32(at: 12))
+            #expect(try c.result(.stop) == 0)
+            var set = ByteWriter()
+            set.write(ControlCode.setStateBlob.rawValue)
+            set.write(blob.readBigEndianUInt32(at: 4))
+            set.write(UInt32(1))
+            set.write(UInt32(length))
+            set.write(bytes: blob[16...])
+            let pieces = stride(from: 0, to: set.bytes.count, by: max(set.bytes.count / 20, 1)).map {
+                Array(set.bytes[$0..<min($0 + max(set.bytes.count / 20, 1), set.bytes.count)])
+            }
+            for piece in pieces {
+                try c.send(piece)
+                Thread.sleep(forTimeInterval: 0.05)
+            }
+            #expect(try c.read(4) == [0, 0, 0, 0])
+            #expect(try c.result(.initialize(flags: 0)) == 0)
+        }
+    }
+
+    @Test func pipelinedMessagesGetTheirRepliesInOrder() throws {
+        try withTemporaryDirectory { dir in
+            let v = try VTPMDInstance(dir: dir)
+            let c = try v.control()
+            let requests: [ControlRequest] = [
+                .getCapability, .initialize(flags: 0), .getTPMEstablished, .setLocality(0), .getConfig, .stop,
+                .setBufferSize(0),
+            ]
+            try c.send(requests.flatMap(\.encoded))
+            let reply = try c.read(8 + 4 + 8 + 4 + 8 + 4 + 16)
+            #expect(reply.count == 52)
+            #expect(Array(reply[0..<8]) == [0, 0, 0, 0, 0, 0, 0xff, 0xff])
+            #expect(Array(reply[8..<12]) == [0, 0, 0, 0])
+            #expect(Array(reply[12..<16]) == [0, 0, 0, 0])
+            #expect(Array(reply[20..<24]) == [0, 0, 0, 0])
+            #expect(Array(reply[32..<36]) == [0, 0, 0, 0])
+            #expect(Array(reply[36..<40]) == [0, 0, 0, 0])
+            // The TPM is stopped: GET_TPMESTABLISHED now fails, as it would sent alone.
+            #expect(try c.result(.getTPMEstablished, replySize: 8) == ControlResult.badOrdinal)
+        }
+    }
+
+    @Test func aControlClientThatDoesNotReadItsRepliesIsClosedAndStallsNothing() throws {
+        try withTemporaryDirectory { dir in
+            let v = try VTPMDInstance(dir: dir, extra: ["--flags", "not-need-init,startup-clear"])
+            let d = try v.data()
+            let flood = try v.control()
+            // 64 Ki pipelined queries, replies never read: vtpmd stops decoding them when the socket is full.
+            let queries = Array(repeating: ControlRequest.getCapability.encoded, count: 65536).flatMap { $0 }
+            let floodFD = flood.fd
+            let writer = Thread { try? Socket.sendAll(floodFD, queries) }
+            writer.start()
+            for _ in 0..<20 { _ = try Self.timedGetRandom(d) }
+            // After the reply deadline (10 s) the client is closed, and the control channel is free again.
+            for _ in 0..<300 where !v.log.contains("does not read its replies") { Thread.sleep(forTimeInterval: 0.05) }
+            #expect(v.log.contains("does not read its replies"), "\(v.log)")
+            let next = try v.control()
+            #expect(try next.request(.getCapability, replySize: 8) == [0, 0, 0, 0, 0, 0, 0xff, 0xff])
+            _ = try Self.timedGetRandom(d)
         }
     }
 }

@@ -53,12 +53,16 @@ struct ControlMessageTests {
         #expect(ControlCode(rawValue: 0).payloadRule == nil)
     }
 
-    @Test func payloadRulesMatchSwtpm() {
-        #expect(ControlCode.initialize.payloadRule == .exactly(4))
-        #expect(ControlCode.stop.payloadRule == .exactly(0))
-        #expect(ControlCode.setLocality.payloadRule == .atLeast(1))
-        #expect(ControlCode.getStateBlob.payloadRule == .atLeast(12))
-        #expect(ControlCode.getInfo.payloadRule == .atLeast(16))
+    /// The sizes QEMU and swtpm_ioctl write (PROTOCOL.md §2.3, swtpm_ioctl's `ctrlcmd` calls).
+    @Test func payloadRulesMatchWhatClientsWrite() {
+        #expect(ControlCode.initialize.payloadRule == .fixed(4))
+        #expect(ControlCode.stop.payloadRule == .fixed(0))
+        #expect(ControlCode.getCapability.payloadRule == .fixed(0))
+        #expect(ControlCode.setLocality.payloadRule == .padded(minimum: 1, usual: 4))
+        #expect(ControlCode.resetTPMEstablished.payloadRule == .padded(minimum: 1, usual: 4))
+        #expect(ControlCode.getStateBlob.payloadRule == .fixed(12))
+        #expect(ControlCode.setBufferSize.payloadRule == .fixed(4))
+        #expect(ControlCode.getInfo.payloadRule == .fixed(16))
         #expect(ControlCode.setStateBlob.payloadRule == .stateBlob)
         #expect(ControlCode.hashData.payloadRule == .hashData)
     }
