@@ -103,7 +103,7 @@ let package = Package(
         .executableTarget(
             name: "vtpm-state",
             dependencies: [
-                "StateTool", "CloneRekey",
+                "StateTool", "CloneRekey", "VTPMServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: settings

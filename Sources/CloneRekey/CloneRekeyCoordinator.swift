@@ -3,6 +3,7 @@ public import Registry
 public import StateStore
 public import TPMEngine
 public import VMIdentity
+import _VTPMPosix
 
 /// The one place where clone-rekey is orchestrated, for vtpmd (incoming blobs at CMD_INIT, a state
 /// found at start-up, a new TPM) and for `vtpm-state` (create, clone, rekey): it asks the decision
@@ -318,6 +319,7 @@ public final class CloneRekeyCoordinator {
             throw error
         }
         var outcome = RekeyOutcome(generation: generation, identity: identity, result: result, registryError: nil)
+        FaultInjection.point("\(store.path)#rekey-committed")
         do {
             try self.recordGeneration(
                 generation,

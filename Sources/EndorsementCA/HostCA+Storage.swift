@@ -137,15 +137,8 @@ extension HostCA {
     // MARK: File system, through _VTPMPosix
 
     private static func openDirectory(_ path: String, create: Bool) throws -> DirectoryHandle {
-        if create, !FileManager.default.fileExists(atPath: path) {
-            do {
-                try FileManager.default.createDirectory(
-                    atPath: path,
-                    withIntermediateDirectories: true,
-                    attributes: [.posixPermissions: 0o700]
-                )
-                try FileManager.default.setAttributes([.posixPermissions: 0o700], ofItemAtPath: path)
-            } catch {
+        if create {
+            do { try makeDirectories(path, mode: 0o700) } catch {
                 throw EndorsementCAError(.io, "cannot create the CA directory \(path): \(error)")
             }
         }

@@ -1,13 +1,11 @@
-import Foundation
 import _VTPMPosix
 
 /// Creating and vetting the registry file before SQLite opens it.
 ///
-/// SQLite creates a missing database file with mode 0644 (less the umask), and the call that could create
-/// it with 0600 directly, `open(2)` with a mode, is C with pointers, which this module does not use. So a
-/// missing file is made in a fresh private directory (0700) beside it, with mode 0600, and then
-/// hard-linked into place: `link(2)` fails if the name exists, so a concurrent creator is never
-/// overwritten, and nobody can open the file in between. SQLite gives its journal the database file's mode.
+/// SQLite creates a missing database file with mode 0644 (less the umask). So a missing file is made by
+/// `_VTPMPosix` (through its fault-injectable calls): an `O_EXCL` temp file with mode 0600, fsync-ed and
+/// hard-linked into place; `link(2)` fails if the name exists, so a concurrent creator is never overwritten.
+/// SQLite gives its journal the database file's mode.
 ///
 /// A registry in a set-group-ID directory is shared with that directory's group (the separated CA signer's,
 /// which reads the EKs a rekey recorded): it is created with mode 0660, and group write is accepted on a
@@ -17,57 +15,31 @@ enum RegistryFile {
     /// Makes sure `path` names a usable registry file, creating an empty one (0600) if it is missing.
     /// - Returns: Whether this call created the file.
     static func prepare(path: String) throws -> Bool {
-        let fileManager = FileManager.default
-        // The common case, an existing file, is one fstatat (FileManager's attributes would also look up
-        // the owner's and group's names: a measurable part of vtpmd's start).
-        let url = URL(fileURLWithPath: path)
-        let directory = url.deletingLastPathComponent().path
+        // The common case, an existing file, is one fstatat.
+        let (directory, name) = splitPath(path)
         let sharedGroup = try self.sharedGroup(directory: directory)
         if let status = try self.status(path) {
             try self.vet(path: path, status: status, sharedGroup: sharedGroup)
             return false
         }
-        let mode: Int = sharedGroup == nil ? 0o600 : 0o660
         do {
-            if !fileManager.fileExists(atPath: directory) {
-                try fileManager.createDirectory(
-                    atPath: directory,
-                    withIntermediateDirectories: true,
-                    attributes: [.posixPermissions: 0o700]
-                )
+            try makeDirectories(directory, mode: 0o700)
+            let handle = try DirectoryHandle.open(directory)
+            defer { handle.close() }
+            // An O_EXCL temp file with the mode, fsync-ed, hard-linked into place (never replacing), in the
+            // directory itself: in a set-group-ID directory it has the directory's group from the start.
+            if try handle.createFileExclusively(name, contents: [], mode: sharedGroup == nil ? 0o600 : 0o660) {
+                return true
             }
-            let token = String(UInt64.random(in: 0...UInt64.max), radix: 16)
-            let privateDirectory = directory + "/.\(url.lastPathComponent).new-\(token)"
-            try fileManager.createDirectory(
-                atPath: privateDirectory,
-                withIntermediateDirectories: false,
-                attributes: [.posixPermissions: 0o700]
-            )
-            defer { try? fileManager.removeItem(atPath: privateDirectory) }
-            let fresh = privateDirectory + "/registry"
-            guard fileManager.createFile(atPath: fresh, contents: Data(), attributes: [.posixPermissions: 0o600])
-            else {
-                throw RegistryError(.io, "cannot create \(fresh)")
-            }
-            try fileManager.setAttributes([.posixPermissions: mode], ofItemAtPath: fresh)
-            // The private directory is not set-group-ID (its mode is 0700): the directory's group is set here.
-            if let sharedGroup {
-                try fileManager.setAttributes([.groupOwnerAccountID: NSNumber(value: sharedGroup)], ofItemAtPath: fresh)
-            }
-            do {
-                try fileManager.linkItem(atPath: fresh, toPath: path)
-            } catch {
-                // Another process created it first: use theirs, after the same checks.
-                guard let status = try self.status(path) else { throw error }
-                try self.vet(path: path, status: status, sharedGroup: sharedGroup)
-                return false
-            }
-            return true
-        } catch let error as RegistryError {
-            throw error
         } catch {
             throw RegistryError(.io, "cannot create the registry \(path): \(error)")
         }
+        // Another process created it first: use theirs, after the same checks.
+        guard let status = try self.status(path) else {
+            throw RegistryError(.io, "the registry \(path) vanished while it was created")
+        }
+        try self.vet(path: path, status: status, sharedGroup: sharedGroup)
+        return false
     }
 
     /// The status of `path` itself (a symlink is not followed), or nil if nothing is there.

@@ -111,28 +111,56 @@ final class DirectoryStorage: BlobStorage {
         try self.status(Self.fileName(entry)) != nil
     }
 
+    /// Applies the changes in order. A change of several entries (a rekey: the marker, the state, the
+    /// volatile state) is all or nothing: when one fails, those already made are undone (each entry put back
+    /// as it was before), so the directory holds what it held before, and the error is thrown.
     func apply(_ changes: [(name: String, contents: [UInt8]?)]) throws(StateStoreError) {
         let dir = try self.handle()
         guard !self.options.readOnly else {
             throw StateStoreError(.io, "\(self.path) was opened read-only (in use by a running vtpmd)")
         }
-        for change in changes {
-            let name = Self.fileName(change.name)
-            if let contents = change.contents {
+        let names = changes.map(\.name)
+        var previous: [String: [UInt8]?] = [:]
+        if Set(names).count > 1 {
+            for name in names where previous[name] == nil { previous[name] = .some(try self.read(name)) }
+        }
+        var done: [String] = []
+        do {
+            for change in changes {
+                try self.apply(change, in: dir)
+                if !done.contains(change.name) { done.append(change.name) }
+            }
+        } catch {
+            for name in done.reversed() {
+                guard let before = previous[name] else { continue }
                 do {
-                    try dir.writeFileAtomically(
-                        name,
-                        contents: contents,
-                        mode: self.options.fileMode,
-                        durable: self.options.durable
-                    )
+                    try self.apply((name, before), in: dir)
                 } catch {
-                    throw StateStoreError(.io, "writing \(dir.describe(name)) failed: \(error)")
+                    self.logger.error(
+                        "could not undo the partial change of \(dir.describe(Self.fileName(name))): \(error)"
+                    )
                 }
-            } else {
-                do { try dir.remove(name, durable: self.options.durable) } catch {
-                    throw StateStoreError(.io, "removing \(dir.describe(name)) failed: \(error)")
-                }
+            }
+            throw error
+        }
+    }
+
+    private func apply(_ change: (name: String, contents: [UInt8]?), in dir: DirectoryHandle) throws(StateStoreError) {
+        let name = Self.fileName(change.name)
+        if let contents = change.contents {
+            do {
+                try dir.writeFileAtomically(
+                    name,
+                    contents: contents,
+                    mode: self.options.fileMode,
+                    durable: self.options.durable
+                )
+            } catch {
+                throw StateStoreError(.io, "writing \(dir.describe(name)) failed: \(error)")
+            }
+        } else {
+            do { try dir.remove(name, durable: self.options.durable) } catch {
+                throw StateStoreError(.io, "removing \(dir.describe(name)) failed: \(error)")
             }
         }
     }

@@ -2,6 +2,7 @@ import Foundation
 import Registry
 import StateStore
 import VMIdentity
+import _VTPMPosix
 
 /// `vtpm-state lineage`: the clone/rollback tree from the registry.
 public enum LineageQuery {
@@ -30,7 +31,7 @@ public enum LineageQuery {
         } else {
             wanted = nil
         }
-        guard PostgresSettings.isURL(registryPath) || FileManager.default.fileExists(atPath: registryPath) else {
+        guard PostgresSettings.isURL(registryPath) || fileStatus(atPath: registryPath) != nil else {
             throw StateToolError(.notFound, "registry \(registryPath) does not exist")
         }
         let tree: LineageTree

@@ -41,13 +41,11 @@ final class OpenedState {
     /// - Throws: ``StateToolError``: `notFound` for a missing directory or one without a TPM state,
     ///   `locked` when a running vtpmd or swtpm holds it (without `readingInUse`).
     static func open(_ path: String, readingInUse: Bool = false, stateKey: StateKey? = nil) throws -> OpenedState {
-        guard Self.kind(path) == .typeDirectory else {
+        guard Self.kind(path) == .directory else {
             throw StateToolError(.notFound, "state directory \(path) does not exist")
         }
         // Checked before locking, which would create `.lock` in a directory that holds no TPM.
-        let present = self.fileNames.filter { name in
-            (try? FileManager.default.attributesOfItem(atPath: Self.join(path, name))) != nil
-        }
+        let present = self.fileNames.filter { name in fileStatus(atPath: Self.join(path, name)) != nil }
         guard !present.isEmpty else {
             throw StateToolError(.notFound, "\(path) holds no TPM state (no \(StateDirectory.fileName("permall")))")
         }
@@ -80,8 +78,8 @@ final class OpenedState {
         var permanent: [UInt8]? = nil
         for name in present {
             let full = Self.join(path, name)
-            let size = (try? FileManager.default.attributesOfItem(atPath: full)[.size] as? Int) ?? nil
-            var file = StateReport.File(name: name, size: size ?? 0, status: "ok")
+            let size = fileStatus(atPath: full).map { Int($0.size) } ?? 0
+            var file = StateReport.File(name: name, size: size, status: "ok")
             do {
                 if name == StateDirectory.instanceName {
                     identity = try store.identity()
@@ -157,8 +155,8 @@ final class OpenedState {
     }
 
     /// The file type at `path` (not following a final symlink), nil when nothing is there.
-    static func kind(_ path: String) -> FileAttributeType? {
-        (try? FileManager.default.attributesOfItem(atPath: path))?[.type] as? FileAttributeType
+    static func kind(_ path: String) -> FileStatus.Kind? {
+        fileStatus(atPath: path)?.kind
     }
 
     static func join(_ directory: String, _ name: String) -> String {

@@ -6,6 +6,7 @@ import Registry
 public import StateStore
 import TPMEngine
 import VMIdentity
+import _VTPMPosix
 
 /// `vtpm-state create`, `clone` and `rekey`: vtpmd's at-rest paths (a new provisioned TPM, a copied
 /// directory) done offline. The TPM runs on an in-memory copy; the directory is written only when
@@ -330,11 +331,7 @@ public enum StateProvisioner {
                 try self.refuseExistingTPM(path, overwrite: overwrite)
             } else {
                 do {
-                    try FileManager.default.createDirectory(
-                        atPath: path,
-                        withIntermediateDirectories: true,
-                        attributes: [.posixPermissions: 0o700]
-                    )
+                    try makeDirectories(path, mode: 0o700)
                 } catch {
                     throw StateToolError(.notFound, "cannot create state directory \(path): \(error)")
                 }
@@ -372,8 +369,8 @@ public enum StateProvisioner {
     /// Throws unless `path` is missing or a directory without a TPM (or `overwrite`). Changes nothing.
     static func refuseExistingTPM(_ path: String, overwrite: Bool) throws {
         guard let kind = OpenedState.kind(path) else { return }
-        guard kind == .typeDirectory else { throw StateToolError(.invalidArgument, "\(path) is not a directory") }
-        let traces = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).filter { name in
+        guard kind == .directory else { throw StateToolError(.invalidArgument, "\(path) is not a directory") }
+        let traces = (directoryEntries(atPath: path) ?? []).filter { name in
             name == StateDirectory.instanceName || name.hasPrefix("tpm2-00.") || name.hasPrefix(".spare.tpm2-00.")
         }
         if !traces.isEmpty && !overwrite {

@@ -276,9 +276,9 @@ public enum SwtpmSetup {
     static func holdsTPM(_ location: StateLocation) throws -> Bool {
         switch location {
         case .directory(let path):
-            return FileManager.default.fileExists(atPath: path + "/" + StateDirectory.fileName("permall"))
+            return fileStatus(atPath: path + "/" + StateDirectory.fileName("permall")) != nil
         case .linearFile(let path):
-            guard FileManager.default.fileExists(atPath: path) else { return false }
+            guard fileStatus(atPath: path) != nil else { return false }
             // Which blobs a linear file holds is in its header: no key needed.
             let store = StateDirectory(
                 location: location,

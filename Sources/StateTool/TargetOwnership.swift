@@ -11,12 +11,11 @@ enum TargetOwnership {
     /// group) of the directory at the same depth from the end of `source`; 0700 where `source` has none.
     /// - Throws: ``StateToolError`` (`notFound`) when a directory cannot be created.
     static func createDirectories(_ target: String, mirroring source: String) throws {
-        let fm = FileManager.default
         let targetParts = self.components(ToolDefaults.absolute(target))
         let sourceParts = self.components(ToolDefaults.absolute(source))
         var missing: [Int] = []
         for depth in stride(from: targetParts.count, through: 1, by: -1) {
-            if fm.fileExists(atPath: self.path(targetParts.prefix(depth))) { break }
+            if fileStatus(atPath: self.path(targetParts.prefix(depth))) != nil { break }
             missing.insert(depth, at: 0)
         }
         for depth in missing {

@@ -22,8 +22,8 @@ public enum SeccompProfile {
         // Files: the state directory (read, atomic replace, directory sync, the lock), the log, the registry's
         // SQLite files, the host CA (created in its directory at the first certificate), /proc and cgroup facts.
         "openat", "read", "write", "pread64", "pwrite64", "lseek", "close", "newfstatat", "fstat", "statfs", "fcntl",
-        "fsync", "fdatasync", "ftruncate", "getdents64", "renameat", "renameat2", "unlink", "unlinkat", "mkdir",
-        "chmod", "fchmod",
+        "fsync", "fdatasync", "ftruncate", "getdents64", "renameat", "renameat2", "unlink", "unlinkat", "mkdirat",
+        "linkat", "fchmod",
         // Sockets: control and data connections (accept, descriptors passed with SCM_RIGHTS), the CA signer and
         // PostgreSQL (connect), SwiftNIO's vector writes.
         "accept", "socket", "connect", "recvmsg", "sendmsg", "sendto", "readv", "writev", "setsockopt",

@@ -17,6 +17,7 @@ extension Server {
     public func run() -> Int32 {
         // After --runas: the registry's connections are made as the user the process runs as.
         self.identity?.writer.resume()
+        FaultInjection.startServing()
         while !self.shouldExit {
             self.promoteControlPeer()
             if self.shouldExit { break }

@@ -184,6 +184,13 @@ public final class Server {
         }
     }
 
+    /// Debug builds only: installs the storage faults and crash points `VTPM_FAULTS` names, for the tests of
+    /// failing storage (``FaultInjection``). Returns their description, nil when there are none.
+    public static func installTestFaults() throws -> String? {
+        let rules = try FaultInjection.installFromEnvironment()
+        return rules.isEmpty ? nil : rules.map(\.description).joined(separator: "; ")
+    }
+
     /// Undoes `start` after a startup failure: closes the sockets, removes their paths and the pid file.
     public func abandon() {
         self.engine.terminate()

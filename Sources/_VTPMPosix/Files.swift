@@ -84,7 +84,12 @@ package struct DirectoryHandle: Sendable {
         let fd: Int32
         do {
             fd = try retryingEINTR("openat", self.describe(name)) {
-                unsafe openat(self.fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
+                Sys.openat(
+                    self.fd,
+                    name,
+                    O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY,
+                    object: self.describe(name)
+                )
             }
         } catch {
             if error.errno == ENOENT { return nil }
@@ -113,7 +118,9 @@ package struct DirectoryHandle: Sendable {
         result.reserveCapacity(Int(status.size))
         var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
-            let n = try retryingEINTR("read", self.describe(name)) { rawRead(fd, &chunk, 0, chunk.count) }
+            let n = try retryingEINTR("read", self.describe(name)) {
+                Sys.read(fd, &chunk, 0, chunk.count, object: self.describe(name))
+            }
             if n == 0 { break }
             result.append(contentsOf: chunk[0..<n])
             if result.count > maxSize {
@@ -162,15 +169,25 @@ package struct DirectoryHandle: Sendable {
             _ = unsafe unlinkat(self.fd, spareName, 0)
             throw error
         }
-        if unsafe cvtpm_rename_exchange(self.fd, spareName, self.fd, name) != 0 {
+        // How to undo the switch if the directory cannot be made durable: swap back, or remove a first version.
+        var undo: (() -> Void)? = { _ = Sys.exchange(self.fd, spareName, name, object: self.describe(name)) }
+        if Sys.exchange(self.fd, spareName, name, object: self.describe(name)) != 0 {
             let err = currentErrno()
             guard err == ENOENT || err == EINVAL || err == ENOSYS || err == EOPNOTSUPP else {
+                _ = unsafe unlinkat(self.fd, spareName, 0)
                 throw PosixError(errno: err, function: "renameat2(RENAME_EXCHANGE)", object: self.describe(name))
             }
             try self.rename(spareName, over: name)
+            // Without an exchange the previous version is gone (a file system that cannot exchange).
+            undo = err == ENOENT ? { _ = unsafe unlinkat(self.fd, name, 0) } : nil
         }
-        if fsync(self.fd) != 0 {
-            throw PosixError(errno: currentErrno(), function: "fsync", object: self.path)
+        if Sys.fsync(self.fd, object: self.path) != 0 {
+            let err = currentErrno()
+            // The caller reports this commit as failed: the name must not show its bytes afterwards.
+            undo?()
+            _ = unsafe unlinkat(self.fd, spareName, 0)
+            _ = Glibc.fsync(self.fd)
+            throw PosixError(errno: err, function: "fsync", object: self.path)
         }
     }
 
@@ -183,13 +200,15 @@ package struct DirectoryHandle: Sendable {
         let fd = try self.createExclusive(tempName, mode: mode)
         defer { _ = unsafe unlinkat(self.fd, tempName, 0) }
         try self.fill(fd, tempName, contents, truncate: false, sync: true)
-        if unsafe linkat(self.fd, tempName, self.fd, name, 0) != 0 {
+        if Sys.linkat(self.fd, tempName, name, object: self.describe(name)) != 0 {
             let err = currentErrno()
             if err == EEXIST { return false }
             throw PosixError(errno: err, function: "linkat", object: self.describe(name))
         }
-        if fsync(self.fd) != 0 {
-            throw PosixError(errno: currentErrno(), function: "fsync", object: self.path)
+        if Sys.fsync(self.fd, object: self.path) != 0 {
+            let err = currentErrno()
+            _ = unsafe unlinkat(self.fd, name, 0)
+            throw PosixError(errno: err, function: "fsync", object: self.path)
         }
         return true
     }
@@ -200,9 +219,15 @@ package struct DirectoryHandle: Sendable {
 
     private func createExclusive(_ name: String, mode: UInt32) throws(PosixError) -> Int32 {
         let fd = try retryingEINTR("openat", self.describe(name)) {
-            unsafe openat(self.fd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode_t(mode))
+            Sys.openat(
+                self.fd,
+                name,
+                O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                mode,
+                object: self.describe(name)
+            )
         }
-        if fchmod(fd, mode_t(mode)) != 0 {
+        if Sys.fchmod(fd, mode, object: self.describe(name)) != 0 {
             let err = currentErrno()
             _ = Glibc.close(fd)
             _ = unsafe unlinkat(self.fd, name, 0)
@@ -213,7 +238,7 @@ package struct DirectoryHandle: Sendable {
 
     /// Opens the spare file if it is a regular file of ours with a single link, else replaces it.
     private func openSpare(_ name: String, mode: UInt32) throws(PosixError) -> Int32 {
-        let fd = unsafe openat(self.fd, name, O_WRONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
+        let fd = Sys.openat(self.fd, name, O_WRONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, object: self.describe(name))
         if fd >= 0 {
             var st = stat()
             if unsafe fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG, st.st_uid == geteuid(), st.st_nlink == 1 {
@@ -235,20 +260,20 @@ package struct DirectoryHandle: Sendable {
         if failure == nil {
             do { try writeAll(fd: fd, contents, object: self.describe(name)) } catch { failure = error }
         }
-        if failure == nil, truncate, ftruncate(fd, off_t(contents.count)) != 0 {
+        if failure == nil, truncate, Sys.ftruncate(fd, contents.count, object: self.describe(name)) != 0 {
             failure = PosixError(errno: currentErrno(), function: "ftruncate", object: self.describe(name))
         }
-        if failure == nil, sync, fdatasync(fd) != 0 {
+        if failure == nil, sync, Sys.fdatasync(fd, object: self.describe(name)) != 0 {
             failure = PosixError(errno: currentErrno(), function: "fdatasync", object: self.describe(name))
         }
-        if Glibc.close(fd) != 0, failure == nil {
+        if Sys.close(fd, object: self.describe(name)) != 0, failure == nil {
             failure = PosixError(errno: currentErrno(), function: "close", object: self.describe(name))
         }
         if let failure { throw failure }
     }
 
     private func rename(_ from: String, over to: String) throws(PosixError) {
-        if unsafe renameat(self.fd, from, self.fd, to) != 0 {
+        if Sys.renameat(self.fd, from, to, object: self.describe(to)) != 0 {
             let err = currentErrno()
             _ = unsafe unlinkat(self.fd, from, 0)
             throw PosixError(errno: err, function: "renameat", object: self.describe(to))
@@ -259,12 +284,14 @@ package struct DirectoryHandle: Sendable {
     /// Returns whether a file was removed.
     @discardableResult
     package func remove(_ name: String, mustExist: Bool = false, durable: Bool = true) throws(PosixError) -> Bool {
-        if unsafe unlinkat(self.fd, name, 0) != 0 {
+        if Sys.unlinkat(self.fd, name, object: self.describe(name)) != 0 {
             let err = currentErrno()
             if err == ENOENT && !mustExist { return false }
             throw PosixError(errno: err, function: "unlinkat", object: self.describe(name))
         }
-        if durable { _ = fsync(self.fd) }
+        if durable, Sys.fsync(self.fd, object: self.path) != 0 {
+            throw PosixError(errno: currentErrno(), function: "fsync", object: self.path)
+        }
         return true
     }
 
@@ -314,7 +341,7 @@ package struct DirectoryHandle: Sendable {
     /// Creates the directory `name` with `mode` and, when given, `owner`:`group`, set on the new directory's
     /// own descriptor (opened without following a symbolic link). Wraps `mkdirat`, `openat`, `fchmod`, `fchown`.
     package func makeDirectory(_ name: String, mode: UInt32, owner: (UInt32, UInt32)?) throws(PosixError) {
-        if unsafe mkdirat(self.fd, name, 0o700) != 0 {
+        if Sys.mkdirat(self.fd, name, 0o700, object: self.describe(name)) != 0 {
             throw PosixError(errno: currentErrno(), function: "mkdirat", object: self.describe(name))
         }
         let child = unsafe openat(self.fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
@@ -368,7 +395,7 @@ func randomSuffix() -> String {
 package func writeAll(fd: Int32, _ bytes: [UInt8], object: String? = nil) throws(PosixError) {
     var offset = 0
     while offset < bytes.count {
-        let n = try retryingEINTR("write", object) { rawPlainWrite(fd, bytes, offset) }
+        let n = try retryingEINTR("write", object) { Sys.write(fd, bytes, offset, object: object) }
         offset += n
     }
 }
@@ -376,12 +403,53 @@ package func writeAll(fd: Int32, _ bytes: [UInt8], object: String? = nil) throws
 /// Writes a small file non-atomically (pid files): `O_CREAT|O_TRUNC|O_NOFOLLOW`.
 package func writeSmallFile(path: String, contents: [UInt8], mode: UInt32) throws(PosixError) {
     let fd = try retryingEINTR("open", path) {
-        unsafe Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode_t(mode))
+        Sys.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode)
     }
-    defer { _ = Glibc.close(fd) }
+    var failure: PosixError? = nil
     // O_CREAT's mode applies to new files only: an existing file gets it too.
-    if fchmod(fd, mode_t(mode)) != 0 { throw PosixError(errno: currentErrno(), function: "fchmod", object: path) }
-    try writeAll(fd: fd, contents, object: path)
+    if Sys.fchmod(fd, mode, object: path) != 0 {
+        failure = PosixError(errno: currentErrno(), function: "fchmod", object: path)
+    }
+    if failure == nil {
+        do { try writeAll(fd: fd, contents, object: path) } catch { failure = error }
+    }
+    if Sys.close(fd, object: path) != 0, failure == nil {
+        failure = PosixError(errno: currentErrno(), function: "close", object: path)
+    }
+    if let failure { throw failure }
+}
+
+/// What is at `path` itself (a final symbolic link is not followed), nil when nothing is there or it cannot be
+/// examined. Wraps `fstatat(AT_SYMLINK_NOFOLLOW)`.
+package func fileStatus(atPath path: String) -> FileStatus? {
+    let (directory, name) = splitPath(path)
+    guard let handle = try? DirectoryHandle.open(directory) else { return nil }
+    defer { handle.close() }
+    return try? handle.status(name)
+}
+
+/// The names in the directory at `path` (nil when it cannot be read). Wraps `open(O_DIRECTORY)`, `readdir`.
+package func directoryEntries(atPath path: String) -> [String]? {
+    guard let handle = try? DirectoryHandle.open(path) else { return nil }
+    defer { handle.close() }
+    return try? handle.entries()
+}
+
+/// Creates `path` and its missing parents (`mkdir -p`), each new one with `mode`; existing directories are left as
+/// they are. Wraps `mkdirat`.
+package func makeDirectories(_ path: String, mode: UInt32) throws(PosixError) {
+    var prefix = path.hasPrefix("/") ? "/" : "."
+    for component in path.split(separator: "/") where !component.isEmpty && component != "." {
+        let name = String(component)
+        let parent = try DirectoryHandle.open(prefix)
+        defer { parent.close() }
+        do {
+            try parent.makeDirectory(name, mode: mode, owner: nil)
+        } catch {
+            guard error.errno == EEXIST else { throw error }
+        }
+        prefix = prefix == "/" ? "/" + name : prefix + "/" + name
+    }
 }
 
 /// `path` as the directory to open and the name inside it (`"/a/b"` → `("/a", "b")`, `"b"` → `(".", "b")`), for
@@ -421,9 +489,7 @@ package func removePath(_ path: String) { _ = unsafe unlink(path) }
 /// Opens `path` for appending, creating it with `mode` if missing; a symbolic link is refused (ELOOP).
 /// Wraps `open(O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW)`.
 package func openForAppending(path: String, mode: UInt32) throws(PosixError) -> Int32 {
-    try retryingEINTR("open", path) {
-        unsafe Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, mode_t(mode))
-    }
+    try retryingEINTR("open", path) { Sys.open(path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, mode) }
 }
 
 /// Closes a descriptor. Wraps `close`.
@@ -432,5 +498,5 @@ package func closeDescriptor(_ fd: Int32) { _ = Glibc.close(fd) }
 /// Opens a log file for appending (or truncating), created 0600, never through a symlink.
 package func openLogFile(path: String, truncate: Bool) throws(PosixError) -> Int32 {
     let flags = O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | (truncate ? O_TRUNC : O_APPEND)
-    return try retryingEINTR("open", path) { unsafe Glibc.open(path, flags, mode_t(0o600)) }
+    return try retryingEINTR("open", path) { Sys.open(path, flags, 0o600) }
 }

@@ -53,7 +53,7 @@ package final class LockedFile {
         var created = false
         for _ in 0..<8 {
             do {
-                fd = try retryingEINTR("open", path) { unsafe Glibc.open(path, flags) }
+                fd = try retryingEINTR("open", path) { Sys.open(path, flags) }
                 break
             } catch {
                 if error.errno == ELOOP { throw HostileFileError(name: path, reason: .symlink) }
@@ -61,7 +61,7 @@ package final class LockedFile {
                 guard error.errno == ENOENT else { throw error }
             }
             do {
-                fd = try retryingEINTR("open", path) { unsafe Glibc.open(path, flags | O_CREAT | O_EXCL, mode_t(mode)) }
+                fd = try retryingEINTR("open", path) { Sys.open(path, flags | O_CREAT | O_EXCL, mode) }
                 created = true
                 break
             } catch {
@@ -171,7 +171,7 @@ package final class LockedFile {
         let fd = try self.descriptor()
         var offset = 0
         while offset < bytes.count {
-            let n = try retryingEINTR("pwrite", self.path) { rawPwrite(fd, bytes, offset) }
+            let n = try retryingEINTR("pwrite", self.path) { Sys.pwrite(fd, bytes, offset, object: self.path) }
             guard n > 0 else { throw PosixError(errno: ENOSPC, function: "pwrite", object: self.path) }
             offset += n
         }
@@ -180,13 +180,13 @@ package final class LockedFile {
     /// Sets the length of a regular file. Wraps `ftruncate`.
     package func truncate(to length: Int) throws(PosixError) {
         let fd = try self.descriptor()
-        _ = try retryingEINTR("ftruncate", self.path) { ftruncate(fd, off_t(length)) }
+        _ = try retryingEINTR("ftruncate", self.path) { Sys.ftruncate(fd, length, object: self.path) }
     }
 
     /// Flushes the data (and the size) to stable storage. Wraps `fdatasync`.
     package func synchronizeData() throws(PosixError) {
         let fd = try self.descriptor()
-        _ = try retryingEINTR("fdatasync", self.path) { fdatasync(fd) }
+        _ = try retryingEINTR("fdatasync", self.path) { Sys.fdatasync(fd, object: self.path) }
     }
 
     private func descriptor() throws(PosixError) -> Int32 {
@@ -203,7 +203,7 @@ private func rawPread(_ fd: Int32, _ buffer: inout [UInt8], _ count: Int, _ offs
 }
 
 /// `pwrite(2)` of `bytes[offset...]` at file offset `offset`.
-private func rawPwrite(_ fd: Int32, _ bytes: [UInt8], _ offset: Int) -> Int {
+func rawPwrite(_ fd: Int32, _ bytes: [UInt8], _ offset: Int) -> Int {
     precondition(offset >= 0 && offset <= bytes.count)
     return unsafe bytes.withUnsafeBytes { buf in
         unsafe Glibc.pwrite(fd, buf.baseAddress! + offset, buf.count - offset, off_t(offset))

@@ -58,14 +58,6 @@ func rawRead(_ fd: Int32, _ buffer: inout [UInt8], _ offset: Int, _ count: Int) 
     return unsafe buffer.withUnsafeMutableBytes { buf in unsafe Glibc.read(fd, buf.baseAddress! + offset, count) }
 }
 
-/// `write(2)` of `bytes[offset...]`; returns the raw result (-1 on error, errno set).
-func rawWrite(_ fd: Int32, _ bytes: [UInt8], _ offset: Int) -> Int {
-    precondition(offset >= 0 && offset <= bytes.count)
-    return unsafe bytes.withUnsafeBytes { buf in
-        unsafe Glibc.send(fd, buf.baseAddress! + offset, buf.count - offset, Int32(MSG_NOSIGNAL))
-    }
-}
-
 /// `write(2)` for descriptors that are not sockets.
 func rawPlainWrite(_ fd: Int32, _ bytes: [UInt8], _ offset: Int) -> Int {
     precondition(offset >= 0 && offset <= bytes.count)

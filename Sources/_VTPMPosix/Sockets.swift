@@ -224,6 +224,7 @@ package enum Socket {
     /// Reads up to `max` bytes and any SCM_RIGHTS descriptors that came with them (at most 4).
     /// An empty byte array means end of stream. Wraps `recvmsg`.
     package static func receive(_ fd: Int32, max: Int) throws(PosixError) -> (bytes: [UInt8], fds: [Int32]) {
+        if Sys.injected(.recv, nil) != nil { throw PosixError(errno: currentErrno(), function: "recvmsg") }
         var buffer = [UInt8](repeating: 0, count: max)
         let controlLength = cmsgSpace(4 * MemoryLayout<Int32>.size)
         var control = [UInt8](repeating: 0, count: controlLength)
@@ -273,6 +274,7 @@ package enum Socket {
 
     /// Sends `bytes` with one descriptor attached as SCM_RIGHTS (what QEMU does for CMD_SET_DATAFD).
     package static func send(_ fd: Int32, _ bytes: [UInt8], passing passed: Int32) throws(PosixError) {
+        if Sys.injected(.send, nil) != nil { throw PosixError(errno: currentErrno(), function: "sendmsg") }
         var control = [UInt8](repeating: 0, count: cmsgSpace(MemoryLayout<Int32>.size))
         var payload = bytes
         var n = -1
@@ -307,7 +309,7 @@ package enum Socket {
     /// Reads up to `max` bytes; an empty result means end of stream. Wraps `read`.
     package static func read(_ fd: Int32, max: Int) throws(PosixError) -> [UInt8] {
         var buffer = [UInt8](repeating: 0, count: max)
-        let n = try retryingEINTR("read") { rawRead(fd, &buffer, 0, max) }
+        let n = try retryingEINTR("read") { Sys.receive(fd, &buffer, 0, max) }
         buffer.removeSubrange(n...)
         return buffer
     }
@@ -321,14 +323,14 @@ package enum Socket {
     ) throws(PosixError)
         -> Int
     {
-        try retryingEINTR("read") { rawRead(fd, &buffer, offset, count) }
+        try retryingEINTR("read") { Sys.receive(fd, &buffer, offset, count) }
     }
 
     /// Writes all of `bytes` to a socket (MSG_NOSIGNAL), handling partial writes and EINTR. Wraps `send`.
     package static func sendAll(_ fd: Int32, _ bytes: [UInt8]) throws(PosixError) {
         var offset = 0
         while offset < bytes.count {
-            let n = rawWrite(fd, bytes, offset)
+            let n = Sys.send(fd, bytes, offset, flags: 0)
             if n < 0 {
                 let err = currentErrno()
                 if err == EINTR { continue }
@@ -347,9 +349,7 @@ package enum Socket {
     package static func sendWithoutWaiting(_ fd: Int32, _ bytes: [UInt8]) throws(PosixError) -> Bool {
         var offset = 0
         while offset < bytes.count {
-            let n = unsafe bytes.withUnsafeBytes { buf in
-                unsafe Glibc.send(fd, buf.baseAddress! + offset, buf.count - offset, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
-            }
+            let n = Sys.send(fd, bytes, offset, flags: Int32(MSG_DONTWAIT))
             if n < 0 {
                 let err = currentErrno()
                 if err == EINTR { continue }
@@ -367,9 +367,7 @@ package enum Socket {
     package static func sendAvailable(_ fd: Int32, _ bytes: [UInt8], from offset: Int) throws(PosixError) -> Int {
         var sent = offset
         while sent < bytes.count {
-            let n = unsafe bytes.withUnsafeBytes { buf in
-                unsafe Glibc.send(fd, buf.baseAddress! + sent, buf.count - sent, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
-            }
+            let n = Sys.send(fd, bytes, sent, flags: Int32(MSG_DONTWAIT))
             if n < 0 {
                 let err = currentErrno()
                 if err == EINTR { continue }

@@ -2,12 +2,17 @@ import ArgumentParser
 import CloneRekey
 import Foundation
 import StateTool
+import VTPMServer
 
 /// The program: `vtpm-state`, or swtpm_setup's stand-in when run under that name (the Debian package
 /// installs it as /usr/bin/swtpm_setup) or as `vtpm-state swtpm_setup ...`.
 @main
 enum Main {
     static func main() {
+        do { _ = try Server.installTestFaults() } catch {
+            FileHandle.standardError.write(Data("vtpm-state: VTPM_FAULTS: \(error)\n".utf8))
+            exit(64)
+        }
         let arguments = CommandLine.arguments
         let name = arguments.first.map { String($0.split(separator: "/").last ?? "") } ?? ""
         if name == "swtpm_setup" {

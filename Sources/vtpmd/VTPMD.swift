@@ -228,6 +228,9 @@ enum Launcher {
             } catch { fail("cannot daemonize: \(error)") }
         }
         let logger = makeLogger(logSettings, daemon: options.daemon)
+        do {
+            if let faults = try Server.installTestFaults() { logger.notice("test faults installed: \(faults)") }
+        } catch { fail("VTPM_FAULTS: \(error)") }
         var created: Server? = nil
         do {
             let server = try Server(configuration: configuration, logger: logger)

@@ -27,7 +27,8 @@ struct CloneRekeyWireTests {
             extra: [String] = [],
             withCA: Bool = true,
             registry: String? = nil,
-            niceness: Int = 0
+            niceness: Int = 0,
+            environment: [String: String] = [:]
         ) throws {
             self.vmID = vmID
             self.state = "\(host)/\(name)"
@@ -42,7 +43,8 @@ struct CloneRekeyWireTests {
                     "--registry", registry ?? "\(host)/registry.sqlite", "--host-key", "\(host)/host.key",
                     "--log", "file=\(self.log),level=2",
                 ] + (withCA ? ["--ca", "\(host)/ca"] : []) + extra,
-                waitForPort: self.port
+                waitForPort: self.port,
+                environment: environment
             )
         }
 

@@ -15,16 +15,17 @@ final class CoreHarness {
     let control: ControlConnection
     let state: String
 
-    init(dir: String, configure: (inout ServerConfiguration) -> Void = { _ in }) throws {
+    init(
+        dir: String,
+        logger: Logger = Logger(label: "vtpm.test") { _ in SwiftLogNoOpLogHandler() },
+        configure: (inout ServerConfiguration) -> Void = { _ in }
+    ) throws {
         self.state = "\(dir)/state"
         try FileManager.default.createDirectory(atPath: self.state, withIntermediateDirectories: true)
         var configuration = ServerConfiguration()
         configuration.stateDirectory = self.state
         configure(&configuration)
-        self.server = try Server(
-            configuration: configuration,
-            logger: Logger(label: "vtpm.test") { _ in SwiftLogNoOpLogHandler() }
-        )
+        self.server = try Server(configuration: configuration, logger: logger)
         self.control = ControlConnection(fd: -1, maximumBlobSize: configuration.maximumBlobSize)
     }
 
