@@ -70,7 +70,7 @@ test: deps guest deb
 	$(SWIFT) test --no-parallel
 
 unit-test: deps
-	$(SWIFT) test --skip IntegrationTests
+	$(SWIFT) test --no-parallel --skip IntegrationTests
 
 demo: deps guest build
 	$(SWIFT) run vtpm-demo

@@ -36,7 +36,7 @@ let package = Package(
             pkgConfig: "libtpms",
             providers: [.apt(["libtpms-dev"])]
         ),
-        .target(name: "CVTPMShims", linkerSettings: [.linkedLibrary("seccomp")]),
+        .target(name: "CVTPMShims", linkerSettings: [.linkedLibrary("seccomp"), .linkedLibrary("sqlite3")]),
         .target(name: "_VTPMPosix", dependencies: ["CVTPMShims"], swiftSettings: settings),
         .target(name: "TPMWire", swiftSettings: settings),
         .target(
@@ -165,6 +165,7 @@ let package = Package(
             swiftSettings: settings
         ),
         .testTarget(name: "TPMWireTests", dependencies: ["TPMWire"], swiftSettings: settings),
+        .testTarget(name: "TPMEngineTests", dependencies: ["TPMEngine"], swiftSettings: settings),
         .testTarget(name: "VMIdentityTests", dependencies: ["VMIdentity"], swiftSettings: settings),
         .testTarget(
             name: "VTPMServerTests",

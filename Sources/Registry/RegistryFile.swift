@@ -49,9 +49,8 @@ enum RegistryFile {
             let handle = try DirectoryHandle.open(directory)
             defer { handle.close() }
             return try handle.status(name)
-        } catch let error as PosixError where error.isNotFound {
-            return nil
         } catch {
+            if error.isNotFound { return nil }
             throw RegistryError(.io, "cannot examine the registry \(path): \(error)")
         }
     }

@@ -63,8 +63,13 @@ public final class Engine {
     /// the storage says "not found"). Wraps `TPMLIB_MainInit`.
     public func initialize() throws(EngineError) {
         if self.isRunning { self.terminate() }
+        self.context.refusal = nil
         let rc = TPMLIB_MainInit()
-        guard rc == 0 else { throw EngineError(result: rc, function: "TPMLIB_MainInit") }
+        guard rc == 0 else {
+            // A failed start leaves libtpms half set up (and its TPM version locked): release it, as swtpm does.
+            TPMLIB_Terminate()
+            throw EngineError(result: rc, function: "TPMLIB_MainInit", detail: self.context.refusal)
+        }
         self.isRunning = true
     }
 
@@ -144,6 +149,9 @@ public final class Engine {
     /// Hands libtpms a blob to use at the next `initialize` (TPM must be stopped); an empty blob
     /// clears a cached one. libtpms validates it here. Wraps `TPMLIB_SetState`.
     public func setState(_ kind: StateKind, _ bytes: [UInt8]) throws(EngineError) {
+        if kind == .permanent, let refusal = PermanentStateCheck.refusal(bytes) {
+            throw EngineError(result: tpmFail, function: "TPMLIB_SetState", detail: refusal)
+        }
         let rc = unsafe bytes.withUnsafeBufferPointer { buf in
             unsafe TPMLIB_SetState(kind.libtpms, bytes.isEmpty ? nil : buf.baseAddress, UInt32(buf.count))
         }
@@ -198,6 +206,8 @@ public final class Engine {
 final class EngineContext {
     let storage: any EngineStorage
     var locality: UInt8 = 0
+    /// Why the last load of a permanent state was refused before libtpms saw it (``PermanentStateCheck``).
+    var refusal: String? = nil
 
     init(storage: any EngineStorage) { self.storage = storage }
 }
@@ -229,6 +239,10 @@ private let nvramLoadCallback:
         case .failure:
             return tpmFail
         case .data(let bytes):
+            if unsafe String(cString: name) == "permall", let refusal = PermanentStateCheck.refusal(bytes) {
+                context.refusal = refusal
+                return tpmFail
+            }
             // libtpms frees this buffer with free(): it must come from malloc.
             guard let buffer = unsafe malloc(max(bytes.count, 1))?.assumingMemoryBound(to: UInt8.self) else {
                 return tpmFail

@@ -5,10 +5,17 @@ public struct EngineError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The libtpms function that returned it.
     public var function: String
 
-    public init(result: UInt32, function: String) {
+    /// Why vtpmd refused what it would have handed libtpms, when that was the cause.
+    public var detail: String?
+
+    public init(result: UInt32, function: String, detail: String? = nil) {
         self.result = result
         self.function = function
+        self.detail = detail
     }
 
-    public var description: String { "\(self.function) failed with 0x\(String(self.result, radix: 16))" }
+    public var description: String {
+        let base = "\(self.function) failed with 0x\(String(self.result, radix: 16))"
+        return self.detail.map { "\(base): \($0)" } ?? base
+    }
 }

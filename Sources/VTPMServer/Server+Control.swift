@@ -374,7 +374,7 @@ extension Server {
         do {
             try self.engine.setState(kind, plain)
         } catch {
-            self.logger.warning("SET_STATEBLOB \(blobType.name) rejected by libtpms: \(error)")
+            self.logger.warning("SET_STATEBLOB \(blobType.name) refused: \(error)")
             return error.result
         }
         return 0

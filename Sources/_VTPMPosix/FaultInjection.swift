@@ -1,3 +1,4 @@
+internal import CVTPMShims
 import Synchronization
 
 #if canImport(Glibc)
@@ -97,9 +98,10 @@ package enum FaultInjection {
         var pendingShortWrite = false
     }
 
-    /// Replaces the installed rules.
+    /// Replaces the installed rules. The first rules also put SQLite's file I/O (the registry's) under them.
     package static func install(_ rules: [FaultRule]) {
         self.state.withLock { $0 = rules.map { Entry(rule: $0) } }
+        if !rules.isEmpty { SQLiteFaults.register() }
         self.active.store(!rules.isEmpty, ordering: .releasing)
     }
 
@@ -236,5 +238,33 @@ package enum FaultInjection {
             _exit(86)
         }
         return action
+    }
+}
+
+/// SQLite's own file I/O (the registry) under the same rules: the C shim's VFS passes every call to SQLite's
+/// default one after asking ``FaultInjection``: an open is ``Syscall/openat``, a write ``Syscall/write``, a sync
+/// ``Syscall/fdatasync``, a truncation ``Syscall/ftruncate``, each on the database, journal or WAL file's path.
+/// Registered once, when rules are first installed, so normal operation never goes through it.
+enum SQLiteFaults {
+    private static let registered = Atomic<Bool>(false)
+
+    static func register() {
+        guard !self.registered.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        _ = unsafe cvtpm_sqlite_faults_install(sqliteFaultHook)
+    }
+}
+
+private let sqliteFaultHook: @convention(c) (Int32, UnsafePointer<CChar>?) -> Int32 = { call, path in
+    let syscall: Syscall =
+        switch call {
+        case CVTPM_FAULT_OPEN: .openat
+        case CVTPM_FAULT_WRITE: .write
+        case CVTPM_FAULT_SYNC: .fdatasync
+        default: .ftruncate
+        }
+    let object = unsafe path.map { unsafe String(cString: $0) }
+    switch FaultInjection.check(syscall, object) {
+    case .fail(let errno)?, .shortWrite(let errno)?: return errno
+    case .crash?, nil: return 0
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import StateStore
 import TPMWire
 import TestSupport
 import Testing
@@ -66,6 +67,34 @@ struct BadStateTests {
             #expect(try Self.snapshot(state) == snapshot, "\(damage): the state directory changed")
             if damage == "symlink" { #expect(fileBytes("\(dir)/elsewhere") == original) }
             #expect(v.log.contains("error"), "the log names the failure")
+        }
+    }
+
+    /// The input `make fuzz` found (Fuzz/regressions/libtpms-state): a permanent state whose command-audit hash
+    /// algorithm libtpms does not have, with commands marked for audit. libtpms loads it and crashes at the first
+    /// audited command; vtpmd refuses it at SET_STATEBLOB and serves on.
+    @Test func aStateBlobLibtpmsWouldCrashOnIsRefused() throws {
+        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("../../Fuzz/regressions/libtpms-state/audit-hash-alg-null-deref")
+        let permanent = Array([UInt8](try Data(contentsOf: url)).dropFirst())
+        let blob = try MigrationBlob.encode(permanent, stateKey: nil, keepStateKeyLayer: false, migrationKey: nil)
+        try withTemporaryDirectory { dir in
+            let v = try VTPMDInstance(dir: dir)
+            let c = try v.control()
+            var w = ByteWriter()
+            w.write(ControlCode.setStateBlob.rawValue)
+            w.write(UInt32(0))
+            w.write(UInt32(1))
+            w.write(UInt32(blob.count))
+            w.write(bytes: blob)
+            #expect(try c.exchange(w.bytes, replySize: 4) == ControlReply.result(ControlResult.fail))
+            #expect(v.log.contains("command-audit hash algorithm 0x6f"), "\(v.log)")
+            // The daemon serves on: a TPM of its own, commands answered.
+            #expect(try c.result(.initialize(flags: 0)) == 0)
+            let d = try v.data()
+            #expect(TPMFrame.responseCode(try d.transmit(TPMCommands.startup())) == 0)
+            #expect(TPMFrame.responseCode(try d.transmit(TPMCommands.getRandom(8))) == 0)
+            #expect(v.daemon.isRunning)
         }
     }
 

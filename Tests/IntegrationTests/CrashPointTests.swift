@@ -142,12 +142,13 @@ struct CrashPointTests {
         return (identity["vmID"] as? String ?? "", identity["generation"] as? Int ?? -1)
     }
 
-    /// The newest generation the registry holds for `vm`.
+    /// The newest generation the registry holds for `vm` (-1: none).
     static func registryGeneration(_ host: String, _ vm: String) throws -> Int {
         let r = try runCommand(
             Binaries.vtpmState,
-            ["lineage", "--registry", "\(host)/registry.sqlite", "--vm-id", vm, "--format", "json"]
+            ["lineage", "--registry", "\(host)/registry.sqlite", "--format", "json"]
         )
+        #expect(r.status == 0, "\(r.output)")
         let object = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
         let generations = (object?["generations"] as? [[String: Any]] ?? []).filter { $0["vmID"] as? String == vm }
         return generations.compactMap { $0["generation"] as? Int }.max() ?? -1
@@ -220,5 +221,45 @@ extension RekeyFaultTests {
     /// their own: a failed commit removes its spare).
     static func stateFiles(_ dir: String) throws -> [String: String] {
         try BadStateTests.snapshot(dir).filter { !$0.key.hasPrefix(".spare.") }
+    }
+}
+
+/// The registry's own I/O failing (``FaultInjection`` through SQLite's VFS) while a clone is rekeyed: the state
+/// is committed first and stays so, the registry keeps what it had (its transactions are all or nothing), the
+/// log says what was not recorded, and the next start records it: the state and the registry agree.
+@Suite(.serialized)
+struct RegistryFaultTests {
+    @Test(arguments: ["write:EIO", "write:ENOSPC", "fdatasync:EIO"])
+    func aRegistryThatCannotBeWrittenLosesNothing(fault: String) throws {
+        try withTemporaryDirectory { host in
+            let vmA = "01010101-0000-4000-8000-00000000000a"
+            let vmB = "02020202-0000-4000-8000-00000000000b"
+            let a = try CloneRekeyWireTests.Node(host, vmID: vmA, name: "a")
+            try a.start()
+            #expect(try runCommand("swtpm_ioctl", ["--tcp", "127.0.0.1:\(a.port + 1)", "-s"]).status == 0)
+            _ = a.daemon.waitForExit()
+            let state = "\(host)/b"
+            #expect(try runCommand("cp", ["-a", a.state, state]).status == 0)
+            let rule = "\(fault):object=\(host)/registry.sqlite:when=serving:times=0"
+            let b = try CloneRekeyWireTests.Node(host, vmID: vmB, name: "b", environment: ["VTPM_FAULTS": rule])
+            #expect(try b.control().result(.initialize(flags: 0)) == 0)
+            b.daemon.kill()
+            // The state is committed; the registry has B's generation whole or not at all (a failed sync may still
+            // have reached the disk: SQLite then finds the transaction complete).
+            let during = try CrashPointTests.registryGeneration(host, vmB)
+            let inspected = try CrashPointTests.identity(
+                try runCommand(Binaries.vtpmState, ["inspect", "--state", state, "--json"]).stdout
+            )
+            #expect(inspected.vm == vmB && (during == -1 || during == inspected.generation), "registry \(during)")
+            #expect(b.logText.contains("was not recorded"), "\(b.logText)")
+            let again = try CloneRekeyWireTests.Node(host, vmID: vmB, name: "b")
+            try again.start()
+            again.daemon.kill()
+            let after = try CrashPointTests.identity(
+                try runCommand(Binaries.vtpmState, ["inspect", "--state", state, "--json"]).stdout
+            )
+            let registry = try CrashPointTests.registryGeneration(host, vmB)
+            #expect(after.vm == vmB && after.generation == registry, "\(after), registry \(registry)")
+        }
     }
 }

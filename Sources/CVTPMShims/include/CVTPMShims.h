@@ -36,3 +36,13 @@ int cvtpm_drop_bounding_capabilities(void);
 int cvtpm_clear_capabilities(void);
 
 #endif
+
+// SQLite's file I/O under the fault rules of tests (FaultInjection in _VTPMPosix): a VFS that passes every call
+// to SQLite's default one and first asks `hook(call, path)`, which returns 0 or an errno (the call then fails as
+// SQLite's I/O error). Registered as the default VFS on first use; only a test's fault rules install it.
+#define CVTPM_FAULT_OPEN 1
+#define CVTPM_FAULT_WRITE 2
+#define CVTPM_FAULT_SYNC 3
+#define CVTPM_FAULT_TRUNCATE 4
+typedef int (*cvtpm_fault_hook)(int call, const char *path);
+int cvtpm_sqlite_faults_install(cvtpm_fault_hook hook);
