@@ -443,8 +443,9 @@ struct ControlStallTests {
             }
             #expect(try c.read(4) == [0, 0, 0, 0])
             // A state blob body is paced the same way, within the 10 s body deadline.
-            let blob = try c.request(.getStateBlob(flags: 0, type: 1, offset: 0), replySize: 16 + 65536)
-            let length = Int(blob.readBigEndianUInt32(at: 12))
+            let header = try c.request(.getStateBlob(flags: 0, type: 1, offset: 0), replySize: 16)
+            let length = Int(header.readBigEndianUInt32(at: 12))
+            let blob = header + (try c.read(length))
             #expect(try c.result(.stop) == 0)
             var set = ByteWriter()
             set.write(ControlCode.setStateBlob.rawValue)
