@@ -96,8 +96,10 @@ static int f_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *file, int fl
     }
     int rc = cvtpm_real_vfs->xOpen(cvtpm_real_vfs, name, f->real, flags, out_flags);
     if (rc != SQLITE_OK || f->real->pMethods == NULL) {
+        // A failed open may still have left methods (the VFS contract allows it): let the real file close.
+        if (f->real->pMethods != NULL) f->real->pMethods->xClose(f->real);
         f->base.pMethods = NULL;
-        return rc;
+        return rc != SQLITE_OK ? rc : SQLITE_CANTOPEN;
     }
     const sqlite3_io_methods *real = f->real->pMethods;
     sqlite3_io_methods *m = &f->methods;

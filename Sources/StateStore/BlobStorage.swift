@@ -127,8 +127,10 @@ final class DirectoryStorage: BlobStorage {
         var done: [String] = []
         do {
             for change in changes {
-                try self.apply(change, in: dir)
+                // Listed before it is tried: a failed step may have changed the disk too (a removal whose
+                // directory sync failed), and putting an entry back as it was is harmless when it did not.
                 if !done.contains(change.name) { done.append(change.name) }
+                try self.apply(change, in: dir)
             }
         } catch {
             for name in done.reversed() {

@@ -58,8 +58,8 @@ public struct ControlCode: RawRepresentable, Hashable, Sendable, CustomStringCon
         /// Exactly `n` bytes.
         case fixed(Int)
         /// `usual` bytes as QEMU writes them (the size of swtpm's request/response union), or `minimum` as
-        /// swtpm_ioctl writes them (the request alone). Fewer than `usual` bytes make a message only when
-        /// nothing else has arrived behind them (see ``ControlDecoder``).
+        /// swtpm_ioctl writes them (the request alone). The short form is taken only when exactly `minimum`
+        /// bytes have arrived and nothing behind them (see ``ControlDecoder``).
         case padded(minimum: Int, usual: Int)
         /// 12-byte header (flags, type, length) followed by `length` bytes.
         case stateBlob

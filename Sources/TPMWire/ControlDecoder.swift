@@ -126,9 +126,10 @@ public struct ControlDecoder: Sendable {
             return self.decode(code, payloadSize: n)
         case .padded(let minimum, let usual):
             if self.bufferedCount >= 4 + usual { return self.decode(code, payloadSize: usual) }
-            // swtpm_ioctl's short form: taken when nothing else has arrived behind it.
-            guard self.bufferedCount >= 4 + minimum else { return nil }
-            return self.decode(code, payloadSize: self.bufferedCount - 4)
+            // swtpm_ioctl's short form: exactly the request, nothing behind it. More than that and less than
+            // QEMU's form is QEMU's form arriving in pieces: wait for the rest.
+            guard self.bufferedCount == 4 + minimum else { return nil }
+            return self.decode(code, payloadSize: minimum)
         case .stateBlob:
             guard self.bufferedCount >= 16 else { return nil }
             let flags = self.uint32(at: 4)

@@ -59,11 +59,21 @@ extension Server {
     /// swtpm's first read size: 4 + sizeof(hash-data struct).
     static let firstControlRead = 4104
 
+    /// At most this many received descriptors are held for a connection (SET_DATAFD takes one); others are
+    /// closed at once, so a peer cannot pile them up while a long message arrives.
+    static let maximumHeldDescriptors = 4
+
     /// Takes bytes (and descriptors) received on a control connection.
     func receiveControl(_ bytes: [UInt8], descriptors: [Int32], on connection: ControlConnection, now: UInt64) {
         if connection.decoder.phase == .idle { connection.messageStarted = now }
         connection.decoder.receive(bytes)
-        connection.descriptors += descriptors
+        for fd in descriptors {
+            if connection.descriptors.count < Self.maximumHeldDescriptors {
+                connection.descriptors.append(fd)
+            } else {
+                closeDescriptor(fd)
+            }
+        }
     }
 
     /// Decodes and executes the next complete message of the served control connection.
@@ -232,7 +242,12 @@ extension Server {
                 if let passedDescriptor { closeDescriptor(passedDescriptor) }
                 return ControlReply.result(ControlResult.ioError)
             }
-            guard passedDescriptor != nil else { return ControlReply.result(ControlResult.badParameter) }
+            guard let passedDescriptor else { return ControlReply.result(ControlResult.badParameter) }
+            // QEMU passes one end of a socket pair; anything else (a pipe, a tty) could block the loop's writes.
+            guard Socket.isSocket(passedDescriptor) else {
+                closeDescriptor(passedDescriptor)
+                return ControlReply.result(ControlResult.badParameter)
+            }
             return ControlReply.result(0)
         case .setBufferSize(let wanted):
             if wanted != 0 {

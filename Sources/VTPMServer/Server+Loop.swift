@@ -28,7 +28,9 @@ extension Server {
             } else if self.controlListener >= 0 {
                 fds.append((self.controlListener, .readable))
             }
-            for peer in self.controlPeers where !peer.parked { fds.append((peer.fd, .readable)) }
+            // A parked peer is not read (its command waits its turn), but its hang-up is seen: a client that gave
+            // up frees its place.
+            for peer in self.controlPeers { fds.append((peer.fd, peer.parked ? PollEvents() : .readable)) }
             if self.dataConnection >= 0 {
                 fds.append((self.dataConnection, self.dataOutbox.isEmpty ? .readable : .writable))
             } else if self.dataListener >= 0 {
@@ -90,7 +92,7 @@ extension Server {
                 self.connectionEpoch += 1
             }
         default:
-            self.serveControlPeer(fd)
+            self.serveControlPeer(fd, events)
         }
     }
 
@@ -181,11 +183,15 @@ extension Server {
         }
     }
 
+    /// Carries out the core's actions for the served connection. A reply that cannot be sent closes the
+    /// connection, but what the command did stands: a data descriptor it took is adopted, SHUTDOWN still ends
+    /// the process.
     private func perform(_ actions: [ConnectionAction], on control: ControlConnection) {
         for action in actions {
-            guard self.control === control else { return }
+            let current = self.control === control
             switch action {
             case .reply(let bytes):
+                guard current else { continue }
                 do {
                     try control.outbox.send(bytes, to: control.fd, now: ProcessControl.monotonicNanoseconds())
                 } catch {
@@ -197,11 +203,12 @@ extension Server {
                 self.dataFromControl = true
                 self.connectionEpoch += 1
             case .close(let reason):
+                guard current else { continue }
                 self.logger.debug("control connection closed", metadata: ["reason": "\(reason)"])
                 control.outbox.drain(to: control.fd, timeoutMilliseconds: 100)
                 self.closeControlConnection()
             case .exit:
-                control.outbox.drain(to: control.fd, timeoutMilliseconds: 1000)
+                if current { control.outbox.drain(to: control.fd, timeoutMilliseconds: 1000) }
                 self.shouldExit = true
             }
         }

@@ -38,10 +38,18 @@ extension Server {
         )
     }
 
-    /// Reads what a peer sent and answers its complete read-only queries; parks it at another command.
-    func serveControlPeer(_ fd: Int32) {
+    /// Reads what a peer sent and answers its complete read-only queries; parks it at another command. A parked
+    /// peer that hung up is dropped.
+    func serveControlPeer(_ fd: Int32, _ events: PollEvents) {
         guard let index = self.controlPeers.firstIndex(where: { $0.fd == fd }) else { return }
         let peer = self.controlPeers[index]
+        if peer.parked {
+            if !events.intersection([.hangup, .error, .invalid]).isEmpty {
+                self.logger.debug("control: a waiting connection hung up")
+                self.dropControlPeer(at: index)
+            }
+            return
+        }
         let received: (bytes: [UInt8], fds: [Int32])
         do {
             received = try Socket.receive(fd, max: Self.firstControlRead)
@@ -86,16 +94,18 @@ extension Server {
         }
     }
 
-    /// With no connection served, the first parked peer is served next, starting with what it sent.
+    /// With no connection served, the first parked peer is served next, starting with what it sent (and the
+    /// next one if that one closes at once), in order of arrival.
     func promoteControlPeer() {
-        guard self.control == nil, let index = self.controlPeers.firstIndex(where: \.parked) else { return }
-        let peer = self.controlPeers.remove(at: index)
-        peer.parked = false
-        // Its deadline runs from now: it waited for its turn, not for its own bytes.
-        peer.messageStarted = ProcessControl.monotonicNanoseconds()
-        self.control = peer
-        self.connectionEpoch += 1
-        self.serveControlMessages()
+        while self.control == nil, !self.shouldExit, let index = self.controlPeers.firstIndex(where: \.parked) {
+            let peer = self.controlPeers.remove(at: index)
+            peer.parked = false
+            // Its deadline runs from now: it waited for its turn, not for its own bytes.
+            peer.messageStarted = ProcessControl.monotonicNanoseconds()
+            self.control = peer
+            self.connectionEpoch += 1
+            self.serveControlMessages()
+        }
     }
 
     func dropControlPeer(at index: Int) {

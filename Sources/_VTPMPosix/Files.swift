@@ -170,7 +170,7 @@ package struct DirectoryHandle: Sendable {
             throw error
         }
         // How to undo the switch if the directory cannot be made durable: swap back, or remove a first version.
-        var undo: (() -> Void)? = { _ = Sys.exchange(self.fd, spareName, name, object: self.describe(name)) }
+        var undo: (() -> Bool)? = { Sys.exchange(self.fd, spareName, name, object: self.describe(name)) == 0 }
         if Sys.exchange(self.fd, spareName, name, object: self.describe(name)) != 0 {
             let err = currentErrno()
             guard err == ENOENT || err == EINVAL || err == ENOSYS || err == EOPNOTSUPP else {
@@ -179,13 +179,13 @@ package struct DirectoryHandle: Sendable {
             }
             try self.rename(spareName, over: name)
             // Without an exchange the previous version is gone (a file system that cannot exchange).
-            undo = err == ENOENT ? { _ = unsafe unlinkat(self.fd, name, 0) } : nil
+            undo = err == ENOENT ? { unsafe unlinkat(self.fd, name, 0) == 0 } : nil
         }
         if Sys.fsync(self.fd, object: self.path) != 0 {
             let err = currentErrno()
             // The caller reports this commit as failed: the name must not show its bytes afterwards.
-            undo?()
-            _ = unsafe unlinkat(self.fd, spareName, 0)
+            // The spare holds the previous version until the swap back worked: only then is it dropped.
+            if undo?() == true { _ = unsafe unlinkat(self.fd, spareName, 0) }
             _ = Glibc.fsync(self.fd)
             throw PosixError(errno: err, function: "fsync", object: self.path)
         }
@@ -420,12 +420,12 @@ package func writeSmallFile(path: String, contents: [UInt8], mode: UInt32) throw
 }
 
 /// What is at `path` itself (a final symbolic link is not followed), nil when nothing is there or it cannot be
-/// examined. Wraps `fstatat(AT_SYMLINK_NOFOLLOW)`.
+/// examined. Only search permission is needed on the directories above it (libvirt's are 0711). Wraps
+/// `fstatat(AT_FDCWD, AT_SYMLINK_NOFOLLOW)`.
 package func fileStatus(atPath path: String) -> FileStatus? {
-    let (directory, name) = splitPath(path)
-    guard let handle = try? DirectoryHandle.open(directory) else { return nil }
-    defer { handle.close() }
-    return try? handle.status(name)
+    var st = stat()
+    guard unsafe fstatat(AT_FDCWD, path, &st, AT_SYMLINK_NOFOLLOW) == 0 else { return nil }
+    return FileStatus(st)
 }
 
 /// The names in the directory at `path` (nil when it cannot be read). Wraps `open(O_DIRECTORY)`, `readdir`.
@@ -438,17 +438,22 @@ package func directoryEntries(atPath path: String) -> [String]? {
 /// Creates `path` and its missing parents (`mkdir -p`), each new one with `mode`; existing directories are left as
 /// they are. Wraps `mkdirat`.
 package func makeDirectories(_ path: String, mode: UInt32) throws(PosixError) {
-    var prefix = path.hasPrefix("/") ? "/" : "."
+    if fileStatus(atPath: path)?.kind == .directory { return }
+    var prefix = path.hasPrefix("/") ? "" : "."
     for component in path.split(separator: "/") where !component.isEmpty && component != "." {
-        let name = String(component)
-        let parent = try DirectoryHandle.open(prefix)
-        defer { parent.close() }
-        do {
-            try parent.makeDirectory(name, mode: mode, owner: nil)
-        } catch {
-            guard error.errno == EEXIST else { throw error }
+        prefix += "/" + component
+        // Like `mkdir -p`: only search permission is needed on the directories that exist.
+        if Sys.mkdirat(AT_FDCWD, prefix, 0o700, object: prefix) != 0 {
+            let err = currentErrno()
+            guard err == EEXIST else { throw PosixError(errno: err, function: "mkdirat", object: prefix) }
+            continue
         }
-        prefix = prefix == "/" ? "/" + name : prefix + "/" + name
+        let fd = Sys.open(prefix, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { throw PosixError(errno: currentErrno(), function: "open", object: prefix) }
+        defer { _ = Glibc.close(fd) }
+        if Sys.fchmod(fd, mode, object: prefix) != 0 {
+            throw PosixError(errno: currentErrno(), function: "fchmod", object: prefix)
+        }
     }
 }
 

@@ -383,6 +383,12 @@ package enum Socket {
         return sent - offset
     }
 
+    /// Whether `fd` is a socket. Wraps `fstat`.
+    package static func isSocket(_ fd: Int32) -> Bool {
+        var st = stat()
+        return unsafe fstat(fd, &st) == 0 && st.st_mode & S_IFMT == S_IFSOCK
+    }
+
     /// The local TCP port a socket is bound to (tests bind port 0).
     package static func localPort(_ fd: Int32) -> UInt16? {
         var addr = sockaddr_in()

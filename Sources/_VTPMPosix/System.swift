@@ -130,9 +130,13 @@ enum Sys {
     /// `close`. A failed close of a file that was written means its data may not have reached the file
     /// (NFS, quota): callers that wrote check it. The descriptor is gone either way.
     static func close(_ fd: Int32, object: String?) -> Int32 {
-        if let rc = self.injected(.close, object) {
+        if let action = FaultInjection.check(.close, object) {
             _ = Glibc.close(fd)
-            return rc
+            switch action {
+            case .fail(let errno), .shortWrite(let errno): Glibc.errno = errno
+            case .crash: break
+            }
+            return -1
         }
         return Glibc.close(fd)
     }

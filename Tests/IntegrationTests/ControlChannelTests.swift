@@ -304,6 +304,24 @@ struct ControlPeerTests {
         }
     }
 
+    @Test func aWaitingConnectionThatHangsUpIsDropped() throws {
+        try withTemporaryDirectory { dir in
+            let v = try VTPMDInstance(dir: dir)
+            let first = try Self.servedConnection(v)
+            do {
+                let waiting = try v.control()
+                try waiting.send(ControlRequest.stop.encoded)
+                Thread.sleep(forTimeInterval: 0.1)
+            }
+            // It gave up: its place is freed, and its STOP is never run.
+            for _ in 0..<100 where !v.log.contains("a waiting connection hung up") {
+                Thread.sleep(forTimeInterval: 0.02)
+            }
+            #expect(v.log.contains("a waiting connection hung up"), "\(v.log)")
+            #expect(try first.request(.getTPMEstablished, replySize: 8).prefix(4) == [0, 0, 0, 0])
+        }
+    }
+
     @Test func aQueryThatStopsHalfwayIsClosedAtTheDeadlineAndDelaysNothing() throws {
         try withTemporaryDirectory { dir in
             let v = try VTPMDInstance(dir: dir)
@@ -462,6 +480,17 @@ struct ControlStallTests {
             }
             #expect(try c.read(4) == [0, 0, 0, 0])
             #expect(try c.result(.initialize(flags: 0)) == 0)
+        }
+    }
+
+    @Test func shutdownEndsTheProcessEvenWhenItsSenderLeftAtOnce() throws {
+        try withTemporaryDirectory { dir in
+            let v = try VTPMDInstance(dir: dir)
+            do {
+                let c = try v.control()
+                try c.send(ControlRequest.shutdown.encoded)
+            }
+            #expect(v.daemon.waitForExit() == 0)
         }
     }
 

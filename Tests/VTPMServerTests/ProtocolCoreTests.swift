@@ -235,6 +235,32 @@ extension ProtocolCoreTests {
             }
         }
 
+        @Test func setDataFDRefusesADescriptorThatIsNotASocket() throws {
+            try withTemporaryDirectory { dir in
+                let h = try CoreHarness(dir: dir)
+                let null = try #require(FileHandle(forReadingAtPath: "/dev/null"))
+                let fd = dup(null.fileDescriptor)
+                #expect(
+                    h.control(ControlRequest.setDataFD.encoded, descriptors: [fd])
+                        == [.reply(ControlReply.result(ControlResult.badParameter))]
+                )
+                #expect(fcntlIsOpen(fd) == false)
+            }
+        }
+
+        @Test func descriptorsBeyondAFewAreClosedAtOnce() throws {
+            try withTemporaryDirectory { dir in
+                let h = try CoreHarness(dir: dir)
+                var pairs: [(Int32, Int32)] = []
+                for _ in 0..<6 { pairs.append(try Socket.pair()) }
+                defer { for (a, _) in pairs { closeDescriptor(a) } }
+                // Half a HASH_DATA header with six descriptors: four are held (for a SET_DATAFD to come), two closed.
+                #expect(h.control([0, 0, 0, 7, 0], descriptors: pairs.map(\.1)).isEmpty)
+                #expect(pairs.map { fcntlIsOpen($0.1) } == [true, true, true, true, false, false])
+                h.control.releaseDescriptors()
+            }
+        }
+
         @Test func descriptorsThatCameWithOtherCommandsAreClosed() throws {
             try withTemporaryDirectory { dir in
                 let h = try CoreHarness(dir: dir)
