@@ -87,7 +87,7 @@ struct CrashPointTests {
 
     @Test func aRekeyCrashedAtAnyStepEndsInOneAgreedIdentity() throws {
         try withTemporaryDirectory { host in
-            let vmA = "01010101-0000-4000-8000-00000000000a"
+            let vmA = Self.vmA
             let a = try CloneRekeyWireTests.Node(host, vmID: vmA, name: "a")
             try a.start()
             #expect(try runCommand("swtpm_ioctl", ["--tcp", "127.0.0.1:\(a.port + 1)", "-s"]).status == 0)
@@ -136,6 +136,21 @@ struct CrashPointTests {
         }
     }
 
+    static let vmA = "01010101-0000-4000-8000-00000000000a"
+    static let vmB = "02020202-0000-4000-8000-00000000000b"
+
+    /// VM A's TPM made by vtpmd on `host` (its CA, registry and host key) and stopped, copied for another VM (the
+    /// clone B starts from): the copy's path.
+    static func copyOfA(_ host: String, as name: String) throws -> String {
+        let a = try CloneRekeyWireTests.Node(host, vmID: Self.vmA, name: "a")
+        try a.start()
+        #expect(try runCommand("swtpm_ioctl", ["--tcp", "127.0.0.1:\(a.port + 1)", "-s"]).status == 0)
+        _ = a.daemon.waitForExit()
+        let state = "\(host)/\(name)"
+        #expect(try runCommand("cp", ["-a", a.state, state]).status == 0)
+        return state
+    }
+
     static func identity(_ json: String) throws -> (vm: String, generation: Int) {
         let object = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any]
         let identity = try #require(object?["identity"] as? [String: Any])
@@ -181,14 +196,8 @@ struct RekeyFaultTests {
     func aFailedRekeyChangesNothingAndTheNextINITCompletesIt(step: String, errno: String) throws {
         let spec = try #require(Self.steps.first { $0.name == step })
         try withTemporaryDirectory { host in
-            let vmA = "01010101-0000-4000-8000-00000000000a"
-            let vmB = "02020202-0000-4000-8000-00000000000b"
-            let a = try CloneRekeyWireTests.Node(host, vmID: vmA, name: "a")
-            try a.start()
-            #expect(try runCommand("swtpm_ioctl", ["--tcp", "127.0.0.1:\(a.port + 1)", "-s"]).status == 0)
-            _ = a.daemon.waitForExit()
-            let state = "\(host)/b"
-            #expect(try runCommand("cp", ["-a", a.state, state]).status == 0)
+            let vmB = CrashPointTests.vmB
+            let state = try CrashPointTests.copyOfA(host, as: "b")
             let copied = try Self.stateFiles(state)
             let action = spec.times < 0 ? "short-\(errno)" : errno
             let rule = "\(spec.call):\(action):object=\(state)\(spec.object):when=serving:times=\(max(spec.times, 1))"
@@ -232,14 +241,8 @@ struct RegistryFaultTests {
     @Test(arguments: ["write:EIO", "write:ENOSPC", "fdatasync:EIO"])
     func aRegistryThatCannotBeWrittenLosesNothing(fault: String) throws {
         try withTemporaryDirectory { host in
-            let vmA = "01010101-0000-4000-8000-00000000000a"
-            let vmB = "02020202-0000-4000-8000-00000000000b"
-            let a = try CloneRekeyWireTests.Node(host, vmID: vmA, name: "a")
-            try a.start()
-            #expect(try runCommand("swtpm_ioctl", ["--tcp", "127.0.0.1:\(a.port + 1)", "-s"]).status == 0)
-            _ = a.daemon.waitForExit()
-            let state = "\(host)/b"
-            #expect(try runCommand("cp", ["-a", a.state, state]).status == 0)
+            let vmB = CrashPointTests.vmB
+            let state = try CrashPointTests.copyOfA(host, as: "b")
             let rule = "\(fault):object=\(host)/registry.sqlite:when=serving:times=0"
             let b = try CloneRekeyWireTests.Node(host, vmID: vmB, name: "b", environment: ["VTPM_FAULTS": rule])
             #expect(try b.control().result(.initialize(flags: 0)) == 0)
