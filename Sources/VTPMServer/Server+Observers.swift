@@ -72,7 +72,7 @@ extension Server {
             guard let actions = self.stepControl(peer, now: now) else { return }
             for case .reply(let reply) in actions {
                 // Never wait on a peer: one that does not read its replies is dropped when its buffer is full.
-                guard (try? Socket.sendWithoutWaiting(fd, reply)) == true else {
+                guard (try? Socket.sendAvailable(fd, reply, from: 0)) == reply.count else {
                     self.logger.warning("control: a query client does not read its replies; closing it")
                     self.dropControlPeer(at: index)
                     return

@@ -344,23 +344,6 @@ package enum Socket {
         }
     }
 
-    /// Sends all of `bytes` without ever waiting (MSG_DONTWAIT | MSG_NOSIGNAL): for a peer that may not read
-    /// its replies. Returns false when the socket's buffer cannot take them all (the caller drops the peer).
-    package static func sendWithoutWaiting(_ fd: Int32, _ bytes: [UInt8]) throws(PosixError) -> Bool {
-        var offset = 0
-        while offset < bytes.count {
-            let n = Sys.send(fd, bytes, offset, flags: Int32(MSG_DONTWAIT))
-            if n < 0 {
-                let err = currentErrno()
-                if err == EINTR { continue }
-                if err == EAGAIN || err == EWOULDBLOCK { return false }
-                throw PosixError(errno: err, function: "send")
-            }
-            offset += n
-        }
-        return true
-    }
-
     /// Writes as much of `bytes[offset...]` as the descriptor takes now (MSG_DONTWAIT | MSG_NOSIGNAL) and
     /// returns how many bytes that was: 0 when its buffer is full. A descriptor that is not a socket (a
     /// character device) is written with `write`. Wraps `send`.
