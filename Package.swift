@@ -36,7 +36,10 @@ let package = Package(
             pkgConfig: "libtpms",
             providers: [.apt(["libtpms-dev"])]
         ),
-        .target(name: "CVTPMShims", linkerSettings: [.linkedLibrary("seccomp"), .linkedLibrary("sqlite3")]),
+        .target(
+            name: "CVTPMShims",
+            linkerSettings: [.linkedLibrary("seccomp"), .linkedLibrary("sqlite3"), .linkedLibrary("fuse3")]
+        ),
         .target(name: "_VTPMPosix", dependencies: ["CVTPMShims"], swiftSettings: settings),
         .target(name: "TPMWire", swiftSettings: settings),
         .target(

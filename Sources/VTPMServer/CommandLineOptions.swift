@@ -4,7 +4,7 @@ package import StateStore
 import VMIdentity
 import _VTPMPosix
 
-/// swtpm 0.7's socket/chardev options as raw strings, turned into a `ServerConfiguration`.
+/// swtpm 0.7's socket/chardev/cuse options as raw strings, turned into a `ServerConfiguration`.
 /// The vtpmd executable fills this from ArgumentParser; all checking happens here.
 public struct CommandLineOptions: Sendable {
     public var tpm2 = false
@@ -26,6 +26,13 @@ public struct CommandLineOptions: Sendable {
     public var caSigner: String?
     /// `chardev --fd N` / `socket --fd N`: an inherited connected data stream.
     public var fd: Int?
+    /// `chardev --vtpm-proxy`: create a /dev/tpmN through /dev/vtpmx and serve it.
+    public var vtpmProxy = false
+    /// `cuse -n/--name NAME`: the CUSE device's name (/dev/NAME).
+    public var cuseName: String?
+    /// `cuse -M/--maj N`, `-m/--min N`: its major and minor numbers (0: the kernel chooses).
+    public var cuseMajor: Int?
+    public var cuseMinor: Int?
     public var environment: [String: String] = [:]
     /// The host configuration file (`--config`); else `VTPMD_CONFIG` from `environment`, else
     /// `/etc/vtpm/vtpmd.conf` if it exists.
@@ -70,7 +77,14 @@ public struct CommandLineOptions: Sendable {
     }
 
     /// Builds and validates the server configuration.
-    public func configuration(chardev: Bool, requireChannel: Bool = true) throws(OptionError) -> ServerConfiguration {
+    /// - Parameters:
+    ///   - chardev: `vtpmd chardev`.
+    ///   - cuse: `vtpmd cuse`.
+    public func configuration(
+        chardev: Bool,
+        cuse: Bool = false,
+        requireChannel: Bool = true
+    ) throws(OptionError) -> ServerConfiguration {
         guard self.tpm2 else {
             throw OptionError("vtpmd implements TPM 2.0 only: add --tpm2")
         }
@@ -177,10 +191,38 @@ public struct CommandLineOptions: Sendable {
             c.server = .connectedDescriptor(Int32(fd))
             c.dataIsCharacterDevice = chardev
         }
-        if requireChannel && chardev && c.server == nil {
-            throw OptionError("chardev mode needs --fd N (vtpmd has no CUSE or vTPM proxy support)")
+        if self.vtpmProxy {
+            guard chardev else { throw OptionError("--vtpm-proxy is an option of chardev mode") }
+            guard c.server == nil else { throw OptionError("--vtpm-proxy and --fd cannot be combined") }
+            c.server = .vtpmProxy
+            c.dataIsCharacterDevice = true
         }
-        if requireChannel && !chardev && c.server == nil && c.control == nil {
+        if cuse {
+            guard c.server == nil, c.control == nil else {
+                throw OptionError("cuse mode has no --server, --port, --fd or --ctrl: the device takes both channels")
+            }
+            guard let name = self.cuseName, !name.isEmpty else { throw OptionError("cuse mode needs -n/--name NAME") }
+            guard !name.contains("/"), name != ".", name != "..", name.utf8.count <= 128 else {
+                throw OptionError("--name: '\(name)' is not a device name (no '/', at most 128 bytes)")
+            }
+            var device = ServerConfiguration.CUSEDevice(name: name)
+            if let major = self.cuseMajor {
+                guard (0...4095).contains(major) else { throw OptionError("--maj: \(major) is not a major number") }
+                device.major = UInt32(major)
+            }
+            if let minor = self.cuseMinor {
+                guard (0...1_048_575).contains(minor) else { throw OptionError("--min: \(minor) is not a minor number") }
+                device.minor = UInt32(minor)
+            }
+            guard device.minor == 0 || device.major != 0 else { throw OptionError("--min needs --maj") }
+            c.cuse = device
+        } else if self.cuseName != nil || self.cuseMajor != nil || self.cuseMinor != nil {
+            throw OptionError("--name, --maj and --min are options of cuse mode")
+        }
+        if requireChannel && chardev && c.server == nil {
+            throw OptionError("chardev mode needs --fd N or --vtpm-proxy")
+        }
+        if requireChannel && !chardev && !cuse && c.server == nil && c.control == nil {
             throw OptionError("socket mode needs --server, --port, --fd or --ctrl")
         }
         c.terminateOnDataLoss = self.terminate
@@ -241,6 +283,15 @@ public struct CommandLineOptions: Sendable {
             if try o.bool("strict") == true { c.migrationPolicy = .strict }
         }
         try self.applyIdentity(to: &c)
+        if self.vtpmProxy {
+            // As swtpm: the kernel sends its commands as soon as the device exists (so the TPM runs without
+            // CMD_INIT), and switches localities with the in-band TPM2_CC_SET_LOCALITY.
+            c.notNeedInit = true
+            c.allowSetLocality = true
+            // swtpm sends TPM2_Startup(CLEAR) itself unless --flags names another startup type.
+            let startupNamed = self.flags.map { $0.contains("startup-") } ?? false
+            if !startupNamed { c.startup = .clear }
+        }
         // --seccomp action=none|kill|log (swtpm's option; kill when absent, as swtpm's default).
         if let seccomp {
             let o = try OptionString(seccomp, option: "--seccomp", allowed: ["action"])

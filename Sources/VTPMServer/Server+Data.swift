@@ -118,6 +118,7 @@ extension Server {
             return TPMFrame.errorResponse(TPMFrame.rcLocality)
         }
         self.engine.locality = locality
+        self.logger.debug("in-band locality \(locality)")
         return TPMFrame.errorResponse(TPMFrame.rcSuccess)
     }
 

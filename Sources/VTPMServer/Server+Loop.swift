@@ -18,6 +18,23 @@ extension Server {
         // After --runas: the registry's connections are made as the user the process runs as.
         self.identity?.writer.resume()
         FaultInjection.startServing()
+        if let channel = self.cuseChannel {
+            _ = self.runCUSE(channel)
+        } else {
+            self.serveChannels()
+        }
+        self.shutdownTPM()
+        self.identity?.saveCheckpoint()
+        // A clean stop: the registry learns the newest state committed (a later restore of an older
+        // copy is then a rollback).
+        self.identity?.recordStateWrite()
+        if let identity = self.identity { identity.writer.stop(timeout: identity.registry.timeout) }
+        self.cleanup()
+        return self.exitStatus
+    }
+
+    /// The poll loop over the sockets (and a chardev's descriptor).
+    private func serveChannels() {
         while !self.shouldExit {
             self.promoteControlPeer()
             if self.shouldExit { break }
@@ -45,7 +62,7 @@ extension Server {
             } catch {
                 self.logger.error("poll failed: \(error)")
                 self.exitStatus = 1
-                break
+                return
             }
             if idleWork && ready.allSatisfy(\.isEmpty) {
                 self.identity?.recordStateWrite()
@@ -58,14 +75,6 @@ extension Server {
             }
             self.expireDeadlines()
         }
-        self.shutdownTPM()
-        self.identity?.saveCheckpoint()
-        // A clean stop: the registry learns the newest state committed (a later restore of an older
-        // copy is then a rollback).
-        self.identity?.recordStateWrite()
-        if let identity = self.identity { identity.writer.stop(timeout: identity.registry.timeout) }
-        self.cleanup()
-        return self.exitStatus
     }
 
     private func dispatch(_ fd: Int32, _ events: PollEvents) {

@@ -50,6 +50,8 @@ public final class Server {
     var blobCache: [UInt32: (blob: [UInt8], flags: UInt32)] = [:]
     /// Data-channel input buffer: commands are read into it and executed in place.
     var readBuffer: [UInt8]
+    /// `vtpmd cuse`: the device and its transfers.
+    var cuseChannel: CUSEChannel?
 
     /// Creates the server; opens nothing yet.
     public init(configuration: ServerConfiguration, logger: Logger) throws {
@@ -98,6 +100,8 @@ public final class Server {
                 self.controlListener = fd
             case .connectedDescriptor(let fd):
                 self.control = ControlConnection(fd: fd, maximumBlobSize: self.configuration.maximumBlobSize)
+            case .vtpmProxy:
+                throw ServerError.startup("a vTPM proxy is a data channel, not a control channel")
             }
         }
         if let server = self.configuration.server {
@@ -110,7 +114,32 @@ public final class Server {
                 self.dataListener = fd
             case .connectedDescriptor(let fd):
                 self.dataConnection = fd
+            case .vtpmProxy:
+                let device: VTPMProxyDevice
+                do {
+                    device = try VTPMProxyDevice.create()
+                } catch {
+                    throw ServerError.startup("cannot create the vTPM proxy device: \(error)")
+                }
+                self.dataConnection = device.descriptor
+                // swtpm's announcement, on standard output.
+                try? writeAll(
+                    fd: 1,
+                    Array("New TPM device: /dev/tpm\(device.number) (major/minor = \(device.major)/\(device.minor))\n".utf8)
+                )
+                self.logger.info("vTPM proxy device /dev/tpm\(device.number) created")
             }
+        }
+        if let cuse = self.configuration.cuse {
+            // swtpm cuse creates a missing state directory (the other modes expect it, as swtpm's do).
+            if let directory = self.configuration.stateDirectory {
+                do {
+                    try makeDirectories(directory, mode: 0o700)
+                } catch {
+                    throw ServerError.startup("cannot create the state directory: \(error)")
+                }
+            }
+            try self.openCUSEDevice(cuse)
         }
         if let pidFile = self.configuration.pidFile {
             try writeSmallFile(path: pidFile, contents: Array("\(ProcessControl.processID)".utf8), mode: 0o644)
@@ -198,6 +227,7 @@ public final class Server {
     }
 
     func cleanup() {
+        self.cuseChannel?.device?.close()
         for fd in [self.dataConnection, self.controlListener, self.dataListener] where fd >= 0 {
             closeDescriptor(fd)
         }
@@ -224,6 +254,11 @@ public final class Server {
         self.logger.debug("data connection closed", metadata: ["reason": "\(reason)"])
         var inherited = false
         if case .connectedDescriptor = self.configuration.server { inherited = true }
+        if self.configuration.server == .vtpmProxy {
+            // The kernel removed the device (or it failed): nothing is left to serve.
+            self.shouldExit = true
+            return
+        }
         if self.configuration.dataIsCharacterDevice {
             // A character device has no peer that could come back over a listener; keep serving
             // the control channel (swtpm's chardev mode ends with CMD_SHUTDOWN).

@@ -1,6 +1,6 @@
 public import StateStore
 
-/// Everything `vtpmd socket` / `vtpmd chardev` was told on its command line, validated.
+/// Everything `vtpmd socket` / `vtpmd chardev` / `vtpmd cuse` was told on its command line, validated.
 public struct ServerConfiguration: Sendable {
     /// Where a channel comes from.
     public enum Endpoint: Sendable, Hashable {
@@ -14,6 +14,18 @@ public struct ServerConfiguration: Sendable {
         /// An inherited, already connected stream (swtpm's `clientfd=`, `--server ...,fd=` for TCP,
         /// `chardev --fd`).
         case connectedDescriptor(Int32)
+        /// A vTPM proxy device vtpmd creates through /dev/vtpmx (`chardev --vtpm-proxy`).
+        case vtpmProxy
+    }
+
+    /// The character device of `vtpmd cuse`.
+    public struct CUSEDevice: Sendable, Hashable {
+        /// /dev/NAME.
+        public var name: String
+        /// 0: the kernel chooses.
+        public var major: UInt32 = 0
+        public var minor: UInt32 = 0
+        public init(name: String) { self.name = name }
     }
 
     /// TPM2_Startup type sent at start (`--flags startup-*`).
@@ -22,6 +34,8 @@ public struct ServerConfiguration: Sendable {
     }
 
     public var control: Endpoint?
+    /// `vtpmd cuse`: the device that takes both the TPM commands and the control commands (as ioctls).
+    public var cuse: CUSEDevice?
     /// What a system call outside ``SeccompProfile/allowed`` gets once vtpmd serves (`--seccomp action=`).
     public var seccomp: SeccompProfile.Action = .kill
     public var server: Endpoint?

@@ -10,7 +10,7 @@ struct VTPMD: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vtpmd",
         abstract: "A TPM 2.0 backend for QEMU, command-line compatible with `swtpm socket`.",
-        subcommands: [SocketCommand.self, ChardevCommand.self]
+        subcommands: [SocketCommand.self, ChardevCommand.self, CuseCommand.self]
     )
 
     /// The plain command lines of a VM start are scanned directly (`CommandLineOptions.scan`: half of
@@ -177,9 +177,109 @@ struct ChardevCommand: ParsableCommand {
         abstract: "Serve TPM commands over an inherited descriptor (swtpm chardev --fd N); optional --ctrl."
     )
     @OptionGroup var common: SwtpmOptions
+    @Flag(
+        name: .customLong("vtpm-proxy"),
+        help: "Create a /dev/tpmN through the kernel's /dev/vtpmx and serve it (for a container), as swtpm does."
+    )
+    var vtpmProxy = false
 
     func run() throws {
-        try Launcher.launch(self.common.commandLineOptions(), actions: self.common.actions, chardev: true)
+        var options = self.common.commandLineOptions()
+        options.vtpmProxy = self.vtpmProxy
+        try Launcher.launch(options, actions: self.common.actions, chardev: true)
+    }
+}
+
+/// `swtpm cuse`'s options: the device takes the control commands as ioctls, so there is no --ctrl or --server.
+struct CuseCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cuse",
+        abstract: "Serve a CUSE character device /dev/NAME (swtpm cuse): TPM commands by write/read, control by ioctl."
+    )
+    @Option(name: [.customShort("n"), .customLong("name")], help: "The device name: /dev/NAME (required).")
+    var name: String?
+    @Option(name: [.customShort("M"), .customLong("maj")], help: "The device's major number (default: the kernel's choice).")
+    var major: Int?
+    @Option(name: [.customShort("m"), .customLong("min")], help: "The device's minor number.")
+    var minor: Int?
+    @Flag(name: .customLong("tpm2"), help: "Emulate a TPM 2.0 (required: vtpmd implements TPM 2.0 only).")
+    var tpm2 = false
+    @Option(help: "dir=DIR[,mode=0600][,fsync=on|off] or backend-uri=dir://DIR: the state directory.")
+    var tpmstate: String?
+    @Option(help: "not-need-init,startup-clear|startup-state|startup-none,disable-auto-shutdown")
+    var flags: String?
+    @Option(help: "file=F | fd=N: write the process id (once the device exists).")
+    var pid: String?
+    @Option(help: "file=F|fd=N[,level=N][,prefix=S][,truncate]")
+    var log: String?
+    @Option(help: "reject-locality-4[,allow-set-locality]")
+    var locality: String?
+    @Option(help: "As swtpm's --key: encrypt the state files.")
+    var key: String?
+    @Option(name: .customLong("migration-key"), help: "As swtpm's --migration-key: encrypt outgoing state blobs.")
+    var migrationKey: String?
+    @Option(help: "action=kill|log|none: what a system call outside vtpmd's allow list gets (default kill).")
+    var seccomp: String?
+    @Option(name: [.customShort("r"), .customLong("runas")], help: "Switch to this user once the device exists.")
+    var runas: String?
+    @Flag(
+        name: .customLong("foreground"),
+        help: "Stay in the foreground (swtpm cuse, like any FUSE daemon, always goes to the background)."
+    )
+    var foreground = false
+    @Option(help: "Host configuration file (default: $VTPMD_CONFIG, else /etc/vtpm/vtpmd.conf if it exists).")
+    var config: String?
+    @Option(name: .customLong("vm-id"), help: "This VM's UUID or name: turns clone-rekey on.")
+    var vmID: String?
+    @Option(help: "The host CA directory that issues the EK certificates.")
+    var ca: String?
+    @Option(name: .customLong("ca-signer"), help: "The separated CA signer's socket.")
+    var caSigner: String?
+    @Option(help: "The registry: a SQLite file or postgresql://user@host:port/db.")
+    var registry: String?
+    @Option(name: .customLong("host-key"), help: "The key that MACs state blobs.")
+    var hostKey: String?
+    @Option(name: .customLong("on-rollback"), help: "rekey (default) or keep.")
+    var onRollback: String?
+    @Option(name: .customLong("foreign-state"), help: "adopt (default) or rekey.")
+    var foreignState: String?
+    @Flag(name: .customLong("print-capabilities"), help: "Print the supported features as JSON and exit.")
+    var printCapabilities = false
+    @Flag(name: .customLong("print-states"), help: "Print the state blobs present in --tpmstate as JSON and exit.")
+    var printStates = false
+    @Flag(name: .customLong("version"), help: "Print the version and exit.")
+    var version = false
+
+    func run() throws {
+        var o = CommandLineOptions()
+        o.tpm2 = self.tpm2
+        o.cuseName = self.name
+        o.cuseMajor = self.major
+        o.cuseMinor = self.minor
+        o.tpmstate = self.tpmstate
+        o.flags = self.flags
+        o.pid = self.pid
+        o.log = self.log
+        o.locality = self.locality
+        o.key = self.key
+        o.migrationKey = self.migrationKey
+        o.seccomp = self.seccomp
+        o.runas = self.runas
+        o.daemon = !self.foreground
+        o.config = self.config
+        o.vmID = self.vmID
+        o.ca = self.ca
+        o.caSigner = self.caSigner
+        o.registry = self.registry
+        o.hostKey = self.hostKey
+        o.onRollback = self.onRollback
+        o.foreignState = self.foreignState
+        let actions = Launcher.Actions(
+            version: self.version,
+            printCapabilities: self.printCapabilities,
+            printStates: self.printStates
+        )
+        try Launcher.launch(SwtpmOptions.withEnvironment(o), actions: actions, chardev: false, cuse: true)
     }
 }
 
@@ -197,7 +297,7 @@ enum Launcher {
         static let run = Actions()
     }
 
-    static func launch(_ options: CommandLineOptions, actions: Actions, chardev: Bool) throws {
+    static func launch(_ options: CommandLineOptions, actions: Actions, chardev: Bool, cuse: Bool = false) throws {
         if actions.version {
             print(Capabilities.versionText)
             return
@@ -214,7 +314,7 @@ enum Launcher {
                 try printStates(options)
                 return
             }
-            configuration = try options.configuration(chardev: chardev)
+            configuration = try options.configuration(chardev: chardev, cuse: cuse)
             logSettings = try options.logSettings()
         } catch {
             fail("\(error)")
@@ -255,7 +355,11 @@ enum Launcher {
     }
 
     static func printStates(_ options: CommandLineOptions) throws {
-        let configuration = try options.configuration(chardev: false, requireChannel: false)
+        let configuration = try options.configuration(
+            chardev: false,
+            cuse: options.cuseName != nil,
+            requireChannel: false
+        )
         guard let location = configuration.stateLocation else { fail("--print-states needs --tpmstate") }
         var logger = Logger(label: "vtpm.state")
         logger.logLevel = .warning

@@ -35,6 +35,46 @@ int cvtpm_drop_bounding_capabilities(void);
 /// Clears the permitted, effective and inheritable capability sets (capset(2)). Returns 0 or a negative errno.
 int cvtpm_clear_capabilities(void);
 
+/// Creates a vTPM proxy device through the opened /dev/vtpmx (VTPM_PROXY_IOC_NEW_DEV with `flags`, 1 for a
+/// TPM 2). The kernel's /dev/tpmN and /dev/tpmrmN then take their commands from `*fd`. Returns 0 or -1 with errno.
+int cvtpm_vtpm_proxy_new(int vtpmx, unsigned int flags, unsigned int *tpm_number, int *fd, unsigned int *major,
+                         unsigned int *minor);
+
+/// What a CUSE device's requests are handed to (libfuse3's CUSE low-level API, cuse_fuse.c). Each returns 0 or an
+/// errno for the request; `context` is passed back unchanged.
+struct cvtpm_cuse_handlers {
+    void *context;
+    /// The kernel created the device node.
+    void (*init_done)(void *context);
+    int (*open)(void *context);
+    /// Fills at most `size` bytes of `buffer` and sets `*length`.
+    int (*read)(void *context, unsigned char *buffer, size_t size, size_t *length);
+    int (*write)(void *context, const unsigned char *buffer, size_t size);
+    /// A restricted ioctl: `input` holds the argument's bytes when the command writes (`_IOW`, `_IOWR`), and the
+    /// handler fills at most `output_size` bytes of `output` when it reads (`_IOR`, `_IOWR`).
+    int (*ioctl)(void *context, unsigned int command, const unsigned char *input, size_t input_size,
+                 unsigned char *output, size_t output_size, size_t *output_length);
+    void (*release)(void *context);
+};
+
+struct cvtpm_cuse;
+
+/// Opens `cuse_path` (/dev/cuse) and starts a CUSE session for the device `name` (DEVNAME=name, created by the
+/// kernel as /dev/name once the first request, CUSE_INIT, is processed). `major` 0 lets the kernel choose. The
+/// handlers are copied. Returns the session, or NULL with `*error` set to an errno.
+struct cvtpm_cuse *cvtpm_cuse_open(const char *cuse_path, const char *name, unsigned int major, unsigned int minor,
+                                   const struct cvtpm_cuse_handlers *handlers, int *error);
+
+/// The session's descriptor (poll it for readable).
+int cvtpm_cuse_fd(const struct cvtpm_cuse *cuse);
+
+/// Receives one request and processes it (the handlers run on this thread). Returns 1, 0 when the session ended
+/// (the device is gone), or a negative errno.
+int cvtpm_cuse_process(struct cvtpm_cuse *cuse);
+
+/// Ends the session: the kernel removes the device.
+void cvtpm_cuse_close(struct cvtpm_cuse *cuse);
+
 #endif
 
 // SQLite's file I/O under the fault rules of tests (FaultInjection in _VTPMPosix): a VFS that passes every call
