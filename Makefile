@@ -2,7 +2,8 @@
 SWIFT ?= swift
 GUEST_DIR := qemu/out
 
-.PHONY: all deps build release guest test unit-test demo bench swtpm-compat fuzz lint clean install deb
+.PHONY: all deps build release guest test unit-test demo bench swtpm-compat fuzz lint clean install deb \
+	kernel-guest kernel-test swtpm-cuse-compat
 
 all: build
 
@@ -69,6 +70,23 @@ test: deps guest deb
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --no-parallel
 
+# vtpmd inside a guest kernel (KernelGuestTests, about 6 minutes): `vtpmd cuse` and `vtpmd chardev --vtpm-proxy`
+# under swtpm_ioctl and tpm2-tools, and the power-loss test. The guest runs the release vtpmd; its image is
+# qemu/out-kernel (qemu/build-kernel-guest.sh). CI runs this after `make test`.
+KERNEL_GUEST_DIR := qemu/out-kernel
+
+kernel-guest: release
+	./qemu/build-kernel-guest.sh $(KERNEL_GUEST_DIR) $(CURDIR)/.build/release
+
+kernel-test: deps kernel-guest
+	$(SWIFT) build --build-tests
+	VTPM_KERNEL_GUEST_DIR=$(CURDIR)/$(KERNEL_GUEST_DIR) $(SWIFT) test --no-parallel --filter KernelGuestTests
+
+# swtpm 0.7.1's own test scripts against `vtpmd cuse`, in the kernel guest: SWTPM_SRC=/tmp/swtpm-0.7.1 (see
+# scripts/swtpm-compat.sh for how to extract it).
+swtpm-cuse-compat: deps release
+	./scripts/swtpm-cuse-compat.sh
+
 unit-test: deps
 	$(SWIFT) test --no-parallel --skip IntegrationTests
 
@@ -90,4 +108,4 @@ lint:
 	git ls-files -z '*.swift' | xargs -0 $(SWIFT) format lint --strict --parallel
 
 clean:
-	rm -rf .build $(GUEST_DIR) bench/out
+	rm -rf .build $(GUEST_DIR) $(KERNEL_GUEST_DIR) bench/out

@@ -21,6 +21,11 @@ trees="$script_dir/guest:/usr/lib/vtpm-guest"
 if [[ -n $swtpm_src ]]; then
     [[ -d $swtpm_src/tests ]] || { echo "build-kernel-guest: $swtpm_src has no tests/" >&2; exit 1; }
     trees+=" $swtpm_src/tests:/opt/swtpm/tests"
+    # Debian's swtpm_setup and swtpm_cert, which the print-capabilities test asks too.
+    for t in swtpm_setup swtpm_cert; do
+        p=$(command -v "$t") || { echo "build-kernel-guest: $t is missing" >&2; exit 1; }
+        tools+=("$(readlink -f "$p")")
+    done
 fi
 GUEST_PVH=1 \
     GUEST_EXTRA_BIN="$bin/vtpmd ${tools[*]}" \

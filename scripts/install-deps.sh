@@ -4,6 +4,7 @@ set -euo pipefail
 packages=(
     libtpms-dev swtpm swtpm-tools tpm2-tools libtss2-tcti-swtpm0
     qemu-system-x86 qemu-utils linux-image-amd64 busybox-static cpio socat libsqlite3-dev libseccomp-dev gcc make postgresql
+    libfuse3-dev gawk procps e2fsprogs xz-utils
 )
 # The libvirt tests use libvirt as Debian installs it for a user (with its recommended packages).
 with_recommends=(libvirt-daemon-system libvirt-clients virtinst)

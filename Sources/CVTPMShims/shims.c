@@ -8,6 +8,7 @@
 #include <sys/personality.h>
 #include <sched.h>
 #include <sys/ioctl.h>
+#include <termios.h>
 #include <sys/socket.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -33,7 +34,8 @@ int cvtpm_peer_credentials(int fd, int *pid, unsigned int *uid, unsigned int *gi
 /* Adds the allow rule for system call `nr` named `name`. Four calls are allowed only in part, by their
  * arguments (which a filter can see when they are not behind a pointer):
  *   socket  only for AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK (glibc's resolver sorts addresses over netlink);
- *   ioctl   only FIONREAD (glibc's resolver);
+ *   ioctl   only FIONREAD (glibc's resolver) and TCGETS (isatty: glibc's stdio asks it of a character device,
+ *           such as the /dev/null a daemon's stdout is, at its first output there);
  *   clone   only with CLONE_THREAD: a thread, never a new process;
  *   clone3  fails with ENOSYS (its flags are behind a pointer), and glibc then creates threads with clone. */
 static int add_allow_rule(scmp_filter_ctx ctx, const char *name, int nr)
@@ -48,8 +50,13 @@ static int add_allow_rule(scmp_filter_ctx ctx, const char *name, int nr)
         return 0;
     }
     if (strcmp(name, "ioctl") == 0) {
-        struct scmp_arg_cmp request = SCMP_A1(SCMP_CMP_EQ, (scmp_datum_t)FIONREAD);
-        return seccomp_rule_add_exact_array(ctx, SCMP_ACT_ALLOW, nr, 1, &request);
+        const unsigned long requests[] = {FIONREAD, TCGETS};
+        for (size_t i = 0; i < sizeof requests / sizeof requests[0]; i++) {
+            struct scmp_arg_cmp request = SCMP_A1(SCMP_CMP_EQ, (scmp_datum_t)requests[i]);
+            int rc = seccomp_rule_add_exact_array(ctx, SCMP_ACT_ALLOW, nr, 1, &request);
+            if (rc != 0) return rc;
+        }
+        return 0;
     }
     if (strcmp(name, "clone") == 0) {
         struct scmp_arg_cmp flags = SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, CLONE_THREAD);

@@ -8,13 +8,13 @@ public enum Capabilities {
     public static let fileBackendSupported = true
 
     /// swtpm's JSON shape, listing only features vtpmd implements.
-    public static func json() -> String {
+    /// - Parameter cuse: `vtpmd cuse`, which (as swtpm cuse) names neither the send-command header, which its
+    ///   device does not take, nor the startup flags.
+    public static func json(cuse: Bool = false) -> String {
         // swtpm 0.7.1's names and order (its test suite matches the list exactly).
-        var features = [
-            "tpm-2.0", "tpm-send-command-header", "flags-opt-startup", "cmdarg-seccomp", "cmdarg-key-fd",
-            "cmdarg-pwd-fd",
-            "cmdarg-print-states", "nvram-backend-dir",
-        ]
+        var features = ["tpm-2.0"]
+        if !cuse { features += ["tpm-send-command-header", "flags-opt-startup"] }
+        features += ["cmdarg-seccomp", "cmdarg-key-fd", "cmdarg-pwd-fd", "cmdarg-print-states", "nvram-backend-dir"]
         if self.fileBackendSupported { features.append("nvram-backend-file") }
         // RSA key sizes as libtpms reports them.
         if let info = Engine.info(flags: 4, selectingTPM2: true) {

@@ -211,7 +211,9 @@ public struct CommandLineOptions: Sendable {
                 device.major = UInt32(major)
             }
             if let minor = self.cuseMinor {
-                guard (0...1_048_575).contains(minor) else { throw OptionError("--min: \(minor) is not a minor number") }
+                guard (0...1_048_575).contains(minor) else {
+                    throw OptionError("--min: \(minor) is not a minor number")
+                }
                 device.minor = UInt32(minor)
             }
             guard device.minor == 0 || device.major != 0 else { throw OptionError("--min needs --maj") }

@@ -125,7 +125,10 @@ public final class Server {
                 // swtpm's announcement, on standard output.
                 try? writeAll(
                     fd: 1,
-                    Array("New TPM device: /dev/tpm\(device.number) (major/minor = \(device.major)/\(device.minor))\n".utf8)
+                    Array(
+                        "New TPM device: /dev/tpm\(device.number) (major/minor = \(device.major)/\(device.minor))\n"
+                            .utf8
+                    )
                 )
                 self.logger.info("vTPM proxy device /dev/tpm\(device.number) created")
             }

@@ -198,7 +198,10 @@ struct CuseCommand: ParsableCommand {
     )
     @Option(name: [.customShort("n"), .customLong("name")], help: "The device name: /dev/NAME (required).")
     var name: String?
-    @Option(name: [.customShort("M"), .customLong("maj")], help: "The device's major number (default: the kernel's choice).")
+    @Option(
+        name: [.customShort("M"), .customLong("maj")],
+        help: "The device's major number (default: the kernel's choice)."
+    )
     var major: Int?
     @Option(name: [.customShort("m"), .customLong("min")], help: "The device's minor number.")
     var minor: Int?
@@ -303,7 +306,7 @@ enum Launcher {
             return
         }
         if actions.printCapabilities {
-            print(Capabilities.json())
+            print(Capabilities.json(cuse: cuse))
             return
         }
         let configuration: ServerConfiguration
