@@ -9,6 +9,7 @@ src=${SWTPM_SRC:?set SWTPM_SRC to an extraction of swtpm v0.7.1}
 out=.build/kernel-swtpm
 ./qemu/build-kernel-guest.sh "$out" "$PWD/.build/release" "$src"
 log=$out/console.log
+rm -f "$log"
 qemu-system-x86_64 -machine q35 -accel tcg -cpu max -smp 1 -m 1024 -display none -no-user-config \
     -nodefaults -serial "file:$log" -kernel "$out/vmlinuz" -initrd "$out/initrd.img" -no-reboot \
     -append "console=ttyS0 quiet loglevel=3 panic=-1 vtpm.notpm vtpm.run=swtpm-cuse-tests" </dev/null &
