@@ -173,7 +173,9 @@ struct cvtpm_cuse *cvtpm_cuse_open(const char *cuse_path, const char *name, unsi
         *error = ENOMEM;
         return NULL;
     }
-    int fd = open(cuse_path, O_RDWR | O_CLOEXEC);
+    // Non-blocking: a request withdrawn between poll and read (its process was killed) must not leave the loop
+    // blocked in read, deaf to SIGTERM; libfuse's receive then says EAGAIN.
+    int fd = open(cuse_path, O_RDWR | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         *error = errno;
         fuse_session_destroy(cuse->session);

@@ -50,7 +50,8 @@ final class CUSEChannel: CUSERequestHandler {
     }
 
     func cuseOpen() -> Int32 {
-        self.transfer = .command
+        // A transfer a previous opener left unfinished is dropped, not continued.
+        self.abandonTransfer()
         return 0
     }
 
@@ -184,6 +185,9 @@ final class CUSEChannel: CUSERequestHandler {
         let type = NativeStruct.uint32(input, at: 4)
         let offset = NativeStruct.uint32(input, at: 8)
         self.abandonTransfer()
+        // Reads after the blob's last byte must not return an older TPM response.
+        self.response = []
+        self.responseRead = 0
         let reply = self.server.getStateBlob(flags: flags, type: type, offset: offset)
         var out = NativeStruct(size: CUSEIoctl.getStateBlob.argumentSize)
         let result = reply.readBigEndianUInt32(at: 0)
@@ -250,6 +254,11 @@ extension ControlCapabilities {
 extension Server {
     /// Opens the CUSE session and answers the kernel's CUSE_INIT, so /dev/NAME exists when this returns.
     func openCUSEDevice(_ settings: ServerConfiguration.CUSEDevice) throws {
+        // The kernel checks the name only among CUSE devices: a /dev node of that name (tpm0, null) would stay
+        // what clients open. swtpm refuses it too.
+        if fileStatus(atPath: "/dev/\(settings.name)") != nil {
+            throw ServerError.startup("a device /dev/\(settings.name) already exists")
+        }
         let channel = CUSEChannel(server: self, name: settings.name)
         self.cuseChannel = channel
         let device: CUSEDevice

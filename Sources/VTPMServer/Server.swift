@@ -133,17 +133,7 @@ public final class Server {
                 self.logger.info("vTPM proxy device /dev/tpm\(device.number) created")
             }
         }
-        if let cuse = self.configuration.cuse {
-            // swtpm cuse creates a missing state directory (the other modes expect it, as swtpm's do).
-            if let directory = self.configuration.stateDirectory {
-                do {
-                    try makeDirectories(directory, mode: 0o700)
-                } catch {
-                    throw ServerError.startup("cannot create the state directory: \(error)")
-                }
-            }
-            try self.openCUSEDevice(cuse)
-        }
+        if let cuse = self.configuration.cuse { try self.openCUSEDevice(cuse) }
         if let pidFile = self.configuration.pidFile {
             try writeSmallFile(path: pidFile, contents: Array("\(ProcessControl.processID)".utf8), mode: 0o644)
         }
@@ -156,6 +146,15 @@ public final class Server {
     /// Starts libtpms at process start when `--flags not-need-init` or `startup-*` asked for it
     /// (after `--runas` took effect, so state files belong to that user).
     public func startTPMIfRequested() throws {
+        if self.configuration.cuse != nil, let directory = self.configuration.stateDirectory {
+            // swtpm cuse creates a missing state directory (the other modes expect it, as swtpm's do); here, after
+            // --runas, so that it belongs to the user the TPM runs as.
+            do {
+                try makeDirectories(directory, mode: 0o700)
+            } catch {
+                throw ServerError.startup("cannot create the state directory: \(error)")
+            }
+        }
         if self.configuration.notNeedInit || self.configuration.startup != nil {
             let rc = self.initializeTPM(flags: 0)
             guard rc == 0 else {

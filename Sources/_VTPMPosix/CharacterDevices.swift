@@ -80,8 +80,10 @@ private func cuseHandler(_ context: UnsafeMutableRawPointer?) -> any CUSERequest
             let (bytes, error) = unsafe cuseHandler(context).cuseRead(maximum: size)
             guard error == 0 else { return error }
             let count = min(bytes.count, size)
-            unsafe bytes.withUnsafeBytes { source in
-                unsafe buffer!.update(from: source.bindMemory(to: UInt8.self).baseAddress!, count: count)
+            if count > 0 {
+                unsafe bytes.withUnsafeBytes { source in
+                    unsafe buffer!.update(from: source.bindMemory(to: UInt8.self).baseAddress!, count: count)
+                }
             }
             unsafe length!.pointee = count
             return 0

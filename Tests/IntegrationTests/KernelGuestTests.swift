@@ -69,13 +69,15 @@ struct KernelGuestTests {
             #expect(report.kills == run.kills)
             #expect(report.loadFailures.isEmpty, "the state did not load: \(report.loadFailures)")
             #expect(report.impossible.isEmpty, "values beyond the last write: \(report.impossible)")
+            #expect(report.writeFailures.isEmpty, "NV writes failed: \(report.writeFailures)")
         }
         let on = try #require(byFsync[true])
         let off = try #require(byFsync[false])
         #expect(on.kills >= 100)
         #expect(on.lostWrites == 0, "fsync on lost acknowledged writes: \(on.summary)")
-        // The kills must land while writes were acknowledged, or they prove nothing.
-        #expect(on.acknowledged >= on.kills)
+        // The kills must land while writes are acknowledged, or they prove nothing: most of them do (a kill
+        // drawn at 0 s can come before the next acknowledgement).
+        #expect(on.killsWhileWriting * 4 >= on.kills * 3, "\(on.summary)")
         print("KernelGuestTests.powerLoss fsync=on:  \(on.summary)")
         print("KernelGuestTests.powerLoss fsync=off: \(off.summary)")
     }
@@ -97,6 +99,10 @@ struct PowerLossRun {
         var lossyBoots = 0
         var loadFailures: [String] = []
         var impossible: [String] = []
+        /// NV writes the guest saw fail (vtpmd gone or refusing): the loop stops, later kills prove nothing.
+        var writeFailures: [String] = []
+        /// Kills after which more acknowledgements were on the console than when the wait for the kill began.
+        var killsWhileWriting = 0
         var bootSeconds: Double = 0
 
         mutating func merge(_ other: Report) {
@@ -107,12 +113,15 @@ struct PowerLossRun {
             self.lossyBoots += other.lossyBoots
             self.loadFailures += other.loadFailures
             self.impossible += other.impossible
+            self.writeFailures += other.writeFailures
+            self.killsWhileWriting += other.killsWhileWriting
             self.bootSeconds += other.bootSeconds
         }
 
         var summary: String {
             let boot = self.boots > 0 ? String(format: "%.1f", self.bootSeconds / Double(self.boots)) : "-"
-            return "\(self.kills) kills, \(self.acknowledged) acknowledged writes, \(self.lostWrites) lost "
+            return "\(self.kills) kills (\(self.killsWhileWriting) while writes were acknowledged), "
+                + "\(self.acknowledged) acknowledged writes, \(self.lostWrites) lost "
                 + "(after \(self.lossyBoots) of \(self.kills) kills), \(self.loadFailures.count) loads failed, "
                 + "boot to state loaded \(boot) s"
         }
@@ -152,12 +161,20 @@ struct PowerLossRun {
             }
             if cycle == kills { break }
             _ = try guest.waitForConsole("PL-ACK ", timeout: .seconds(30))
+            let acknowledgedBefore = Self.acknowledged(in: guest.transcript, after: value).count
             // With fsync off, kills up to 8 s in: ext4 commits its journal every 5 s, so some boots get their
             // writes on the disk (written by the kernel, not by vtpmd) and the state read back is old or new.
             Thread.sleep(forTimeInterval: Double.random(in: self.fsync ? 0...1.5 : 0...8))
             guest.kill()
+            // Everything QEMU wrote before it died, read to the end.
+            guest.console.waitForEnd(timeout: .seconds(10))
             report.kills += 1
+            if let failure = guest.transcript.split(separator: "\n").first(where: { $0.hasPrefix("PL-FAIL") }) {
+                report.writeFailures.append("boot \(cycle): \(failure)")
+            }
             let acks = Self.acknowledged(in: guest.transcript, after: value)
+            // The kill came while writes were being acknowledged, not after the loop had stopped.
+            if acks.count > acknowledgedBefore { report.killsWhileWriting += 1 }
             report.acknowledged += acks.count
             lastAck = acks.last ?? value
         }

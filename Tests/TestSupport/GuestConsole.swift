@@ -43,6 +43,10 @@ public final class GuestConsole: Sendable {
     /// Everything the guest wrote on its serial console so far (`\r` removed).
     public var transcript: String { self.output.text }
 
+    /// Waits until the guest's output has ended (its process exited) and all of it is in ``transcript``.
+    @discardableResult
+    public func waitForEnd(timeout: Duration) -> Bool { self.output.waitUntilFinished(timeout: timeout) }
+
     /// The commands given to `run`/`check` so far, oldest first (the console does not echo them).
     public var history: [String] { self.state.withLock { $0.history } }
 

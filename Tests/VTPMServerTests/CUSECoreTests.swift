@@ -113,6 +113,7 @@ extension ProtocolCoreTests {
                 #expect(h.result(.setLocality, [5]) == ControlResult.badLocality)
                 #expect(h.result(.setLocality, [2]) == 0)
                 #expect(h.core.server.engine.locality == 2)
+                #expect(h.result(.setLocality, [0]) == 0)
             }
         }
 
@@ -206,7 +207,11 @@ extension ProtocolCoreTests {
                     _ = h.channel.cuseWrite((0..<Int.random(in: 0...64)).map { _ in UInt8.random(in: 0...255) })
                     _ = h.channel.cuseRead(maximum: Int.random(in: 0...5000))
                 }
-                // libtpms' buffer size is process-wide: leave it as the next test expects it.
+                // libtpms keeps the established bit and the buffer size process-wide (swtpm runs one TPM per
+                // process): leave them as the next test expects them.
+                #expect(h.result(.initialize, [0]) == 0)
+                #expect(h.result(.resetTPMEstablished, [3]) == 0)
+                #expect(h.result(.setLocality, [0]) == 0)
                 _ = h.ioctl(.stop)
                 #expect(h.result(.setBufferSize, [4096]) == 0)
             }

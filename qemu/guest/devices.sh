@@ -57,8 +57,9 @@ run nvwrite "" sh -c "printf nv-data-0123456789 | tpm2_nvwrite 0x1500016 -C o -i
 run established "tpmEstablished is 0" ioctl -e
 run hash "" ioctl -h vtpm-cuse-hash-data
 run established-after-hash "tpmEstablished is 1" ioctl -e
+# PCR 17 starts all ones (a locality-4 PCR); the hash sequence resets and extends it.
 pcr17=$(tpm2_pcrread sha256:17 2>&1)
-echo "$pcr17" | grep -qi '0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF' && bad pcr17-hashed "$pcr17" || ok pcr17-hashed
+if echo "$pcr17" | grep -q "17: 0x" && ! echo "$pcr17" | grep -qi '0xF\{64\}'; then ok pcr17-hashed; else bad pcr17-hashed "$pcr17"; fi
 refuse reset-established-locality-0 "TPM result from PTM_RESET_TPMESTABLISHED: 0x3d" ioctl -r 0
 run reset-established-locality-3 "" ioctl -r 3
 run established-after-reset "tpmEstablished is 0" ioctl -e
@@ -110,7 +111,7 @@ export TPM2TOOLS_TCTI=device:/dev/vtpm-b
 ek_b=$(tpm2_createek -c /run/ek-b.ctx -G rsa -u /run/ek-b.pub >/dev/null 2>&1 && od -An -tx1 /run/ek-b.pub | tr -d ' \n')
 [ -n "$ek_a" ] && [ -n "$ek_b" ] && [ "$ek_a" != "$ek_b" ] && ok clone-ek-rebased || bad clone-ek-rebased "A $ek_a B $ek_b"
 run clone-storage-kept "kept-nv!" tpm2_nvread 0x1500017 -C o -s 8
-grep -qi rekey $data/b.log && ok clone-rekey-logged || bad clone-rekey-logged "$(tail -5 $data/b.log)"
+grep -q 'clone-rekey decision.*decision=clone' $data/b.log && ok clone-rekey-logged || bad clone-rekey-logged "$(tail -5 $data/b.log)"
 run clone-target-shutdown "" swtpm_ioctl -s /dev/vtpm-b
 
 # ---- the vTPM proxy (swtpm chardev --vtpm-proxy), for a container: /dev/tpmN and /dev/tpmrmN
@@ -132,7 +133,7 @@ run proxy-pcrread "0x" tpm2_pcrread sha256:16
 run proxy-createprimary "" tpm2_createprimary -C o -c /run/proxy-primary.ctx
 run proxy-tpm-device "" env TPM2TOOLS_TCTI=device:$tpm tpm2_getrandom 4 --hex
 grep -q 'in-band locality 0' $data/proxy.log && ok proxy-set-locality || bad proxy-set-locality "$(tail -5 $data/proxy.log)"
-run proxy-ctrl-shutdown "" sh -c "printf '\\000\\000\\000\\003' | socat -t2 - UNIX-CONNECT:/run/proxy.ctrl | od -An -tx1"
+run proxy-ctrl-shutdown "00 00 00 00" sh -c "printf '\\000\\000\\000\\003' | socat -t2 - UNIX-CONNECT:/run/proxy.ctrl | od -An -tx1"
 i=0
 while [ -c "$rm" ] && [ $i -lt 60 ]; do usleep 50000; i=$((i + 1)); done
 [ ! -e "$rm" ] && ok proxy-device-removed || bad proxy-device-removed "$rm still there"
