@@ -49,6 +49,15 @@ private final class CUSEContext {
     init(_ handler: any CUSERequestHandler) { self.handler = handler }
 }
 
+/// Copies at most `capacity` of `bytes` to `destination`; returns how many.
+private func copy(_ bytes: [UInt8], to destination: UnsafeMutablePointer<UInt8>?, capacity: Int) -> Int {
+    let count = min(bytes.count, capacity)
+    guard count > 0, let destination = unsafe destination else { return 0 }
+    unsafe bytes.withUnsafeBufferPointer { source in unsafe destination.update(from: source.baseAddress!, count: count)
+    }
+    return count
+}
+
 private func cuseHandler(_ context: UnsafeMutableRawPointer?) -> any CUSERequestHandler {
     unsafe Unmanaged<CUSEContext>.fromOpaque(context!).takeUnretainedValue().handler
 }
@@ -79,13 +88,7 @@ private func cuseHandler(_ context: UnsafeMutableRawPointer?) -> any CUSERequest
         unsafe handlers.read = { context, buffer, size, length in
             let (bytes, error) = unsafe cuseHandler(context).cuseRead(maximum: size)
             guard error == 0 else { return error }
-            let count = min(bytes.count, size)
-            if count > 0 {
-                unsafe bytes.withUnsafeBytes { source in
-                    unsafe buffer!.update(from: source.bindMemory(to: UInt8.self).baseAddress!, count: count)
-                }
-            }
-            unsafe length!.pointee = count
+            unsafe length!.pointee = unsafe copy(bytes, to: buffer, capacity: size)
             return 0
         }
         unsafe handlers.write = { context, buffer, size in
@@ -100,20 +103,14 @@ private func cuseHandler(_ context: UnsafeMutableRawPointer?) -> any CUSERequest
                 outputSize: outputSize
             )
             guard error == 0 else { return error }
-            let count = min(reply.count, outputSize)
-            if count > 0 {
-                unsafe reply.withUnsafeBytes { source in
-                    unsafe output!.update(from: source.bindMemory(to: UInt8.self).baseAddress!, count: count)
-                }
-            }
-            unsafe length!.pointee = count
+            unsafe length!.pointee = unsafe copy(reply, to: output, capacity: outputSize)
             return 0
         }
         unsafe handlers.release = { context in unsafe cuseHandler(context).cuseRelease() }
         var error: Int32 = 0
         guard let session = unsafe cvtpm_cuse_open(cuse, name, major, minor, &handlers, &error) else {
             unsafe context.release()
-            throw PosixError(errno: error, function: "CUSE device \(name)", object: cuse)
+            throw PosixError(errno: error, function: "CUSE session", object: cuse)
         }
         unsafe self.session = session
         unsafe self.context = context

@@ -33,26 +33,18 @@ struct VTPMD: ParsableCommand {
     }
 }
 
-/// swtpm 0.7's options, shared by `socket` and `chardev`.
-struct SwtpmOptions: ParsableArguments {
+/// swtpm 0.7's options that `socket`, `chardev` and `cuse` all take, and clone-rekey's.
+struct SharedOptions: ParsableArguments {
     @Flag(name: .customLong("tpm2"), help: "Emulate a TPM 2.0 (required: vtpmd implements TPM 2.0 only).")
     var tpm2 = false
     @Option(help: "dir=DIR[,mode=0600][,fsync=on|off] or backend-uri=dir://DIR: the state directory.")
     var tpmstate: String?
-    @Option(help: "type=unixio,path=P[,mode=0770] | type=unixio,fd=N|clientfd=N | type=tcp,port=N[,bindaddr=A]")
-    var ctrl: String?
-    @Option(name: [.customShort("f"), .customLong("fd")], help: "An inherited, connected stream for TPM commands.")
-    var fd: Int?
     @Option(help: "not-need-init,startup-clear|startup-state|startup-none,disable-auto-shutdown")
     var flags: String?
     @Option(help: "file=F | fd=N: write the process id.")
     var pid: String?
     @Option(help: "file=F|fd=N[,level=N][,prefix=S][,truncate]")
     var log: String?
-    @Flag(name: [.customShort("d"), .customLong("daemon")], help: "Run in the background.")
-    var daemon = false
-    @Flag(name: [.customShort("t"), .customLong("terminate")], help: "Exit when the data connection is lost.")
-    var terminate = false
     @Option(help: "reject-locality-4[,allow-set-locality]")
     var locality: String?
     @Option(
@@ -67,7 +59,10 @@ struct SwtpmOptions: ParsableArguments {
     var migrationKey: String?
     @Option(help: "action=kill|log|none: what a system call outside vtpmd's allow list gets (default kill).")
     var seccomp: String?
-    @Option(name: [.customShort("r"), .customLong("runas")], help: "Switch to this user after creating the sockets.")
+    @Option(
+        name: [.customShort("r"), .customLong("runas")],
+        help: "Switch to this user after creating the sockets or the device."
+    )
     var runas: String?
     @Option(
         help: "Host configuration file (default: $VTPMD_CONFIG, else /etc/vtpm/vtpmd.conf if it exists)."
@@ -100,15 +95,6 @@ struct SwtpmOptions: ParsableArguments {
     @Flag(name: .customLong("version"), help: "Print the version and exit.")
     var version = false
 
-    /// The process environment vtpmd reads (`TPM_PATH`, `TPM_PORT`, `VTPMD_CONFIG`), added to `options`.
-    static func withEnvironment(_ options: CommandLineOptions) -> CommandLineOptions {
-        var o = options
-        for name in ["TPM_PATH", "TPM_PORT", HostConfiguration.environmentVariable] {
-            if let value = ProcessControl.environment(name) { o.environment[name] = value }
-        }
-        return o
-    }
-
     /// What `--version`, `--print-capabilities` and `--print-states` ask for instead of running.
     var actions: Launcher.Actions {
         Launcher.Actions(
@@ -118,17 +104,14 @@ struct SwtpmOptions: ParsableArguments {
         )
     }
 
+    /// These options as raw strings (the process environment is added by the caller).
     func commandLineOptions() -> CommandLineOptions {
         var o = CommandLineOptions()
         o.tpm2 = self.tpm2
         o.tpmstate = self.tpmstate
-        o.ctrl = self.ctrl
-        o.fd = self.fd
         o.flags = self.flags
         o.pid = self.pid
         o.log = self.log
-        o.daemon = self.daemon
-        o.terminate = self.terminate
         o.locality = self.locality
         o.key = self.key
         o.migrationKey = self.migrationKey
@@ -142,6 +125,39 @@ struct SwtpmOptions: ParsableArguments {
         o.hostKey = self.hostKey
         o.onRollback = self.onRollback
         o.foreignState = self.foreignState
+        return o
+    }
+}
+
+/// swtpm 0.7's options of `socket` and `chardev`: the shared ones and the channels'.
+struct SwtpmOptions: ParsableArguments {
+    @OptionGroup var shared: SharedOptions
+    @Option(help: "type=unixio,path=P[,mode=0770] | type=unixio,fd=N|clientfd=N | type=tcp,port=N[,bindaddr=A]")
+    var ctrl: String?
+    @Option(name: [.customShort("f"), .customLong("fd")], help: "An inherited, connected stream for TPM commands.")
+    var fd: Int?
+    @Flag(name: [.customShort("d"), .customLong("daemon")], help: "Run in the background.")
+    var daemon = false
+    @Flag(name: [.customShort("t"), .customLong("terminate")], help: "Exit when the data connection is lost.")
+    var terminate = false
+
+    /// The process environment vtpmd reads (`TPM_PATH`, `TPM_PORT`, `VTPMD_CONFIG`), added to `options`.
+    static func withEnvironment(_ options: CommandLineOptions) -> CommandLineOptions {
+        var o = options
+        for name in ["TPM_PATH", "TPM_PORT", HostConfiguration.environmentVariable] {
+            if let value = ProcessControl.environment(name) { o.environment[name] = value }
+        }
+        return o
+    }
+
+    var actions: Launcher.Actions { self.shared.actions }
+
+    func commandLineOptions() -> CommandLineOptions {
+        var o = self.shared.commandLineOptions()
+        o.ctrl = self.ctrl
+        o.fd = self.fd
+        o.daemon = self.daemon
+        o.terminate = self.terminate
         return Self.withEnvironment(o)
     }
 }
@@ -205,84 +221,20 @@ struct CuseCommand: ParsableCommand {
     var major: Int?
     @Option(name: [.customShort("m"), .customLong("min")], help: "The device's minor number.")
     var minor: Int?
-    @Flag(name: .customLong("tpm2"), help: "Emulate a TPM 2.0 (required: vtpmd implements TPM 2.0 only).")
-    var tpm2 = false
-    @Option(help: "dir=DIR[,mode=0600][,fsync=on|off] or backend-uri=dir://DIR: the state directory.")
-    var tpmstate: String?
-    @Option(help: "not-need-init,startup-clear|startup-state|startup-none,disable-auto-shutdown")
-    var flags: String?
-    @Option(help: "file=F | fd=N: write the process id (once the device exists).")
-    var pid: String?
-    @Option(help: "file=F|fd=N[,level=N][,prefix=S][,truncate]")
-    var log: String?
-    @Option(help: "reject-locality-4[,allow-set-locality]")
-    var locality: String?
-    @Option(help: "As swtpm's --key: encrypt the state files.")
-    var key: String?
-    @Option(name: .customLong("migration-key"), help: "As swtpm's --migration-key: encrypt outgoing state blobs.")
-    var migrationKey: String?
-    @Option(help: "action=kill|log|none: what a system call outside vtpmd's allow list gets (default kill).")
-    var seccomp: String?
-    @Option(name: [.customShort("r"), .customLong("runas")], help: "Switch to this user once the device exists.")
-    var runas: String?
     @Flag(
         name: .customLong("foreground"),
         help: "Stay in the foreground (swtpm cuse, like any FUSE daemon, always goes to the background)."
     )
     var foreground = false
-    @Option(help: "Host configuration file (default: $VTPMD_CONFIG, else /etc/vtpm/vtpmd.conf if it exists).")
-    var config: String?
-    @Option(name: .customLong("vm-id"), help: "This VM's UUID or name: turns clone-rekey on.")
-    var vmID: String?
-    @Option(help: "The host CA directory that issues the EK certificates.")
-    var ca: String?
-    @Option(name: .customLong("ca-signer"), help: "The separated CA signer's socket.")
-    var caSigner: String?
-    @Option(help: "The registry: a SQLite file or postgresql://user@host:port/db.")
-    var registry: String?
-    @Option(name: .customLong("host-key"), help: "The key that MACs state blobs.")
-    var hostKey: String?
-    @Option(name: .customLong("on-rollback"), help: "rekey (default) or keep.")
-    var onRollback: String?
-    @Option(name: .customLong("foreign-state"), help: "adopt (default) or rekey.")
-    var foreignState: String?
-    @Flag(name: .customLong("print-capabilities"), help: "Print the supported features as JSON and exit.")
-    var printCapabilities = false
-    @Flag(name: .customLong("print-states"), help: "Print the state blobs present in --tpmstate as JSON and exit.")
-    var printStates = false
-    @Flag(name: .customLong("version"), help: "Print the version and exit.")
-    var version = false
+    @OptionGroup var shared: SharedOptions
 
     func run() throws {
-        var o = CommandLineOptions()
-        o.tpm2 = self.tpm2
+        var o = self.shared.commandLineOptions()
         o.cuseName = self.name
         o.cuseMajor = self.major
         o.cuseMinor = self.minor
-        o.tpmstate = self.tpmstate
-        o.flags = self.flags
-        o.pid = self.pid
-        o.log = self.log
-        o.locality = self.locality
-        o.key = self.key
-        o.migrationKey = self.migrationKey
-        o.seccomp = self.seccomp
-        o.runas = self.runas
         o.daemon = !self.foreground
-        o.config = self.config
-        o.vmID = self.vmID
-        o.ca = self.ca
-        o.caSigner = self.caSigner
-        o.registry = self.registry
-        o.hostKey = self.hostKey
-        o.onRollback = self.onRollback
-        o.foreignState = self.foreignState
-        let actions = Launcher.Actions(
-            version: self.version,
-            printCapabilities: self.printCapabilities,
-            printStates: self.printStates
-        )
-        try Launcher.launch(SwtpmOptions.withEnvironment(o), actions: actions, chardev: false, cuse: true)
+        try Launcher.launch(SwtpmOptions.withEnvironment(o), actions: self.shared.actions, chardev: false, cuse: true)
     }
 }
 
