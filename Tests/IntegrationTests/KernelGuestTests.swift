@@ -227,7 +227,7 @@ enum KernelGuest {
 
     /// A raw disk with an ext4 file system made on the host (mkfs.ext4 writes an image file as any user).
     static func makeDisk(_ path: String, megabytes: Int) throws {
-        FileManager.default.createFile(atPath: path, contents: nil)
+        _ = FileManager.default.createFile(atPath: path, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
         try handle.truncate(atOffset: UInt64(megabytes) << 20)
         try handle.close()
