@@ -89,6 +89,9 @@ run shutdown "" ioctl -s
 i=0
 while [ -e $dev ] && [ $i -lt 40 ]; do usleep 50000; i=$((i + 1)); done
 [ ! -e $dev ] && ok device-removed || bad device-removed "$dev still there"
+# The device goes first, then the pid file (a new daemon waiting for the pid file to go finds the name free).
+i=0
+while [ -e /run/cuse.pid ] && [ $i -lt 40 ]; do usleep 50000; i=$((i + 1)); done
 [ ! -e /run/cuse.pid ] && ok pidfile-removed || bad pidfile-removed "/run/cuse.pid still there"
 
 # ---- clone-rekey over CUSE: A's blobs loaded into VM B's device are rebased on B's identity
