@@ -87,6 +87,14 @@ public struct NativeStruct: Sendable {
         for i in 0..<8 { self.bytes[offset + i] = UInt8(truncatingIfNeeded: value >> (8 * UInt64(i))) }
     }
 
+    /// The first `count` fields of a control-channel reply (big-endian `UInt32`s), in host order at the same
+    /// offsets; a shorter reply (an error's result alone) fills what it has.
+    public mutating func setFields(fromBigEndian reply: [UInt8], count: Int) {
+        for field in 0..<min(count, reply.count / 4) {
+            self.setUInt32(reply.readBigEndianUInt32(at: 4 * field), at: 4 * field)
+        }
+    }
+
     public mutating func setBytes(_ data: some Collection<UInt8>, at offset: Int) {
         self.bytes.replaceSubrange(offset..<offset + data.count, with: data)
     }

@@ -116,7 +116,7 @@ final class CUSEChannel: CUSERequestHandler {
             if ioctl == .shutdown { self.server.shouldExit = true }
         case .getTPMEstablished:
             let reply = self.server.handle(.getTPMEstablished, passedDescriptor: nil)
-            out.setUInt32(reply.readBigEndianUInt32(at: 0), at: 0)
+            out.setFields(fromBigEndian: reply, count: 1)
             out.setBytes([reply.count > 4 ? reply[4] : 0], at: 4)
         case .setLocality:
             out.setUInt32(self.controlResult(.setLocality(input[0])), at: 0)
@@ -137,9 +137,7 @@ final class CUSEChannel: CUSERequestHandler {
         case .setStateBlob:
             out.setUInt32(self.setStateBlob(input), at: 0)
         case .getConfig:
-            let reply = self.server.handle(.getConfig, passedDescriptor: nil)
-            out.setUInt32(reply.readBigEndianUInt32(at: 0), at: 0)
-            out.setUInt32(reply.readBigEndianUInt32(at: 4), at: 4)
+            out.setFields(fromBigEndian: self.server.handle(.getConfig, passedDescriptor: nil), count: 2)
         case .setDataFD:
             // A CUSE device has no socket to pass a descriptor over (swtpm answers EINVAL too).
             return ([], EINVAL)
@@ -148,9 +146,7 @@ final class CUSEChannel: CUSERequestHandler {
                 .setBufferSize(NativeStruct.uint32(input, at: 0)),
                 passedDescriptor: nil
             )
-            for field in 0..<min(4, reply.count / 4) {
-                out.setUInt32(reply.readBigEndianUInt32(at: 4 * field), at: 4 * field)
-            }
+            out.setFields(fromBigEndian: reply, count: 4)
         case .getInfo:
             let reply = self.server.handle(
                 .getInfo(flags: NativeStruct.uint64(input, at: 0), offset: NativeStruct.uint32(input, at: 8)),
@@ -327,7 +323,7 @@ extension Server {
     /// A TPM command written to a character device as one whole write: size-checked, then executed.
     func executeDeviceCommand(_ bytes: [UInt8]) -> [UInt8] {
         guard bytes.count >= TPMFrame.headerSize, bytes.count <= Int(self.bufferSize),
-            Int(bytes.readBigEndianUInt32(at: 2)) == bytes.count
+            TPMFrame.declaredSize(bytes).map(Int.init) == bytes.count
         else {
             self.logger.warning("CUSE: malformed TPM command (\(bytes.count) bytes)")
             return TPMFrame.errorResponse(TPMFrame.rcCommandSize)
